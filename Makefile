@@ -1,0 +1,73 @@
+# The interface people and scripts use. Process targets run one process tree in
+# the foreground, configured only by the environment (PORT, DATABASE_URL, ...).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+WORKSPACE_PACKAGES := -e libs/common -e libs/devservices -e services/api
+PORT ?= 8000
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
+
+.PHONY: install
+install: uv ## create .venv from the hash-pinned lock, plus the workspace packages (editable)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps --no-build-isolation $(WORKSPACE_PACKAGES)
+
+.PHONY: lock
+lock: uv ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
+	$(UV) lock --upgrade
+	$(UV) export --quiet --frozen --no-header --no-annotate --package api --no-dev --no-emit-workspace -o requirements/api.txt
+	$(UV) export --quiet --frozen --no-header --no-annotate --all-packages --group dev --no-emit-workspace -o requirements/dev.txt
+	$(PYTHON) scripts/lockfiles.py write
+
+.PHONY: lint
+lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
+	$(PYTHON) scripts/lockfiles.py check
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src tests
+	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
+
+.PHONY: _migration-check
+_migration-check:
+	cd services/api && ../../$(BIN)/python -m api.migrations_check
+
+.PHONY: format
+format: ## rewrite files with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: test
+test: ## unit, integration and system tests (services: TEST_*_URL, else embedded)
+	$(BIN)/pytest
+
+.PHONY: migrate
+migrate: ## alembic upgrade head on $$DATABASE_URL (under an advisory lock)
+	cd services/api && ../../$(BIN)/alembic upgrade head
+
+.PHONY: api
+api: ## the API under gunicorn + uvicorn workers on 0.0.0.0:$$PORT, as in production
+	PORT=$(PORT) $(BIN)/gunicorn -c services/api/gunicorn.conf.py api.main:app
+
+.PHONY: dev
+dev: ## the API with --reload plus Postgres and Redis (embedded unless the URLs are set)
+	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _dev-procs
+
+.PHONY: _dev-procs
+_dev-procs: migrate
+	$(BIN)/honcho start -f Procfile.dev
+
+.PHONY: clean
+clean: ## stop nothing, delete .run/ (embedded databases) and caches
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,150 @@
+"""Errors the services raise, and the one handler that renders them as problem+json.
+
+Every error answer is `application/problem+json` (RFC 9457) with `type`,
+`title`, `status`, `detail` and `request_id`; validation errors add `errors`.
+
+    AppError                 base: carries status, title and type
+    ├── NotFound             404
+    ├── Conflict             409
+    ├── Unauthorized         401, with WWW-Authenticate: Bearer
+    ├── Forbidden            403
+    └── TooManyRequests      429, with Retry-After
+
+Domains subclass these in their own `errors.py`. Services raise; handlers render.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.request_context import get_request_id
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class AppError(Exception):
+    """A failure the client can act on; subclasses set the status and title."""
+
+    status: int = 400
+    title: str = "Bad request"
+    type: str = "about:blank"
+    headers: Mapping[str, str] | None = None
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+        self.detail = detail or self.title
+        if headers is not None:
+            self.headers = headers
+        super().__init__(self.detail)
+
+
+class NotFound(AppError):
+    """Raised when a resource does not exist or is not the caller's to see."""
+
+    status = 404
+    title = "Not found"
+
+
+class Conflict(AppError):
+    """Raised when a request conflicts with the resource's current state."""
+
+    status = 409
+    title = "Conflict"
+
+
+class Unauthorized(AppError):
+    """Raised when credentials are missing, invalid or expired."""
+
+    status = 401
+    title = "Not authenticated"
+    headers: Mapping[str, str] | None = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(AppError):
+    """Raised when the caller is known but not allowed."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class TooManyRequests(AppError):
+    """Raised when a limit is exceeded; `retry_after` seconds go into Retry-After."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def problem(
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    """Build a problem+json response carrying the current request id."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or phrase,
+        "status": status,
+        "detail": detail or title or phrase,
+        "request_id": get_request_id(),
+    }
+    if extra:
+        body.update(extra)
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
+    )
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem(
+        exc.status, title=exc.title, detail=exc.detail, type_=exc.type, headers=exc.headers
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem(exc.status_code, detail=detail, headers=exc.headers)
+
+
+def _field_errors(errors: Any) -> list[dict[str, Any]]:
+    # Echo where and why, never the rejected input: it may be a password.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in errors
+    ]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc.errors())
+    fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
+    return problem(
+        422,
+        title="Validation failed",
+        detail=f"Invalid request: {fields}" if fields else "Invalid request",
+        extra={"errors": errors},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error of `app` as problem+json."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Unhandled exceptions are rendered by `common.middleware.UnhandledErrorMiddleware`,
+    # inside the request-id middleware, so a 500 still carries the id and headers.

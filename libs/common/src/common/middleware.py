@@ -1,0 +1,252 @@
+"""Pure ASGI middleware for the HTTP edge: request id, access log and timing,
+security headers, body size limit, and the last-resort 500.
+
+Each class follows Starlette's own middleware: `__init__(app, ...)` and
+`async __call__(scope, receive, send)`, passing through scope types it does
+not handle. None of them holds business logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.errors import problem
+from common.request_context import reset_request_id, set_request_id
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Accept a caller's id only when it cannot smuggle anything into our logs.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_access_logger = logging.getLogger("access")
+_error_logger = logging.getLogger("common.errors")
+
+
+class RequestIdMiddleware:
+    """Accept a well-formed incoming X-Request-ID or make one; echo it; expose it to logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
+            request_id = incoming
+        else:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        token = set_request_id(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            reset_request_id(token)
+
+
+class AccessLogMiddleware:
+    """One JSON access-log line per request with status and duration; adds Server-Timing."""
+
+    def __init__(self, app: ASGIApp, *, skip_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        self.skip_paths = frozenset(skip_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                elapsed = (time.perf_counter() - started) * 1000
+                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={elapsed:.1f}")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            if scope["path"] not in self.skip_paths or status >= 400:
+                client = scope.get("client")
+                _access_logger.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": client[0] if client else None,
+                        "http_version": scope.get("http_version"),
+                    },
+                )
+
+
+class SecurityHeadersMiddleware:
+    """Security headers on every HTTP response; HSTS only when `hsts` (production, HTTPS)."""
+
+    def __init__(self, app: ASGIApp, *, content_security_policy: str, hsts: bool) -> None:
+        self.app = app
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+            "Content-Security-Policy": content_security_policy,
+        }
+        if hsts:
+            headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+        self.headers = list(headers.items())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                for name, value in self.headers:
+                    if name not in response_headers:
+                        response_headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class HostCheckMiddleware:
+    """Reject requests whose Host header is not allowed (400, problem+json).
+
+    Starlette's TrustedHostMiddleware, answering in our error format; `*.x.com`
+    allows subdomains, `*` allows everything.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str]) -> None:
+        self.app = app
+        hosts = list(allowed_hosts)
+        self.allow_any = "*" in hosts
+        self.exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
+        self.suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "").split(":")[0].lower()
+        if host in self.exact or (self.suffixes and host.endswith(self.suffixes)):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "Invalid host header"})
+            return
+        response = problem(
+            400, title="Invalid host header", detail="The Host header is not allowed."
+        )
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 when a request body exceeds `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            title="Request body too large",
+            detail=f"The request body exceeds {self.max_bytes} bytes.",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class UnhandledErrorMiddleware:
+    """Turn an exception that escaped every handler into a problem+json 500.
+
+    It sits inside the request-id middleware so the 500 carries the id and the
+    security headers; the traceback goes to the log, never into the response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            _error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise
+            response = problem(
+                500,
+                detail="An unexpected error occurred; quote the request id when reporting it.",
+            )
+            await response(scope, receive, send)

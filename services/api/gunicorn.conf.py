@@ -1,0 +1,40 @@
+"""Gunicorn configuration of the API, read entirely from the environment.
+
+`gunicorn -c services/api/gunicorn.conf.py api.main:app`. Follows the
+deployment guide: uvicorn workers, recycled after `max_requests` with jitter,
+graceful shutdown, preloaded app, real client IPs behind the proxy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from common.logging import logging_config
+
+_env = os.environ.get
+
+bind = f"0.0.0.0:{_env('PORT', '8000')}"
+worker_class = "uvicorn_worker.UvicornWorker"
+# Async workers: one per core serves thousands of connections each.
+workers = int(_env("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+max_requests = int(_env("GUNICORN_MAX_REQUESTS", "1000"))
+max_requests_jitter = int(_env("GUNICORN_MAX_REQUESTS_JITTER", "50"))
+timeout = int(_env("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
+# Safe to preload: create_app() builds no engine, client or loop; the lifespan
+# does, in each worker after the fork.
+preload_app = _env("GUNICORN_PRELOAD", "true").lower() == "true"
+forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+proxy_allow_ips = forwarded_allow_ips
+
+# JSON logs for gunicorn's own lines. The access log comes from the app's
+# AccessLogMiddleware (JSON with duration_ms and request_id): under uvicorn
+# workers gunicorn's access_log_format (%(D)s) is never applied, so it is off.
+accesslog = None
+_log_level = _env("LOG_LEVEL", "INFO").upper()
+logconfig_dict = logging_config(_log_level)
+loglevel = _log_level.lower()
+# One gunicorn per service and test on a machine: no shared control socket.
+control_socket_disable = True

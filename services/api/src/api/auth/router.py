@@ -1,0 +1,95 @@
+"""/v1/auth: register, token (OAuth2 password flow), refresh, logout."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+from starlette.requests import HTTPConnection
+
+from api.auth import service as auth_service
+from api.auth.dependencies import CurrentUser
+from api.auth.schemas import RefreshRequest, TokenResponse
+from api.dependencies import Hasher, Settings
+from api.users import service as users_service
+from api.users.schemas import UserCreate, UserRead
+from common.db import DbSession
+from common.openapi import problem_responses
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _token_response(response: Response, pair: auth_service.TokenPair) -> TokenResponse:
+    response.headers.update(_NO_STORE)
+    return TokenResponse(
+        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+    )
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an account",
+    responses=problem_responses(409, 422),
+)
+async def register(
+    body: UserCreate, session: DbSession, settings: Settings, hasher: Hasher
+) -> UserRead:
+    user = await users_service.create_user(
+        session,
+        email=str(body.email),
+        password=body.password,
+        hasher=hasher,
+        min_length=settings.password_min_length,
+    )
+    return UserRead.model_validate(user)
+
+
+async def _record_login(connection: HTTPConnection, user_id: uuid.UUID) -> None:
+    async with connection.state.session_factory() as session:
+        await users_service.record_login(session, user_id=user_id)
+        await session.commit()
+
+
+@router.post(
+    "/token",
+    summary="Log in (OAuth2 password flow)",
+    responses=problem_responses(401, 422),
+)
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    response: Response,
+    background: BackgroundTasks,
+    connection: HTTPConnection,
+    session: DbSession,
+    settings: Settings,
+    hasher: Hasher,
+) -> TokenResponse:
+    user, pair = await auth_service.login(
+        session, settings, email=form.username, password=form.password, hasher=hasher
+    )
+    # After the response: the login does not wait for this bookkeeping write.
+    background.add_task(_record_login, connection, user.id)
+    return _token_response(response, pair)
+
+
+@router.post("/refresh", summary="Rotate a refresh token", responses=problem_responses(401, 422))
+async def refresh(
+    body: RefreshRequest, response: Response, session: DbSession, settings: Settings
+) -> TokenResponse:
+    pair = await auth_service.refresh(session, settings, refresh_token=body.refresh_token)
+    return _token_response(response, pair)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a refresh token and its family",
+    responses=problem_responses(401, 422),
+)
+async def logout(body: RefreshRequest, user: CurrentUser, session: DbSession) -> Response:
+    await auth_service.logout(session, user_id=user.id, refresh_token=body.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=_NO_STORE)

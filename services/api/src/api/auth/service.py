@@ -1,0 +1,132 @@
+"""Auth: login, refresh-token rotation with reuse detection, logout."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth.errors import InactiveUser, InvalidCredentials, InvalidRefreshToken
+from api.auth.models import RefreshToken
+from api.auth.passwords import PasswordHasher
+from api.settings import ApiSettings
+from api.users import service as users_service
+from api.users.models import User
+from common.auth import issue_access_token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """An access token and the refresh token that can replace it."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def _issue_pair(
+    session: AsyncSession, settings: ApiSettings, *, user_id: uuid.UUID, family_id: uuid.UUID
+) -> TokenPair:
+    refresh = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            user_id=user_id,
+            family_id=family_id,
+            token_hash=_digest(refresh),
+            expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+    )
+    await session.flush()
+    return TokenPair(
+        access_token=issue_access_token(settings, subject=user_id),
+        refresh_token=refresh,
+        expires_in=settings.access_token_ttl_seconds,
+    )
+
+
+async def login(
+    session: AsyncSession,
+    settings: ApiSettings,
+    *,
+    email: str,
+    password: str,
+    hasher: PasswordHasher,
+) -> tuple[User, TokenPair]:
+    """Check the credentials and start a new token family; one error for every failure."""
+    user = await users_service.get_user_by_email(session, email)
+    is_valid = await hasher.verify(password, user.password_hash if user else None)
+    if user is None or not is_valid or not user.is_active:
+        raise InvalidCredentials("Incorrect email or password.")
+    return user, await _issue_pair(session, settings, user_id=user.id, family_id=uuid.uuid4())
+
+
+async def refresh(session: AsyncSession, settings: ApiSettings, *, refresh_token: str) -> TokenPair:
+    """Rotate: mark the presented token used and issue its successor.
+
+    The mark is one conditional UPDATE, so two concurrent uses of one token
+    cannot both succeed. A token that was already used is a leaked token: the
+    whole family is revoked and the caller must log in again.
+    """
+    now = datetime.now(UTC)
+    digest = _digest(refresh_token)
+    claimed = await session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.token_hash == digest,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(RefreshToken.user_id, RefreshToken.family_id)
+    )
+    row = claimed.one_or_none()
+    if row is None:
+        await _revoke_if_reused(session, digest=digest, now=now)
+        raise InvalidRefreshToken("The refresh token is invalid, expired or revoked.")
+    user_id, family_id = row
+    user = await users_service.get_user(session, user_id)
+    if user is None or not user.is_active:
+        raise InactiveUser("The account is disabled.")
+    return await _issue_pair(session, settings, user_id=user_id, family_id=family_id)
+
+
+async def _revoke_if_reused(session: AsyncSession, *, digest: str, now: datetime) -> None:
+    family_id = await session.scalar(
+        select(RefreshToken.family_id).where(
+            RefreshToken.token_hash == digest, RefreshToken.used_at.is_not(None)
+        )
+    )
+    if family_id is not None:
+        await revoke_family(session, family_id=family_id, now=now)
+        # Committed here: the caller raises, and the revocation must outlive the rollback.
+        await session.commit()
+
+
+async def revoke_family(session: AsyncSession, *, family_id: uuid.UUID, now: datetime) -> None:
+    """Revoke every live token of a family."""
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def logout(session: AsyncSession, *, user_id: uuid.UUID, refresh_token: str) -> None:
+    """Revoke the family of `refresh_token` if it is the user's; silent otherwise."""
+    family_id = await session.scalar(
+        select(RefreshToken.family_id).where(
+            RefreshToken.token_hash == _digest(refresh_token), RefreshToken.user_id == user_id
+        )
+    )
+    if family_id is not None:
+        await revoke_family(session, family_id=family_id, now=datetime.now(UTC))

@@ -1,0 +1,117 @@
+"""The API application: `create_app(settings)` and `app` for gunicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from api import docs
+from api.auth.passwords import PasswordHasher
+from api.auth.router import router as auth_router
+from api.settings import ApiSettings, get_settings
+from api.users.router import router as users_router
+from common.db import create_engine, create_session_factory
+from common.errors import install_error_handlers
+from common.health import Lifecycle, create_health_router, postgres_check, redis_check
+from common.logging import configure_logging
+from common.middleware import (
+    AccessLogMiddleware,
+    BodySizeLimitMiddleware,
+    HostCheckMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
+)
+from common.redis import create_redis
+
+DESCRIPTION = """
+Users and JWT auth for the job system. Errors are `application/problem+json`
+with a `request_id`; every response carries `X-Request-ID`.
+
+Authorize with **Authorize** (OAuth2 password flow) after registering.
+"""
+TAGS = [
+    {"name": "auth", "description": "Register, log in, rotate and revoke tokens."},
+    {"name": "users", "description": "The signed-in user."},
+    {"name": "health", "description": "Liveness and readiness for load balancers."},
+]
+
+
+def _lifespan(settings: ApiSettings) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        # Built here, after gunicorn forked, so no worker shares a pool or a loop.
+        engine = create_engine(settings)
+        redis = create_redis(settings)
+        lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
+        lifecycle.install()
+        try:
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "session_factory": create_session_factory(engine),
+                "redis": redis,
+                "lifecycle": lifecycle,
+                "password_hasher": PasswordHasher(concurrency=settings.password_hash_concurrency),
+                "health_checks": {"postgres": postgres_check(engine), "redis": redis_check(redis)},
+            }
+        finally:
+            lifecycle.uninstall()
+            await redis.aclose()
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="Jobs API",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        lifespan=_lifespan(settings),
+        debug=False,
+    )
+    install_error_handlers(app)
+    app.include_router(create_health_router())
+    app.include_router(auth_router)
+    app.include_router(users_router)
+    if settings.docs_enabled:
+        docs.install_docs(app)
+
+    # Added innermost first: a request meets them in the reverse order.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=settings.cors_allow_credentials,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        expose_headers=["Location", "X-Request-ID", "Retry-After"],
+        max_age=settings.cors_max_age,
+    )
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        content_security_policy=docs.CONTENT_SECURITY_POLICY,
+        hsts=settings.is_production,
+    )
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(AccessLogMiddleware, skip_paths={"/health/live", "/health/ready"})
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    return app
+
+
+app = create_app()

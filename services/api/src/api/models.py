@@ -1,0 +1,11 @@
+"""Every table of the database, imported so Alembic sees one complete metadata."""
+
+from __future__ import annotations
+
+from api.auth.models import RefreshToken
+from api.users.models import User
+from common.db import Base
+
+metadata = Base.metadata
+
+__all__ = ["RefreshToken", "User", "metadata"]

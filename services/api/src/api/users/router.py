@@ -1,0 +1,17 @@
+"""/v1/users: the signed-in user."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.auth.dependencies import CurrentUser
+from api.users.schemas import UserRead
+from common.openapi import problem_responses
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+@router.get("/me", summary="The signed-in user", responses=problem_responses(401))
+async def me(user: CurrentUser, response: Response) -> UserRead:
+    response.headers["Cache-Control"] = "no-store"
+    return UserRead.model_validate(user)

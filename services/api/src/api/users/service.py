@@ -1,0 +1,69 @@
+"""Users: registration, lookup, password rules."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth.passwords import PasswordHasher
+from api.users.errors import EmailTaken, WeakPassword
+from api.users.models import User
+
+_MIN_DISTINCT_CHARACTERS = 5
+
+
+def check_password_strength(password: str, *, email: str, min_length: int) -> None:
+    """Raise `WeakPassword` unless the password is long, varied and not the email.
+
+    Length over composition rules, as NIST SP 800-63B advises.
+    """
+    if len(password) < min_length:
+        raise WeakPassword(f"The password must be at least {min_length} characters long.")
+    if len(set(password)) < _MIN_DISTINCT_CHARACTERS:
+        raise WeakPassword(
+            f"The password must contain at least {_MIN_DISTINCT_CHARACTERS} different characters."
+        )
+    local_part = email.partition("@")[0].lower()
+    if len(local_part) >= 4 and local_part in password.lower():
+        raise WeakPassword("The password must not contain the email address.")
+
+
+async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    """The user with `email`, compared case-insensitively."""
+    result = await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+    return result.scalar_one_or_none()
+
+
+async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user with `user_id`, or None."""
+    return await session.get(User, user_id)
+
+
+async def create_user(
+    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher, min_length: int
+) -> User:
+    """Register a user; `EmailTaken` when the email exists in any letter case."""
+    check_password_strength(password, email=email, min_length=min_length)
+    if await get_user_by_email(session, email) is not None:
+        raise EmailTaken(f"{email} is already registered.")
+    user = User(email=email, password_hash=await hasher.hash(password))
+    session.add(user)
+    try:
+        # A savepoint so a lost race to the unique index leaves the session usable.
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise EmailTaken(f"{email} is already registered.") from exc
+    await session.refresh(user)
+    return user
+
+
+async def record_login(session: AsyncSession, *, user_id: uuid.UUID) -> None:
+    """Set `last_login_at` to now."""
+    await session.execute(
+        update(User).where(User.id == user_id).values(last_login_at=datetime.now(UTC))
+    )

@@ -1,0 +1,78 @@
+"""Where the tests' Postgres and Redis come from (DESIGN §7).
+
+1. `TEST_SERVICES=docker`: testcontainers (fails if no Docker engine answers).
+2. `TEST_DATABASE_URL` / `TEST_REDIS_URL`: those servers.
+3. Otherwise: embedded real servers from the dev dependencies, under `.run/test/`.
+
+Each run then creates its own database (dropped at the end) and its own Redis
+key prefix, so runs sharing a server never see each other's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devservices import EmbeddedPostgres, EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    """A Postgres server URL (any database) and a Redis URL, and where they came from."""
+
+    postgres: str
+    redis: str
+    source: str
+
+
+@contextlib.contextmanager
+def _embedded() -> Iterator[ServiceUrls]:
+    run_dir = ROOT / ".run" / "test"
+    postgres = EmbeddedPostgres(run_dir / "postgres", port=free_port(), durable=False)
+    redis = EmbeddedRedis(run_dir / f"redis-{os.getpid()}", port=free_port(), durable=False)
+    try:
+        postgres_url = postgres.start()
+        yield ServiceUrls(postgres=postgres_url, redis=redis.start(), source="embedded")
+    finally:
+        redis.stop()
+        postgres.stop()
+
+
+@contextlib.contextmanager
+def _docker() -> Iterator[ServiceUrls]:
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.redis import RedisContainer
+
+    postgres_image = os.environ.get("POSTGRES_IMAGE", "postgres:17-alpine")
+    redis_image = os.environ.get("REDIS_IMAGE", "redis:7-alpine")
+    with PostgresContainer(postgres_image, driver=None) as pg, RedisContainer(redis_image) as rd:
+        host, port = rd.get_container_host_ip(), rd.get_exposed_port(6379)
+        yield ServiceUrls(
+            postgres=pg.get_connection_url(), redis=f"redis://{host}:{port}/0", source="docker"
+        )
+
+
+@contextlib.contextmanager
+def provide_services() -> Iterator[ServiceUrls]:
+    """The servers for this test session, started if need be and stopped after."""
+    if os.environ.get("TEST_SERVICES") == "docker":
+        with _docker() as urls:
+            yield urls
+        return
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if database_url and redis_url:
+        yield ServiceUrls(postgres=database_url, redis=redis_url, source="environment")
+        return
+    with _embedded() as urls:
+        yield ServiceUrls(
+            postgres=database_url or urls.postgres,
+            redis=redis_url or urls.redis,
+            source="environment+embedded" if (database_url or redis_url) else "embedded",
+        )
