@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
@@ -56,12 +56,12 @@ def normalize_database_url(url: str) -> str:
     if scheme in {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}:
         scheme = "postgresql+asyncpg"
     if scheme != "postgresql+asyncpg":
-        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
+        raise ValueError(f"must be a PostgreSQL URL, got scheme {parts.scheme!r}")
     query = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "sslmode":
             if value not in _SSLMODES:
-                raise ValueError(f"DATABASE_URL has an unknown sslmode {value!r}")
+                raise ValueError(f"unknown sslmode {value!r}")
             query.append(("ssl", value))
         elif key in {"channel_binding", "target_session_attrs", "connect_timeout"}:
             continue
@@ -147,9 +147,9 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_checks(self) -> CommonSettings:
-        if self.is_production:
-            for problem in self.production_problems():
-                raise UnsafeConfiguration(problem)
+        problems = self.production_problems() if self.is_production else []
+        if problems:
+            raise UnsafeConfiguration("; ".join(problems))
         return self
 
     def production_problems(self) -> list[str]:
@@ -178,3 +178,25 @@ def _ephemeral_secret() -> str:
     if not _EPHEMERAL:
         _EPHEMERAL.append(os.environ.setdefault("JWT_SECRET", os.urandom(32).hex()))
     return _EPHEMERAL[0]
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Read `cls` from the environment, or exit naming every bad setting.
+
+    A process with an unsafe or invalid configuration must not start, and the
+    operator must see which variable to fix rather than a traceback.
+    """
+    try:
+        return cls()
+    except ValidationError as exc:
+        reasons = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["loc"]:
+                name = "_".join(str(part) for part in error["loc"]).upper()
+                message = f"{name}: {message}"
+            reasons.append(message)
+        raise SystemExit("refusing to start: " + "; ".join(reasons)) from None

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from common.settings import CommonSettings
+from common.settings import CommonSettings, load_settings
 
 
 class ApiSettings(CommonSettings):
@@ -21,4 +21,4 @@ class ApiSettings(CommonSettings):
 @lru_cache
 def get_settings() -> ApiSettings:
     """The process's settings, read from the environment once."""
-    return ApiSettings()
+    return load_settings(ApiSettings)
