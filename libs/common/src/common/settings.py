@@ -164,6 +164,13 @@ class CommonSettings(BaseSettings):
             problems.append(f"JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         if "*" in self.cors_origins and self.cors_allow_credentials:
             problems.append("CORS_ORIGINS is '*' while CORS_ALLOW_CREDENTIALS is on")
+        if "*" in self.forwarded_allow_ips:
+            # uvicorn then takes the left-most X-Forwarded-For entry, which the
+            # client writes itself; list the proxies instead.
+            problems.append(
+                "FORWARDED_ALLOW_IPS is '*', which believes client-written X-Forwarded-For "
+                "entries; list the proxy addresses or network (e.g. 10.0.0.0/8)"
+            )
         if self.debug:
             problems.append("DEBUG must be off in production")
         return problems
