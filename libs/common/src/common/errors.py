@@ -37,10 +37,18 @@ class AppError(Exception):
     type: str = "about:blank"
     headers: Mapping[str, str] | None = None
 
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ):
         self.detail = detail or self.title
         if headers is not None:
             self.headers = headers
+        # Further problem members, such as `errors` for a validation failure.
+        self.extra = extra
         super().__init__(self.detail)
 
 
@@ -111,7 +119,12 @@ def problem(
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     return problem(
-        exc.status, title=exc.title, detail=exc.detail, type_=exc.type, headers=exc.headers
+        exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        type_=exc.type,
+        headers=exc.headers,
+        extra=exc.extra,
     )
 
 
@@ -121,8 +134,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, detail=detail, headers=exc.headers)
 
 
-def _field_errors(errors: Any) -> list[dict[str, Any]]:
-    # Echo where and why, never the rejected input: it may be a password.
+def field_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic errors as `{loc, msg, type}`, without the rejected input (it may be a secret)."""
     return [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
         for err in errors
@@ -131,7 +144,7 @@ def _field_errors(errors: Any) -> list[dict[str, Any]]:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _field_errors(exc.errors())
+    errors = field_errors(exc.errors())
     fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
     return problem(
         422,

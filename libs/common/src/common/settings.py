@@ -70,6 +70,15 @@ def normalize_database_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
+def to_sync_database_url(url: str) -> str:
+    """An asyncpg URL from `normalize_database_url` as a psycopg (sync) URL."""
+    parts = urlsplit(url)
+    query = [("sslmode" if key == "ssl" else key, value) for key, value in parse_qsl(parts.query)]
+    return urlunsplit(
+        ("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), parts.fragment)
+    )
+
+
 StrList = Annotated[list[str], NoDecode]
 
 
@@ -98,6 +107,8 @@ class CommonSettings(BaseSettings):
     # Prepended to every key and channel we create, so deployments (or test
     # runs) can share one Redis without seeing each other's data.
     redis_key_prefix: str = ""
+    # Celery's broker; the same Redis by default (Key Value with noeviction).
+    broker_url: str | None = None
 
     jwt_secret: SecretStr | None = None
     jwt_algorithm: str = "HS256"
@@ -134,6 +145,11 @@ class CommonSettings(BaseSettings):
         if value not in {"HS256", "HS384", "HS512"}:
             raise ValueError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
         return value
+
+    @property
+    def sync_database_url(self) -> str:
+        """`database_url` for the psycopg (sync) driver, with libpq's `sslmode`."""
+        return to_sync_database_url(self.database_url)
 
     @property
     def is_production(self) -> bool:

@@ -13,8 +13,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from api import docs
 from api.auth.passwords import PasswordHasher
 from api.auth.router import router as auth_router
+from api.jobs.router import router as jobs_router
 from api.settings import ApiSettings, get_settings
 from api.users.router import router as users_router
+from common.broker import create_celery
 from common.db import create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
@@ -38,6 +40,7 @@ Authorize with **Authorize** (OAuth2 password flow) after registering.
 TAGS = [
     {"name": "auth", "description": "Register, log in, rotate and revoke tokens."},
     {"name": "users", "description": "The signed-in user."},
+    {"name": "jobs", "description": "Long jobs: accept (202), watch, list, cancel."},
     {"name": "health", "description": "Liveness and readiness for load balancers."},
 ]
 
@@ -49,6 +52,7 @@ def _lifespan(settings: ApiSettings) -> Any:
         engine = create_engine(settings)
         redis = create_redis(settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
+        celery = create_celery(settings, main="api")
         lifecycle.install()
         try:
             yield {
@@ -58,10 +62,12 @@ def _lifespan(settings: ApiSettings) -> Any:
                 "redis": redis,
                 "lifecycle": lifecycle,
                 "password_hasher": PasswordHasher(concurrency=settings.password_hash_concurrency),
+                "celery": celery,
                 "health_checks": {"postgres": postgres_check(engine), "redis": redis_check(redis)},
             }
         finally:
             lifecycle.uninstall()
+            celery.close()
             await redis.aclose()
             await engine.dispose()
 
@@ -87,6 +93,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(create_health_router())
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(jobs_router)
     if settings.docs_enabled:
         docs.install_docs(app)
 

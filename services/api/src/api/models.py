@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from api.auth.models import RefreshToken
 from api.users.models import User
+from common.contracts.jobs import Job
 from common.db import Base
 
 metadata = Base.metadata
 
-__all__ = ["RefreshToken", "User", "metadata"]
+__all__ = ["Job", "RefreshToken", "User", "metadata"]

@@ -16,6 +16,7 @@ class ApiSettings(CommonSettings):
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=300)
     password_min_length: int = Field(default=10, ge=8, le=64)
     password_hash_concurrency: int = Field(default=4, ge=1, le=64)
+    jobs_max_active_per_user: int = Field(default=20, ge=1)
 
 
 @lru_cache

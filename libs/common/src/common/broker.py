@@ -1,0 +1,81 @@
+"""The Celery app configuration shared by the API (which sends) and the worker (which runs).
+
+Tuned for "never lose an accepted job" with Redis as the broker: late acks,
+reject on worker loss, prefetch 1, JSON only, and a visibility timeout longer
+than the longest job's hard time limit (so a live job is never delivered
+twice). A dead worker's job does not wait for that timeout: the worker's
+lease in Postgres expires and the sweep requeues it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from common.contracts.kinds import JOB_KINDS, MAX_TIME_LIMIT
+from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
+from common.settings import CommonSettings
+
+VISIBILITY_TIMEOUT = MAX_TIME_LIMIT + 3600
+
+
+def celery_config(settings: CommonSettings) -> dict[str, Any]:
+    """Celery settings (lower-case names) for `settings`."""
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "retry_on_timeout": True,
+    }
+    if settings.redis_key_prefix:
+        transport_options["global_keyprefix"] = settings.redis_key_prefix
+    return {
+        "broker_url": settings.broker_url or settings.redis_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.redis_socket_timeout,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Job state lives in Postgres; Celery keeps no results.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_queue": JOBS_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def create_celery(settings: CommonSettings, *, main: str) -> Celery:
+    """A Celery app for `settings`; connects lazily, on first send or on worker start."""
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def send_job(celery: Celery, *, job_id: str, kind: str, params: dict[str, Any]) -> None:
+    """Send the message that runs job `job_id`; raises if the broker is unreachable.
+
+    The job id is the task id, so every copy of the message (relay resend,
+    sweep requeue) names the same job and the guarded claim runs it once.
+    """
+    soft, hard = JOB_KINDS[kind].limits(params)
+    celery.send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        task_id=job_id,
+        queue=JOBS_QUEUE,
+        soft_time_limit=soft,
+        time_limit=hard,
+        # Fail fast: the job row is the outbox, and the relay retries for us.
+        retry=False,
+    )

@@ -1,0 +1,1 @@
+"""What the services must agree on, defined once: tables, job kinds, task names, events."""

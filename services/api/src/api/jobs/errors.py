@@ -1,0 +1,45 @@
+"""Jobs errors.
+
+AppError
+├── JobNotFound (404)              no such job, or not the caller's
+├── JobNotCancellable (409)        the job has finished
+├── InvalidJob (422)               unknown kind or bad params, with field errors
+├── IdempotencyKeyReused (422)     same Idempotency-Key, different body
+└── TooManyActiveJobs (429)        the per-user limit of queued + running jobs
+"""
+
+from __future__ import annotations
+
+from common.errors import AppError, Conflict, NotFound, TooManyRequests
+
+
+class JobNotFound(NotFound):
+    """Raised for a job that does not exist or belongs to someone else."""
+
+    title = "Job not found"
+
+
+class JobNotCancellable(Conflict):
+    """Raised when cancelling a job that already finished."""
+
+    title = "Job not cancellable"
+
+
+class InvalidJob(AppError):
+    """Raised for an unknown kind or parameters its model rejects."""
+
+    status = 422
+    title = "Invalid job"
+
+
+class IdempotencyKeyReused(AppError):
+    """Raised when an Idempotency-Key comes back with a different body."""
+
+    status = 422
+    title = "Idempotency-Key reused with a different request"
+
+
+class TooManyActiveJobs(TooManyRequests):
+    """Raised when the user already has the maximum of queued and running jobs."""
+
+    title = "Too many active jobs"

@@ -1,0 +1,125 @@
+"""/v1/jobs: accept long jobs (202 + Location), read, list, cancel; and the kinds."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from starlette.requests import HTTPConnection
+
+from api.dependencies import Settings
+from api.jobs import service as jobs_service
+from api.jobs.dependencies import CeleryApp, IdempotencyKey
+from api.jobs.schemas import JobCreate, JobKindRead, JobPage, JobRead
+from common.auth import CurrentPrincipal
+from common.contracts import events
+from common.contracts.jobs import JobState
+from common.contracts.kinds import JOB_KINDS
+from common.db import DbSession
+from common.openapi import problem_responses
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Accept a job",
+    response_description="Accepted (202), or the existing job for a repeated Idempotency-Key (200)",
+    responses={
+        200: {"model": JobRead, "description": "Replay of an Idempotency-Key"},
+        **problem_responses(401, 422, 429),
+    },
+)
+async def create_job(
+    body: JobCreate,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    settings: Settings,
+    celery: CeleryApp,
+    connection: HTTPConnection,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    job, created = await jobs_service.create_job(
+        session,
+        owner_id=principal.user_id,
+        kind=body.kind,
+        params=body.params,
+        idempotency_key=idempotency_key,
+        max_active=settings.jobs_max_active_per_user,
+    )
+    if created:
+        await jobs_service.dispatch_job(
+            celery,
+            connection.state.session_factory,
+            connection.state.redis,
+            job=job,
+            key_prefix=settings.redis_key_prefix,
+        )
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobRead.model_validate(job)
+
+
+@router.get("", summary="List my jobs, newest first", responses=problem_responses(401, 422))
+async def list_jobs(
+    principal: CurrentPrincipal,
+    session: DbSession,
+    state: JobState | None = None,
+    kind: str | None = Query(default=None, max_length=100),
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = Query(default=None, max_length=200),
+) -> JobPage:
+    jobs, next_cursor = await jobs_service.list_jobs(
+        session, owner_id=principal.user_id, state=state, kind=kind, limit=limit, cursor=cursor
+    )
+    return JobPage(items=[JobRead.model_validate(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/kinds", summary="The job kinds and their parameters", tags=["jobs"])
+async def list_kinds() -> list[JobKindRead]:
+    return [
+        JobKindRead(
+            name=kind.name,
+            description=kind.description,
+            params_schema=kind.params_model.model_json_schema(),
+        )
+        for kind in JOB_KINDS.values()
+    ]
+
+
+@router.get("/{job_id}", summary="One of my jobs", responses=problem_responses(401, 404, 422))
+async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession) -> JobRead:
+    job = await jobs_service.get_job(session, owner_id=principal.user_id, job_id=job_id)
+    return JobRead.model_validate(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job (queued: at once; running: at its next checkpoint)",
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def cancel_job(
+    job_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    settings: Settings,
+    connection: HTTPConnection,
+) -> JobRead:
+    job = await jobs_service.cancel_job(session, owner_id=principal.user_id, job_id=job_id)
+    await session.commit()
+    if job.state == JobState.CANCELLED:
+        await jobs_service.publish_quietly(
+            connection.state.redis,
+            events.make_event(
+                events.JOB_CANCELLED,
+                user_id=job.owner_id,
+                job_id=job.id,
+                state="cancelled",
+            ),
+            prefix=settings.redis_key_prefix,
+        )
+    return JobRead.model_validate(job)

@@ -1,0 +1,241 @@
+"""Jobs: accept (with idempotency and a per-user limit), read, list, cancel, dispatch."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+from celery import Celery
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.jobs.errors import (
+    IdempotencyKeyReused,
+    InvalidJob,
+    JobNotCancellable,
+    JobNotFound,
+    TooManyActiveJobs,
+)
+from common.broker import send_job
+from common.contracts import events
+from common.contracts.jobs import ACTIVE_STATES, Job, JobState
+from common.contracts.kinds import JOB_KINDS
+from common.errors import field_errors
+
+_logger = logging.getLogger("api.jobs")
+
+
+def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The params normalized by the kind's model; `InvalidJob` naming the field otherwise."""
+    spec = JOB_KINDS.get(kind)
+    if spec is None:
+        raise InvalidJob(
+            f"Unknown job kind {kind!r}; known kinds: {', '.join(sorted(JOB_KINDS))}.",
+            extra={
+                "errors": [{"loc": ["body", "kind"], "msg": "unknown job kind", "type": "enum"}]
+            },
+        )
+    try:
+        model = spec.params_model.model_validate(params)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors())
+        for error in errors:
+            error["loc"] = ["body", "params", *error["loc"]]
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
+        raise InvalidJob(f"Invalid params for {kind}: {fields}", extra={"errors": errors}) from exc
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def _request_hash(kind: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create_job(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    kind: str,
+    params: dict[str, Any],
+    idempotency_key: str | None,
+    max_active: int,
+) -> tuple[Job, bool]:
+    """Insert and commit a queued job; returns (job, created).
+
+    With an Idempotency-Key seen before, returns that job (created False) if the
+    body matches and raises `IdempotencyKeyReused` if not. A per-user
+    transaction-scoped advisory lock serializes the check-then-insert, so
+    concurrent requests cannot overshoot the active-job limit or double-create.
+    """
+    params = validate_job(kind, params)
+    request_hash = _request_hash(kind, params)
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"jobs:{owner_id}"},
+    )
+    if idempotency_key is not None:
+        existing = await session.scalar(
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used with a different kind or params."
+                )
+            return existing, False
+    active = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == owner_id, Job.state.in_([s.value for s in ACTIVE_STATES]))
+    )
+    if (active or 0) >= max_active:
+        raise TooManyActiveJobs(
+            f"At most {max_active} jobs may be queued or running at once.", retry_after=5
+        )
+    job = Job(
+        owner_id=owner_id,
+        kind=kind,
+        params=params,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        state=JobState.QUEUED.value,
+        progress=0,
+    )
+    session.add(job)
+    await session.flush()
+    await session.refresh(job)
+    # Committed before any message leaves: the worker must find the row.
+    await session.commit()
+    return job, True
+
+
+async def dispatch_job(
+    celery: Celery,
+    session_factory: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    *,
+    job: Job,
+    key_prefix: str,
+) -> None:
+    """Send the job's message and mark it sent; on failure leave it to the relay.
+
+    Never raises: the job is committed, so the client gets its 202 whatever
+    the broker's state.
+    """
+    try:
+        await anyio.to_thread.run_sync(
+            lambda: send_job(celery, job_id=str(job.id), kind=job.kind, params=job.params)
+        )
+    except Exception as exc:
+        _logger.warning(
+            "broker unreachable, job %s left for the relay: %s", job.id, type(exc).__name__
+        )
+        return
+    async with session_factory() as session:
+        await session.execute(
+            update(Job).where(Job.id == job.id, Job.sent_at.is_(None)).values(sent_at=func.now())
+        )
+        await session.commit()
+    await publish_quietly(
+        redis,
+        events.make_event(events.JOB_QUEUED, user_id=job.owner_id, job_id=job.id, state="queued"),
+        prefix=key_prefix,
+    )
+
+
+async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
+    """Publish an event; a Redis failure is logged, never raised (the state is in Postgres)."""
+    try:
+        await events.apublish_event(redis, event, prefix=prefix)
+    except Exception as exc:
+        _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
+
+
+async def get_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """The caller's job; `JobNotFound` for a missing job and for someone else's alike."""
+    job = await session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
+    if job is None:
+        raise JobNotFound(f"No job {job_id}.")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidJob(
+            "The cursor is not one this API gave out.",
+            extra={
+                "errors": [
+                    {"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}
+                ]
+            },
+        ) from exc
+
+
+async def list_jobs(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    state: JobState | None,
+    kind: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    """The caller's jobs, newest first, one page; keyset pagination on (created_at, id)."""
+    query = select(Job).where(Job.owner_id == owner_id)
+    if state is not None:
+        query = query.where(Job.state == state.value)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if cursor is not None:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list((await session.scalars(query)).all())
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+async def cancel_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job now, or ask a running one to stop at its next checkpoint.
+
+    Both are single guarded UPDATEs, so a cancel racing the worker's claim or
+    finish can never produce a cancelled-then-succeeded job.
+    """
+    now = datetime.now(UTC)
+    cancelled = await session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.owner_id == owner_id, Job.state == JobState.QUEUED.value)
+        .values(state=JobState.CANCELLED.value, finished_at=now)
+        .returning(Job)
+        .execution_options(populate_existing=True)
+    )
+    if cancelled is not None:
+        return cancelled
+    requested = await session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.owner_id == owner_id, Job.state == JobState.RUNNING.value)
+        .values(cancel_requested=True)
+        .returning(Job)
+        .execution_options(populate_existing=True)
+    )
+    if requested is not None:
+        return requested
+    job = await get_job(session, owner_id=owner_id, job_id=job_id)
+    raise JobNotCancellable(f"Job {job.id} has already {job.state}.")

@@ -1,0 +1,69 @@
+"""Per-process database engine and Redis client for the worker.
+
+Celery's prefork pool forks children after importing the app, so connections
+are made lazily in the process that uses them and remade after a fork.
+
+Why a sync driver (psycopg 3) here and asyncpg in the API: a Celery task is a
+plain function in a worker process that runs one job at a time. Driving
+asyncpg from it would mean an event loop per process and `run_until_complete`
+around every query for no concurrency gain; psycopg with a tiny pool is the
+simpler, equally fast tool for one job per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from redis import Redis
+from sqlalchemy import Engine, create_engine
+
+from worker.settings import WorkerSettings, get_settings
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a worker process talks to."""
+
+    settings: WorkerSettings
+    engine: Engine
+    redis: Redis
+
+
+_lock = threading.Lock()
+_current: dict[int, Resources] = {}
+
+
+def build(settings: WorkerSettings) -> Resources:
+    """Build an engine and a Redis client for `settings`."""
+    engine = create_engine(
+        settings.sync_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle,
+        pool_timeout=settings.db_pool_timeout,
+        connect_args={
+            "application_name": settings.service_name,
+            "connect_timeout": max(1, int(settings.redis_socket_timeout)),
+        },
+    )
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=30,
+    )
+    return Resources(settings=settings, engine=engine, redis=redis)
+
+
+def get_resources() -> Resources:
+    """This process's resources, built on first use (and again in a forked child)."""
+    pid = os.getpid()
+    with _lock:
+        resources = _current.get(pid)
+        if resources is None:
+            _current.clear()
+            resources = _current[pid] = build(get_settings())
+        return resources

@@ -1,0 +1,214 @@
+"""Running one job: claim it, hold its lease, report progress, record the outcome.
+
+Every write is a guarded UPDATE on the job's `run_id` and state, so a worker
+whose lease lapsed (and whose job was requeued to someone else) can no longer
+touch the job: its next write matches no row and it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import Engine, text
+
+from common.contracts import events
+from common.contracts.jobs import JobState
+from worker.settings import WorkerSettings
+
+_logger = logging.getLogger("worker.runner")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its owner asked to cancel it."""
+
+
+class LeaseLost(Exception):
+    """Raised inside a job when its lease lapsed and the job went to another run."""
+
+
+class TransientJobError(Exception):
+    """Raised by a job for a failure worth retrying (a dependency was briefly away)."""
+
+
+_CLAIM = text(
+    """
+    UPDATE jobs
+       SET state = 'running', run_id = :run_id, attempt = attempt + 1,
+           lease_expires_at = now() + make_interval(secs => :lease),
+           started_at = coalesce(started_at, now()), sent_at = coalesce(sent_at, now())
+     WHERE id = :id AND state = 'queued'
+    RETURNING owner_id, kind, params, attempt, cancel_requested
+    """
+)
+_RENEW = text(
+    """
+    UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
+     WHERE id = :id AND run_id = :run_id AND state = 'running'
+    RETURNING cancel_requested
+    """
+)
+_PROGRESS = text(
+    """
+    UPDATE jobs SET progress = :progress,
+           lease_expires_at = now() + make_interval(secs => :lease)
+     WHERE id = :id AND run_id = :run_id AND state = 'running'
+    RETURNING cancel_requested
+    """
+)
+_FINISH = text(
+    """
+    UPDATE jobs SET state = :state, result = CAST(:result AS jsonb), error = :error,
+           progress = coalesce(CAST(:final_progress AS smallint), progress),
+           finished_at = now(), lease_expires_at = NULL
+     WHERE id = :id AND run_id = :run_id AND state = 'running'
+    RETURNING progress
+    """
+)
+_RELEASE = text(
+    """
+    UPDATE jobs SET state = 'queued', run_id = NULL, lease_expires_at = NULL, sent_at = now()
+     WHERE id = :id AND run_id = :run_id AND state = 'running'
+    """
+)
+
+
+@dataclass
+class JobRun:
+    """One attempt at a job, handed to the kind's function."""
+
+    job_id: uuid.UUID
+    owner_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    run_id: uuid.UUID
+    engine: Engine
+    redis: Redis
+    settings: WorkerSettings
+    cancel_requested: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: type[Exception] | None = None
+
+    def publish(self, type_: str, **data: Any) -> None:
+        """Publish an event about this job; a Redis failure is logged, not raised."""
+        event = events.make_event(type_, user_id=self.owner_id, job_id=self.job_id, **data)
+        try:
+            events.publish_event(self.redis, event, prefix=self.settings.redis_key_prefix)
+        except Exception as exc:  # the state is in Postgres; the event is best effort
+            _logger.warning("event %s not published: %s", type_, type(exc).__name__)
+
+    def _write(self, statement: Any, **values: Any) -> Any:
+        with self.engine.begin() as connection:
+            params = {"id": self.job_id, "run_id": self.run_id, **values}
+            return connection.execute(statement, params).first()
+
+    def _check(self, row: Any) -> None:
+        if row is None:
+            self._halt(LeaseLost)
+        elif row.cancel_requested:
+            self._halt(JobCancelled)
+        if self.stop_reason is not None:
+            raise self.stop_reason(f"job {self.job_id}")
+
+    def _halt(self, reason: type[Exception]) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stop.set()
+
+    def renew(self) -> None:
+        """Extend the lease (the heartbeat); notes a cancel request or a lost lease."""
+        row = self._write(_RENEW, lease=self.settings.job_lease_seconds)
+        if row is None:
+            self._halt(LeaseLost)
+        elif row.cancel_requested:
+            self._halt(JobCancelled)
+
+    def progress(self, percent: int, **data: Any) -> None:
+        """Record progress (0-100), renew the lease, publish; stops on cancel or lost lease."""
+        percent = max(0, min(100, int(percent)))
+        row = self._write(_PROGRESS, progress=percent, lease=self.settings.job_lease_seconds)
+        self._check(row)
+        self.publish(events.JOB_PROGRESS, progress=percent, **data)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking at once on a cancel request or a lost lease."""
+        if self.stop.wait(seconds) and self.stop_reason is not None:
+            raise self.stop_reason(f"job {self.job_id}")
+
+    def finish(self, state: JobState, *, result: Any = None, error: str | None = None) -> bool:
+        """Record the outcome; False if the job was no longer this run's to finish."""
+        row = self._write(
+            _FINISH,
+            state=state.value,
+            final_progress=100 if state is JobState.SUCCEEDED else None,
+            result=None if result is None else json.dumps(result),
+            error=error,
+        )
+        return row is not None
+
+    def release(self) -> bool:
+        """Give the job back to the queue (for a retry); False if it was no longer ours."""
+        with self.engine.begin() as connection:
+            released = connection.execute(_RELEASE, {"id": self.job_id, "run_id": self.run_id})
+            return released.rowcount == 1
+
+
+def claim(
+    engine: Engine, redis: Redis, settings: WorkerSettings, *, job_id: uuid.UUID
+) -> JobRun | None:
+    """Move a queued job to running under a new lease; None if it is not queued."""
+    run_id = uuid.uuid4()
+    with engine.begin() as connection:
+        row = connection.execute(
+            _CLAIM, {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
+        ).first()
+    if row is None:
+        return None
+    return JobRun(
+        job_id=job_id,
+        owner_id=row.owner_id,
+        kind=row.kind,
+        params=row.params,
+        attempt=row.attempt,
+        run_id=run_id,
+        engine=engine,
+        redis=redis,
+        settings=settings,
+        cancel_requested=row.cancel_requested,
+    )
+
+
+class Heartbeat:
+    """Renews a run's lease every `job_heartbeat_seconds` in a background thread."""
+
+    def __init__(self, run: JobRun) -> None:
+        self._run = run
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"heartbeat-{run.job_id}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._run.settings.job_heartbeat_seconds + 5)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._run.settings.job_heartbeat_seconds):
+            try:
+                self._run.renew()
+            except Exception:
+                # A missed beat is survivable: the lease outlives several beats.
+                _logger.warning("lease renewal failed for job %s", self._run.job_id, exc_info=True)
+
+
+JobFunction = Callable[[JobRun, Any], dict[str, Any]]
