@@ -11,6 +11,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
@@ -120,3 +121,11 @@ def make_user(client: httpx.AsyncClient) -> Callable[[], Awaitable[RegisteredUse
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+async def db_engine(settings: ApiSettings) -> AsyncIterator[AsyncEngine]:
+    """An engine on this run's database, for tests that look at or change rows directly."""
+    engine = create_async_engine(settings.database_url)
+    yield engine
+    await engine.dispose()

@@ -15,6 +15,9 @@ import uuid
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import problem
@@ -163,8 +166,16 @@ class HostCheckMiddleware:
         await response(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    # An HTTPException, as Starlette's own body limit raises: FastAPI turns any
+    # other error raised while reading the body into "400 error parsing the
+    # body", but re-raises this to the app's handler, which renders the 413.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            413,
+            detail=f"The request body exceeds {max_bytes} bytes.",
+            headers={"Connection": "close"},
+        )
 
 
 class BodySizeLimitMiddleware:
@@ -191,7 +202,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -210,7 +221,6 @@ class BodySizeLimitMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
             413,
-            title="Request body too large",
             detail=f"The request body exceeds {self.max_bytes} bytes.",
             headers={"Connection": "close"},
         )
@@ -250,3 +260,14 @@ class UnhandledErrorMiddleware:
                 detail="An unexpected error occurred; quote the request id when reporting it.",
             )
             await response(scope, receive, send)
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, answering a rejected preflight as problem+json."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode(errors="replace")
+        return problem(response.status_code, title="CORS preflight rejected", detail=reason)

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import docs
@@ -25,6 +24,7 @@ from common.middleware import (
     AccessLogMiddleware,
     BodySizeLimitMiddleware,
     HostCheckMiddleware,
+    ProblemCORSMiddleware,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
@@ -32,7 +32,9 @@ from common.middleware import (
 from common.redis import create_redis
 
 DESCRIPTION = """
-Users and JWT auth for the job system. Errors are `application/problem+json`
+Users, JWT auth and long jobs: `POST /v1/jobs` answers `202 Accepted` with a
+`Location`; a Celery worker runs the job and records its progress, which
+`GET /v1/jobs/{id}` shows. Errors are `application/problem+json`
 with a `request_id`; every response carries `X-Request-ID`.
 
 Authorize with **Authorize** (OAuth2 password flow) after registering.
@@ -101,7 +103,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        CORSMiddleware,
+        ProblemCORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_credentials=settings.cors_allow_credentials,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
@@ -109,12 +111,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         expose_headers=["Location", "X-Request-ID", "Retry-After"],
         max_age=settings.cors_max_age,
     )
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(
         SecurityHeadersMiddleware,
         content_security_policy=docs.CONTENT_SECURITY_POLICY,
         hsts=settings.is_production,
     )
-    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(AccessLogMiddleware, skip_paths={"/health/live", "/health/ready"})
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

@@ -67,12 +67,12 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     if run is None:
         _logger.info("job %s is not queued; message ignored", job_id)
         return
-    function, params_model = JOB_FUNCTIONS[run.kind]
     run.publish(events.JOB_STARTED, state="running", attempt=run.attempt)
     try:
         with Heartbeat(run):
             if run.cancel_requested:
                 raise JobCancelled(job_id)
+            function, params_model = JOB_FUNCTIONS[run.kind]
             result = function(run, params_model.model_validate(run.params))
     except JobCancelled:
         if run.finish(JobState.CANCELLED):

@@ -1,0 +1,331 @@
+"""Auth over HTTP: the token attack matrix, registration rules, login, rotation, logout."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.settings import ApiSettings
+from api.users.models import User
+from tests.integration.conftest import PASSWORD, RegisteredUser
+from tests.support import tokens
+from tests.support.polling import eventually
+from tests.support.problems import assert_problem
+
+MakeUser = Callable[[], Awaitable[RegisteredUser]]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _unique_email() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def _assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
+    body = assert_problem(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+    return body
+
+
+class TestBearerTokenMatrix:
+    """GET /v1/users/me answers 401 problem+json with a Bearer challenge for every bad token."""
+
+    async def test_well_formed_token_for_the_user_is_accepted(
+        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings
+    ) -> None:
+        # The baseline: each bad token below differs from this one in one way only.
+        user = await make_user()
+        claims = tokens.valid_claims(settings, subject=uuid.UUID(user.id))
+        response = await client.get("/v1/users/me", headers=_bearer(tokens.sign(settings, claims)))
+        assert response.status_code == 200
+        assert response.json()["id"] == user.id
+
+    @pytest.mark.parametrize("kind", list(tokens.BAD_TOKENS))
+    async def test_bad_token_is_401(
+        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings, kind: str
+    ) -> None:
+        user = await make_user()
+        token = tokens.BAD_TOKENS[kind](settings, subject=uuid.UUID(user.id))
+        _assert_unauthorized(await client.get("/v1/users/me", headers=_bearer(token)))
+
+    @pytest.mark.parametrize(
+        "authorization", ["", "Bearer", "Bearer   ", "Basic dXNlcjpwYXNz", "Token abc.def.ghi"]
+    )
+    async def test_missing_or_other_scheme_is_401(
+        self, client: httpx.AsyncClient, authorization: str
+    ) -> None:
+        headers = {"Authorization": authorization} if authorization else {}
+        _assert_unauthorized(await client.get("/v1/users/me", headers=headers))
+
+    async def test_refresh_token_used_as_access_token_is_401(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        _assert_unauthorized(await client.get("/v1/users/me", headers=_bearer(user.refresh_token)))
+
+    async def test_token_of_a_user_that_does_not_exist_is_401(
+        self, client: httpx.AsyncClient, settings: ApiSettings
+    ) -> None:
+        token = tokens.sign(settings, tokens.valid_claims(settings, subject=uuid.uuid4()))
+        _assert_unauthorized(await client.get("/v1/users/me", headers=_bearer(token)))
+
+
+class TestRegistration:
+    """Registration creates one account per email, any letter case, with a strong password."""
+
+    async def test_register_answers_201_with_the_user(self, client: httpx.AsyncClient) -> None:
+        email = _unique_email()
+        response = await client.post(
+            "/v1/auth/register", json={"email": email, "password": PASSWORD}
+        )
+        assert response.status_code == 201
+        body = response.json()
+        assert set(body) == {"id", "email", "created_at"}
+        assert body["email"] == email
+        uuid.UUID(body["id"])
+        assert datetime.fromisoformat(body["created_at"]).utcoffset() is not None
+
+    async def test_same_email_in_other_letter_case_is_409(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post(
+            "/v1/auth/register", json={"email": user.email.upper(), "password": PASSWORD}
+        )
+        assert_problem(response, 409)
+
+    @pytest.mark.parametrize(
+        ("password", "reason"),
+        [
+            ("Sh0rt!pw", "at least 10 characters"),
+            ("abababababababab", "different characters"),
+            ("my-{local}-is-my-password", "must not contain the email"),
+        ],
+        ids=["too_short", "too_few_distinct_characters", "contains_email_local_part"],
+    )
+    async def test_weak_password_is_422(
+        self, client: httpx.AsyncClient, password: str, reason: str
+    ) -> None:
+        local = f"weakling{uuid.uuid4().hex[:6]}"
+        response = await client.post(
+            "/v1/auth/register",
+            json={"email": f"{local}@example.com", "password": password.format(local=local)},
+        )
+        body = assert_problem(response, 422)
+        assert reason in body["detail"]
+        assert password.format(local=local) not in response.text
+
+    @pytest.mark.parametrize("email", ["not-an-email", "a@", "@example.com", "a b@example.com"])
+    async def test_invalid_email_is_422_with_field_errors(
+        self, client: httpx.AsyncClient, email: str
+    ) -> None:
+        response = await client.post(
+            "/v1/auth/register", json={"email": email, "password": PASSWORD}
+        )
+        body = assert_problem(response, 422)
+        assert [error["loc"] for error in body["errors"]] == [["body", "email"]]
+        assert PASSWORD not in response.text
+
+
+class TestLogin:
+    """The token endpoint gives the same 401 for a wrong password and an unknown email."""
+
+    async def test_login_answers_a_bearer_token_pair(
+        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings
+    ) -> None:
+        user = await make_user()
+        response = await client.post(
+            "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+        assert body["token_type"] == "bearer"
+        assert body["expires_in"] == settings.access_token_ttl_seconds
+
+    async def test_wrong_password_and_unknown_email_answer_identically(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        wrong_password = await client.post(
+            "/v1/auth/token", data={"username": user.email, "password": "not the password!"}
+        )
+        unknown_email = await client.post(
+            "/v1/auth/token", data={"username": _unique_email(), "password": "not the password!"}
+        )
+        first = _assert_unauthorized(wrong_password)
+        second = _assert_unauthorized(unknown_email)
+        assert first.pop("request_id") != second.pop("request_id")
+        assert first == second
+
+    async def test_last_login_at_is_recorded(
+        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+    ) -> None:
+        # make_user logs in once; the write happens after the response.
+        user = await make_user()
+
+        async def last_login() -> datetime | None:
+            async with db_engine.connect() as connection:
+                return await connection.scalar(
+                    select(User.last_login_at).where(User.id == uuid.UUID(user.id))
+                )
+
+        recorded = await eventually(last_login)
+        assert recorded.utcoffset() is not None
+
+
+class TestNoStore:
+    """Answers carrying tokens or the user are never cached."""
+
+    async def test_token_answer_is_no_store(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post(
+            "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
+        )
+        assert response.headers["cache-control"] == "no-store"
+
+    async def test_refresh_answer_is_no_store(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+
+    async def test_me_answer_is_no_store(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.get("/v1/users/me", headers=user.headers)
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+
+
+class TestRefreshRotation:
+    """A refresh token works once; reusing a rotated one revokes its whole family."""
+
+    async def test_refresh_gives_a_new_pair_that_works(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        assert response.status_code == 200
+        pair = response.json()
+        assert pair["refresh_token"] != user.refresh_token
+        me = await client.get("/v1/users/me", headers=_bearer(pair["access_token"]))
+        assert me.json()["id"] == user.id
+
+    async def test_rotated_token_cannot_be_used_again(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        first = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        assert first.status_code == 200
+        again = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        _assert_unauthorized(again)
+
+    async def test_reuse_of_a_rotated_token_revokes_the_newest_token(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        rotated = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        newest = rotated.json()["refresh_token"]
+        reuse = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        _assert_unauthorized(reuse)
+        after = await client.post("/v1/auth/refresh", json={"refresh_token": newest})
+        _assert_unauthorized(after)
+
+    async def test_reuse_does_not_touch_other_sessions_of_the_user(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        other = await client.post(
+            "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
+        )
+        await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        response = await client.post(
+            "/v1/auth/refresh", json={"refresh_token": other.json()["refresh_token"]}
+        )
+        assert response.status_code == 200
+
+    async def test_unknown_refresh_token_is_401(self, client: httpx.AsyncClient) -> None:
+        response = await client.post("/v1/auth/refresh", json={"refresh_token": "made-up"})
+        _assert_unauthorized(response)
+
+
+class TestLogout:
+    """Logout answers 204 and revokes the refresh token's family."""
+
+    async def test_logout_revokes_the_refresh_token(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post(
+            "/v1/auth/logout", json={"refresh_token": user.refresh_token}, headers=user.headers
+        )
+        assert response.status_code == 204
+        assert response.content == b""
+        after = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        _assert_unauthorized(after)
+
+    async def test_logout_needs_a_bearer_token(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        response = await client.post("/v1/auth/logout", json={"refresh_token": user.refresh_token})
+        _assert_unauthorized(response)
+        still = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        assert still.status_code == 200
+
+    async def test_logout_with_another_users_refresh_token_revokes_nothing(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        alice, mallory = await make_user(), await make_user()
+        response = await client.post(
+            "/v1/auth/logout", json={"refresh_token": alice.refresh_token}, headers=mallory.headers
+        )
+        assert response.status_code == 204
+        still = await client.post("/v1/auth/refresh", json={"refresh_token": alice.refresh_token})
+        assert still.status_code == 200
+
+
+class TestInactiveUser:
+    """A valid token of a disabled account no longer reaches /v1/users/me."""
+
+    async def test_me_of_a_disabled_user_is_401(
+        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+    ) -> None:
+        user = await make_user()
+        assert (await client.get("/v1/users/me", headers=user.headers)).status_code == 200
+        async with db_engine.begin() as connection:
+            await connection.execute(
+                update(User).where(User.id == uuid.UUID(user.id)).values(is_active=False)
+            )
+        _assert_unauthorized(await client.get("/v1/users/me", headers=user.headers))
+
+    async def test_disabled_user_cannot_log_in_or_refresh(
+        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+    ) -> None:
+        user = await make_user()
+        async with db_engine.begin() as connection:
+            await connection.execute(
+                update(User).where(User.id == uuid.UUID(user.id)).values(is_active=False)
+            )
+        login = await client.post(
+            "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
+        )
+        _assert_unauthorized(login)
+        refresh = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        _assert_unauthorized(refresh)

@@ -1,0 +1,100 @@
+"""Liveness and readiness: each dependency checked under its own timeout, and the drain."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from api.main import create_app
+from api.settings import ApiSettings
+from common.health import Lifecycle
+from devservices import free_port
+from tests.integration.conftest import ClientFactory
+
+SettingsFactory = Callable[..., ApiSettings]
+
+
+class TestLiveness:
+    """/health/live answers 200 while the process serves."""
+
+    async def test_live_is_200(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/health/live")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+
+class TestReadiness:
+    """/health/ready checks Postgres and Redis and names whatever fails."""
+
+    async def test_ready_is_200_with_every_check_ok(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/health/ready")
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+        body = response.json()
+        assert body["status"] == "ok"
+        assert "failing" not in body
+        assert set(body["checks"]) == {"postgres", "redis"}
+        for check in body["checks"].values():
+            assert check["status"] == "ok"
+            assert isinstance(check["latency_ms"], int | float)
+            assert check["latency_ms"] >= 0
+
+    async def test_unreachable_redis_is_503_naming_redis(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> None:
+        settings = settings_factory(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", health_check_timeout=0.5
+        )
+        client = await client_factory(create_app(settings))
+        started = time.monotonic()
+        response = await client.get("/health/ready")
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "fail"
+        assert body["failing"] == ["redis"]
+        assert body["checks"]["redis"]["status"] == "fail"
+        assert body["checks"]["redis"]["error"]
+        assert body["checks"]["postgres"]["status"] == "ok"
+        # Bounded by the check timeout, not by the client's retries and backoff.
+        assert elapsed < settings.health_check_timeout + 1.0
+
+    async def test_liveness_does_not_depend_on_redis(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> None:
+        settings = settings_factory(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", health_check_timeout=0.5
+        )
+        client = await client_factory(create_app(settings))
+        assert (await client.get("/health/live")).status_code == 200
+
+
+async def _drain(request: Request) -> dict[str, bool]:
+    lifecycle: Lifecycle = request.state.lifecycle
+    lifecycle.start_draining()
+    return {"draining": lifecycle.draining}
+
+
+class TestDraining:
+    """Once draining starts, readiness fails while liveness still answers."""
+
+    async def test_draining_fails_readiness_only(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> None:
+        app: FastAPI = create_app(settings_factory())
+        app.add_api_route("/test/drain", _drain, methods=["POST"])
+        client = await client_factory(app)
+        assert (await client.get("/health/ready")).status_code == 200
+
+        assert (await client.post("/test/drain")).json() == {"draining": True}
+
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["failing"] == ["draining"]
+        assert all(check["status"] == "ok" for check in body["checks"].values())
+        assert (await client.get("/health/live")).status_code == 200
