@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,11 @@ class ServiceUrls:
 @contextlib.contextmanager
 def _embedded() -> Iterator[ServiceUrls]:
     run_dir = ROOT / ".run" / "test"
-    postgres = EmbeddedPostgres(run_dir / "postgres", port=free_port(), durable=False)
+    # One server per test session, on its own copy of an initdb'd template, so
+    # sessions running side by side never share or stop each other's server.
+    postgres = EmbeddedPostgres.from_template(
+        run_dir / "postgres-template", run_dir / f"postgres-{os.getpid()}", port=free_port()
+    )
     redis = EmbeddedRedis(run_dir / f"redis-{os.getpid()}", port=free_port(), durable=False)
     try:
         postgres_url = postgres.start()
@@ -41,6 +46,8 @@ def _embedded() -> Iterator[ServiceUrls]:
     finally:
         redis.stop()
         postgres.stop()
+        shutil.rmtree(postgres.data_dir, ignore_errors=True)
+        shutil.rmtree(redis.data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -66,18 +68,40 @@ class EmbeddedPostgres:
         ensure_prefix_permissions(POSTGRES_BIN_PATH)
         subprocess.run(["chown", "-R", f"{self._user}:", str(self.data_dir)], check=True)
 
-    def start(self) -> str:
-        """Start (initdb on first use) and return the URL of database `postgres`."""
-        running = self._running_port()
-        if running is not None:
-            self.port = running
-            return self.url()
+    def initialize(self) -> None:
+        """Create the data directory with initdb unless it exists; starts nothing."""
         self._prepare()
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
                 "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
                 "--encoding=UTF8", "--no-sync", "--no-instructions",
             )  # fmt: skip
+
+    @classmethod
+    def from_template(
+        cls, template_dir: Path, data_dir: Path, *, port: int, durable: bool = False
+    ) -> EmbeddedPostgres:
+        """A server on a fresh copy of `template_dir` (initdb'd once, under a file lock).
+
+        Copying is far faster than initdb, and each copy belongs to one caller,
+        so concurrent test sessions never share (or stop) each other's server.
+        """
+        template = cls(template_dir, port=port)
+        template_dir.parent.mkdir(parents=True, exist_ok=True)
+        with (template_dir.parent / f"{template_dir.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            template.initialize()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.copytree(template_dir, data_dir, symlinks=True)
+        return cls(data_dir, port=port, durable=durable)
+
+    def start(self) -> str:
+        """Start (initdb on first use) and return the URL of database `postgres`."""
+        running = self._running_port()
+        if running is not None:
+            self.port = running
+            return self.url()
+        self.initialize()
         options = (
             f"-p {self.port} -h 127.0.0.1 -c unix_socket_directories='' -c max_connections=300"
         )
