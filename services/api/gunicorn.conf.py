@@ -15,13 +15,19 @@ from common.logging import logging_config
 _env = os.environ.get
 
 bind = f"0.0.0.0:{_env('PORT', '8000')}"
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn_worker.UvicornWorker, minus resetting just-accepted requests on stop (api.serving).
+worker_class = "api.serving.UvicornWorker"
 # Async workers: one per core serves thousands of connections each.
 workers = int(_env("WEB_CONCURRENCY") or multiprocessing.cpu_count())
 max_requests = int(_env("GUNICORN_MAX_REQUESTS", "1000"))
 max_requests_jitter = int(_env("GUNICORN_MAX_REQUESTS_JITTER", "50"))
 timeout = int(_env("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# After SIGTERM a worker keeps serving SHUTDOWN_DRAIN_SECONDS (readiness 503)
+# before it stops; the master must not kill it before in-flight requests end.
+graceful_timeout = max(
+    int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30")),
+    int(float(_env("SHUTDOWN_DRAIN_SECONDS", "0"))) + 10,
+)
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
 # Safe to preload: create_app() builds no engine, client or loop; the lifespan
 # does, in each worker after the fork.
