@@ -27,6 +27,11 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
         "socket_connect_timeout": settings.redis_socket_timeout,
         "socket_timeout": settings.redis_socket_timeout,
         "retry_on_timeout": True,
+        # A send to a broker that is down fails on the first connect attempt
+        # instead of kombu's retry loop, which sleeps 2 s and more whatever the
+        # timeouts: the job row is the outbox and the relay resends. The
+        # worker's consumer passes its own retry policy, so it still reconnects.
+        "max_retries": 0,
     }
     if settings.redis_key_prefix:
         transport_options["global_keyprefix"] = settings.redis_key_prefix

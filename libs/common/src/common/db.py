@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
@@ -33,24 +33,29 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def pool_options(settings: CommonSettings) -> dict[str, Any]:
+    """The connection-pool arguments of `create_engine`, for async and sync engines alike."""
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_pre_ping": settings.db_pool_pre_ping,
+        "pool_recycle": settings.db_pool_recycle,
+        "pool_timeout": settings.db_pool_timeout,
+    }
+
+
 def create_engine(settings: CommonSettings) -> AsyncEngine:
     """Build the process's engine; call it in `lifespan`, never at import."""
-    connect_args: dict[str, object] = {
-        "server_settings": {"application_name": settings.service_name},
-        "timeout": settings.health_check_timeout * 5,
-    }
+    server_settings = {"application_name": settings.service_name}
     if settings.db_statement_timeout_ms:
-        server_settings = connect_args["server_settings"]
-        assert isinstance(server_settings, dict)
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
     return create_async_engine(
         settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        pool_recycle=settings.db_pool_recycle,
-        pool_timeout=settings.db_pool_timeout,
-        connect_args=connect_args,
+        connect_args={
+            "server_settings": server_settings,
+            "timeout": settings.health_check_timeout * 5,
+        },
+        **pool_options(settings),
     )
 
 

@@ -21,18 +21,24 @@ _logger = logging.getLogger("worker.maintenance")
 # Queued jobs whose message was never sent (the API could not reach the
 # broker), or was sent long ago and never claimed (the broker lost it, e.g. a
 # Redis restart without persistence). A duplicate message is harmless.
-_UNSENT = text(
+# Marked sent in the same statement that picks them (and committed before
+# sending), so no row lock is held while talking to the broker and a worker's
+# claim never waits on the relay; a failed send puts sent_at back to NULL.
+_TAKE_UNSENT = text(
     """
-    SELECT id, kind, params FROM jobs
-     WHERE state = 'queued'
-       AND ((sent_at IS NULL AND created_at < now() - make_interval(secs => :grace))
-            OR sent_at < now() - make_interval(secs => :resend_after))
-     ORDER BY created_at
-     LIMIT :batch
-       FOR UPDATE SKIP LOCKED
+    UPDATE jobs SET sent_at = now()
+     WHERE id IN (SELECT id FROM jobs
+                   WHERE state = 'queued'
+                     AND ((sent_at IS NULL
+                           AND created_at < now() - make_interval(secs => :grace))
+                          OR sent_at < now() - make_interval(secs => :resend_after))
+                   ORDER BY created_at
+                   LIMIT :batch
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING id, kind, params
     """
 )
-_MARK_SENT = text("UPDATE jobs SET sent_at = now() WHERE id = :id AND state = 'queued'")
+_UNMARK_SENT = text("UPDATE jobs SET sent_at = NULL WHERE id = ANY(:ids) AND state = 'queued'")
 
 # Running jobs whose lease lapsed: their worker is gone. Requeue (the relay
 # sends them at once), cancel if a cancel was asked, fail after max attempts.
@@ -80,21 +86,20 @@ def relay(
     engine: Engine, celery: Celery, *, grace: float, resend_after: float, batch: int = 200
 ) -> tuple[int, int]:
     """Send the messages of unsent (or long-unclaimed) queued jobs; (sent, failed)."""
-    sent = failed = 0
     with engine.begin() as connection:
         rows = connection.execute(
-            _UNSENT, {"grace": grace, "resend_after": resend_after, "batch": batch}
+            _TAKE_UNSENT, {"grace": grace, "resend_after": resend_after, "batch": batch}
         ).all()
-        for row in rows:
-            try:
-                send_job(celery, job_id=str(row.id), kind=row.kind, params=row.params)
-            except Exception as exc:
-                failed += 1
-                _logger.warning("relay: broker unreachable (%s); will retry", type(exc).__name__)
-                break
-            connection.execute(_MARK_SENT, {"id": row.id})
-            sent += 1
-    return sent, failed
+    for sent, row in enumerate(rows):
+        try:
+            send_job(celery, job_id=str(row.id), kind=row.kind, params=row.params)
+        except Exception as exc:
+            _logger.warning("relay: broker unreachable (%s); will retry", type(exc).__name__)
+            unsent = [r.id for r in rows[sent:]]
+            with engine.begin() as connection:
+                connection.execute(_UNMARK_SENT, {"ids": unsent})
+            return sent, len(unsent)
+    return len(rows), 0
 
 
 def sweep(resources: Resources, *, batch: int = 200) -> Tally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis import Redis
 from sqlalchemy import Engine, create_engine
 
+from common.db import pool_options
 from worker.settings import WorkerSettings, get_settings
 
 
@@ -37,17 +38,15 @@ _current: dict[int, Resources] = {}
 
 def build(settings: WorkerSettings) -> Resources:
     """Build an engine and a Redis client for `settings`."""
+    options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     engine = create_engine(
         settings.sync_database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        pool_recycle=settings.db_pool_recycle,
-        pool_timeout=settings.db_pool_timeout,
         connect_args={
             "application_name": settings.service_name,
-            "connect_timeout": max(1, int(settings.redis_socket_timeout)),
+            "connect_timeout": max(1, int(settings.health_check_timeout * 5)),
+            "options": options,
         },
+        **pool_options(settings),
     )
     redis = Redis.from_url(
         settings.redis_url,

@@ -125,11 +125,18 @@ async def dispatch_job(
     job: Job,
     key_prefix: str,
 ) -> None:
-    """Send the job's message and mark it sent; on failure leave it to the relay.
+    """Publish `job.queued`, send the job's message and mark it sent.
 
     Never raises: the job is committed, so the client gets its 202 whatever
-    the broker's state.
+    the broker's state; an unsent job is left to the relay.
     """
+    # Before the message leaves: once it has, a worker may publish job.started
+    # (even job.succeeded) before we would, and the stream would be out of order.
+    await publish_quietly(
+        redis,
+        events.make_event(events.JOB_QUEUED, user_id=job.owner_id, job_id=job.id, state="queued"),
+        prefix=key_prefix,
+    )
     try:
         await anyio.to_thread.run_sync(
             lambda: send_job(celery, job_id=str(job.id), kind=job.kind, params=job.params)
@@ -144,11 +151,6 @@ async def dispatch_job(
             update(Job).where(Job.id == job.id, Job.sent_at.is_(None)).values(sent_at=func.now())
         )
         await session.commit()
-    await publish_quietly(
-        redis,
-        events.make_event(events.JOB_QUEUED, user_id=job.owner_id, job_id=job.id, state="queued"),
-        prefix=key_prefix,
-    )
 
 
 async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:

@@ -1,0 +1,102 @@
+"""Long-running child processes for system tests, each in its own process group.
+
+A test starts a process with `start_process`, waits for a line in its log, and
+stops it by signalling its group (the group this module created for it), so a
+Celery worker's pool children go with their parent and nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class ManagedProcess:
+    """A child started in a new session: its Popen, its log file and a name for reports."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _log_file: IO[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def pgid(self) -> int:
+        """The process group this module created (start_new_session): the leader's pid."""
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything the process group wrote so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    async def wait_for_log(self, needle: str, *, within: float) -> None:
+        """Return once `needle` is in the log; raise if the process exits or time runs out."""
+        deadline = time.monotonic() + within
+        while needle not in self.log():
+            if not self.is_running():
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} before logging "
+                    f"{needle!r}:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not log {needle!r} within {within:g}s")
+            await asyncio.sleep(0.05)  # poll interval
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (a crash: no cleanup, no acks)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+
+    async def wait_exit(self, within: float) -> int | None:
+        """The leader's exit code, or None if it still runs after `within` seconds."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return await asyncio.to_thread(self.process.wait, within)
+        return None
+
+    async def stop(self, within: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the group and wait; SIGKILL it if the leader outlives `within` seconds."""
+        # poll() None means the leader is not reaped yet, so its pid (the group
+        # id) cannot belong to anyone else when we signal it.
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGTERM)
+        code = await self.wait_exit(within)
+        if code is None:
+            self.kill()
+            code = await asyncio.to_thread(self.process.wait)
+        self._log_file.close()
+        return code
+
+
+def start_process(
+    name: str, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path
+) -> ManagedProcess:
+    """Start `command` in a new session (its own process group), output to `log_path`."""
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return ManagedProcess(name, process, log_path, log_file)

@@ -1,0 +1,63 @@
+"""Jobs accepted while Redis is down are sent by the relay once it is back, each run once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devservices import EmbeddedRedis, free_port
+from tests.system.jobs.conftest import JobsStack, StackFactory
+
+pytestmark = pytest.mark.system
+
+JobRow = Callable[[str], Awaitable[dict[str, Any]]]
+JOBS = 5
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A Redis of this test's own on a free port, which the test stops and starts."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), durable=False)
+    server.start()
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+class TestRedisDownAtAccept:
+    """Every POST answers 202 while the broker is down; nothing is lost, nothing runs twice."""
+
+    async def test_jobs_accepted_during_outage_run_exactly_once_after(
+        self, stack_factory: StackFactory, private_redis: EmbeddedRedis, job_row: JobRow
+    ) -> None:
+        stack: JobsStack = await stack_factory(
+            redis_url=private_redis.url(), redis_socket_timeout=0.5
+        )
+        user = await stack.new_user()
+        await asyncio.to_thread(private_redis.stop)
+
+        jobs = [
+            await user.post_job("demo.countdown", {"steps": 2, "interval": 0.05})
+            for _ in range(JOBS)
+        ]
+        for job in jobs:
+            row = await job_row(job["id"])
+            assert row["state"] == "queued"
+            assert row["sent_at"] is None, "nothing can have been sent to a stopped broker"
+
+        await asyncio.to_thread(private_redis.start)
+        await asyncio.gather(stack.start_worker(), stack.start_scheduler())
+        for job in jobs:
+            done = await user.wait_until_final(job["id"], within=30)
+            assert done["state"] == "succeeded", done
+            assert done["result"] == {"steps": 2}
+        for job in jobs:
+            row = await job_row(job["id"])
+            assert row["attempt"] == 1
+            assert row["sent_at"] is not None
+            types = [event["type"] for event in await stack.stream(user, job["id"])]
+            assert types.count("job.succeeded") == 1, types
+            assert types.count("job.started") == 1, types
