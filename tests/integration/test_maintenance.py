@@ -1,0 +1,155 @@
+"""The scheduled work against real Postgres and Redis: sweep, relay and purge."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from common.contracts import events
+from common.contracts.jobs import Job
+from tests.integration.conftest import RegisteredUser
+from worker.maintenance import purge, sweep
+from worker.resources import Resources, build
+from worker.settings import WorkerSettings
+
+MakeUser = Callable[[], Awaitable[RegisteredUser]]
+
+
+@pytest.fixture(scope="module")
+def resources(
+    database_url: str, redis_url: str, redis_key_prefix: str, jwt_secret: str
+) -> Iterator[Resources]:
+    """The worker's engine and Redis client on this run's services, max 3 attempts."""
+    settings = WorkerSettings(
+        _env_file=None,
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_key_prefix=redis_key_prefix,
+        jwt_secret=jwt_secret,
+        job_max_attempts=3,
+    )
+    built = build(settings)
+    yield built
+    built.engine.dispose()
+    built.redis.close()
+
+
+def _insert_job(resources: Resources, owner_id: str, **values: Any) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    row = {"id": job_id, "owner_id": uuid.UUID(owner_id), "kind": "demo.countdown"}
+    row["params"] = {"steps": 1, "interval": 0}
+    row.update(values)
+    with resources.engine.begin() as connection:
+        connection.execute(insert(Job).values(**row))
+    return job_id
+
+
+def _row(resources: Resources, job_id: uuid.UUID) -> Any:
+    with resources.engine.connect() as connection:
+        return connection.execute(select(Job).where(Job.id == job_id)).one()
+
+
+def _stream_types(resources: Resources, owner_id: str, job_id: uuid.UUID) -> list[str]:
+    stream = events.user_stream(resources.settings.redis_key_prefix, owner_id)
+    entries: list[Any] = resources.redis.xrange(stream) or []
+    found = [events.Event.model_validate_json(fields[b"event"]) for _, fields in entries]
+    return [event.type for event in found if event.job_id == job_id]
+
+
+def _lapsed(minutes: int = 1) -> datetime:
+    return datetime.now(UTC) - timedelta(minutes=minutes)
+
+
+class TestSweep:
+    """A running job whose lease lapsed is requeued, cancelled or failed; a live one is left."""
+
+    async def test_lapsed_lease_is_requeued_for_the_relay(
+        self, resources: Resources, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        job_id = _insert_job(
+            resources, user.id, state="running", attempt=1, run_id=uuid.uuid4(),
+            lease_expires_at=_lapsed(), sent_at=_lapsed(5),
+        )  # fmt: skip
+        sweep(resources)
+        row = _row(resources, job_id)
+        assert (row.state, row.run_id, row.lease_expires_at, row.sent_at) == (
+            "queued", None, None, None
+        )  # fmt: skip
+        assert row.attempt == 1
+        assert _stream_types(resources, user.id, job_id) == [events.JOB_REQUEUED]
+
+    async def test_lapsed_lease_at_max_attempts_fails_the_job(
+        self, resources: Resources, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        job_id = _insert_job(
+            resources, user.id, state="running", attempt=3, run_id=uuid.uuid4(),
+            lease_expires_at=_lapsed(),
+        )  # fmt: skip
+        sweep(resources)
+        row = _row(resources, job_id)
+        assert row.state == "failed"
+        assert row.error == "worker lost 3 times"
+        assert row.finished_at is not None
+        assert _stream_types(resources, user.id, job_id) == [events.JOB_FAILED]
+
+    async def test_lapsed_lease_with_a_cancel_request_cancels(
+        self, resources: Resources, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        job_id = _insert_job(
+            resources, user.id, state="running", attempt=1, run_id=uuid.uuid4(),
+            lease_expires_at=_lapsed(), cancel_requested=True,
+        )  # fmt: skip
+        sweep(resources)
+        row = _row(resources, job_id)
+        assert row.state == "cancelled"
+        assert row.finished_at is not None
+        assert _stream_types(resources, user.id, job_id) == [events.JOB_CANCELLED]
+
+    async def test_live_lease_is_left_alone(
+        self, resources: Resources, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        run_id = uuid.uuid4()
+        lease = datetime.now(UTC) + timedelta(minutes=5)
+        job_id = _insert_job(
+            resources, user.id, state="running", attempt=1, run_id=run_id, lease_expires_at=lease
+        )
+        sweep(resources)
+        row = _row(resources, job_id)
+        assert (row.state, row.run_id, row.attempt) == ("running", run_id, 1)
+        assert _stream_types(resources, user.id, job_id) == []
+
+
+class TestPurge:
+    """Finished jobs older than the retention are deleted; everything else stays."""
+
+    async def test_only_old_finished_jobs_are_deleted(
+        self, resources: Resources, make_user: MakeUser
+    ) -> None:
+        user = await make_user()
+        old = datetime.now(UTC) - timedelta(days=40)
+        old_done = [
+            _insert_job(resources, user.id, state=state, finished_at=old, created_at=old)
+            for state in ("succeeded", "failed", "cancelled")
+        ]
+        recent_done = _insert_job(
+            resources, user.id, state="succeeded", finished_at=datetime.now(UTC)
+        )
+        old_queued = _insert_job(resources, user.id, state="queued", created_at=old)
+        deleted = purge(resources.engine, retention_seconds=30 * 86400)
+        assert deleted >= 3
+        with resources.engine.connect() as connection:
+            left = set(
+                connection.scalars(select(Job.id).where(Job.owner_id == uuid.UUID(user.id))).all()
+            )
+        assert left == {recent_done, old_queued}
+        assert not left & set(old_done)
