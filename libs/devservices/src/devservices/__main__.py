@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devservices", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     run_parser = sub.add_parser("run", help="run a command with Postgres and Redis")
-    run_parser.add_argument("--run-dir", type=Path, default=Path(".run"))
+    run_parser.add_argument(
+        "--run-dir", type=Path, default=Path(os.environ.get("DEV_RUN_DIR", ".run"))
+    )
     run_parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
