@@ -7,8 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-WORKSPACE_PACKAGES := -e libs/common -e libs/devservices -e services/api -e services/worker
+WORKSPACE_PACKAGES := -e libs/common -e libs/devservices -e services/api -e services/worker -e services/realtime
 PORT ?= 8000
+REALTIME_PORT ?= $(if $(filter command line environment,$(origin PORT)),$(PORT),8001)
 
 .PHONY: help
 help: ## list the targets
@@ -29,6 +30,7 @@ lock: uv ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
 	$(UV) lock --upgrade
 	$(UV) export --quiet --frozen --no-header --no-annotate --package api --no-dev --no-emit-workspace -o requirements/api.txt
 	$(UV) export --quiet --frozen --no-header --no-annotate --package worker --no-dev --no-emit-workspace -o requirements/worker.txt
+	$(UV) export --quiet --frozen --no-header --no-annotate --package realtime --no-dev --no-emit-workspace -o requirements/realtime.txt
 	$(UV) export --quiet --frozen --no-header --no-annotate --all-packages --group dev --no-emit-workspace -o requirements/dev.txt
 	$(PYTHON) scripts/lockfiles.py write
 
@@ -37,7 +39,7 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src tests
+	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src tests
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 
 .PHONY: _migration-check
@@ -61,6 +63,10 @@ migrate: ## alembic upgrade head on $$DATABASE_URL (under an advisory lock)
 api: ## the API under gunicorn + uvicorn workers on 0.0.0.0:$$PORT, as in production
 	PORT=$(PORT) $(BIN)/gunicorn -c services/api/gunicorn.conf.py api.main:app
 
+.PHONY: realtime
+realtime: ## the WebSocket service under gunicorn + uvicorn workers on 0.0.0.0:$$PORT (default 8001)
+	PORT=$(REALTIME_PORT) $(BIN)/gunicorn -c services/realtime/gunicorn.conf.py realtime.main:app
+
 .PHONY: worker
 worker: ## the Celery worker in the foreground, as in production (WORKER_CONCURRENCY: processes)
 	$(BIN)/celery -A worker.app worker --loglevel $${LOG_LEVEL:-INFO} --without-gossip --without-mingle
@@ -70,7 +76,7 @@ scheduler: ## the scheduled work (relay, lease sweep, purge) as a loop; `--once`
 	$(BIN)/python -m worker.scheduler
 
 .PHONY: dev
-dev: ## API (--reload), worker and scheduler, plus Postgres and Redis (embedded unless the URLs are set)
+dev: ## API (--reload), realtime, worker and scheduler, plus Postgres and Redis (embedded unless the URLs are set)
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _dev-procs
 
 .PHONY: _dev-procs

@@ -13,6 +13,7 @@ from api import docs
 from api.auth.passwords import PasswordHasher
 from api.auth.router import router as auth_router
 from api.jobs.router import router as jobs_router
+from api.realtime.router import router as realtime_router
 from api.settings import ApiSettings, get_settings
 from api.users.router import router as users_router
 from common.broker import create_celery
@@ -43,6 +44,7 @@ TAGS = [
     {"name": "auth", "description": "Register, log in, rotate and revoke tokens."},
     {"name": "users", "description": "The signed-in user."},
     {"name": "jobs", "description": "Long jobs: accept (202), watch, list, cancel."},
+    {"name": "realtime", "description": "Tickets for the WebSocket service's handshake."},
     {"name": "health", "description": "Liveness and readiness for load balancers."},
 ]
 
@@ -96,6 +98,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(jobs_router)
+    app.include_router(realtime_router)
     if settings.docs_enabled:
         docs.install_docs(app)
 

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
+from common.contracts.realtime import TICKET_TTL_SECONDS
 from common.settings import CommonSettings, load_settings
 
 
@@ -17,6 +18,9 @@ class ApiSettings(CommonSettings):
     password_min_length: int = Field(default=10, ge=8, le=64)
     password_hash_concurrency: int = Field(default=4, ge=1, le=64)
     jobs_max_active_per_user: int = Field(default=20, ge=1)
+    # The API issues the tickets, so it owns their lifetime; the realtime
+    # service only consumes them (Redis expires the unused ones).
+    realtime_ticket_ttl_seconds: int = Field(default=TICKET_TTL_SECONDS, ge=1, le=300)
 
 
 @lru_cache

@@ -65,6 +65,12 @@ def make_event(
     return Event(type=type_, ts=datetime.now(UTC), user_id=user_id, job_id=job_id, data=data)
 
 
+def event_frame(event_id: str, body: str) -> str:
+    """A stream entry's `event` field as the JSON `publish_event` publishes: id first."""
+    # The same splice as _PUBLISH_LUA, so a replayed event is byte-for-byte the live one.
+    return '{"id":"' + event_id + '",' + body[1:]
+
+
 def _body(event: Event) -> str:
     body = event.model_dump(mode="json", exclude={"id"})
     return json.dumps(body, separators=(",", ":"))

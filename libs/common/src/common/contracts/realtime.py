@@ -1,0 +1,42 @@
+"""What the API and the realtime service agree on: WebSocket tickets and close codes.
+
+A ticket is a random single-use secret the API stores in Redis for a few
+seconds, keyed by the ticket itself, holding the user id. A browser puts it in
+the WebSocket URL instead of its access token, so no long-lived credential
+ever lands in a URL or an access log; the realtime service consumes it with
+GETDEL, so it opens one socket at most.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+TICKET_TTL_SECONDS = 30
+TICKET_BYTES = 32
+# token_urlsafe(32) gives 43 characters of [A-Za-z0-9_-]; anything else is refused
+# before it reaches Redis.
+_TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+
+# WebSocket close codes the realtime service uses (RFC 6455 section 7.4 and the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+def new_ticket() -> str:
+    """A fresh random ticket."""
+    return secrets.token_urlsafe(TICKET_BYTES)
+
+
+def is_ticket_shaped(ticket: str) -> bool:
+    """Whether `ticket` could have come from `new_ticket` (checked before any lookup)."""
+    return bool(_TICKET_SHAPE.fullmatch(ticket))
+
+
+def ticket_key(prefix: str, ticket: str) -> str:
+    """The Redis key holding the user id a ticket was issued to."""
+    return f"{prefix}ws-ticket:{ticket}"

@@ -1,0 +1,31 @@
+"""/v1/realtime: tickets for the WebSocket service's handshake."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from starlette.requests import HTTPConnection
+
+from api.auth.dependencies import CurrentUser
+from api.dependencies import Settings
+from api.realtime import service as realtime_service
+from api.realtime.schemas import TicketRead
+from common.openapi import problem_responses
+
+router = APIRouter(prefix="/v1/realtime", tags=["realtime"])
+
+
+@router.post(
+    "/ticket",
+    status_code=status.HTTP_201_CREATED,
+    summary="A single-use ticket for the WebSocket handshake",
+    responses=problem_responses(401),
+)
+async def create_ticket(
+    user: CurrentUser, settings: Settings, connection: HTTPConnection, response: Response
+) -> TicketRead:
+    ttl = settings.realtime_ticket_ttl_seconds
+    ticket = await realtime_service.issue_ticket(
+        connection.state.redis, user_id=user.id, prefix=settings.redis_key_prefix, ttl=ttl
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return TicketRead(ticket=ticket, expires_in=ttl)

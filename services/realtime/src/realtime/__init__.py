@@ -1,0 +1,1 @@
+"""The realtime WebSocket service: job events fanned out to their owners, with resume."""

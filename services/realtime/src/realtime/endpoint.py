@@ -1,0 +1,209 @@
+"""`GET /ws`: authenticate the handshake, then serve one socket until either side ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket
+
+from common.contracts.events import user_stream
+from common.contracts.realtime import (
+    CLOSE_GOING_AWAY,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+)
+from common.health import Lifecycle
+from realtime.handshake import HandshakeRejected, authenticate, check_origin, resume_point
+from realtime.hub import Hub
+from realtime.session import Session
+from realtime.settings import RealtimeSettings
+from realtime.streams import StreamId, parse_stream_id
+
+router = APIRouter()
+_logger = logging.getLogger("realtime.socket")
+_START_ATTEMPTS = 3
+
+
+@router.websocket("/ws")
+async def events_socket(websocket: WebSocket) -> None:
+    settings: RealtimeSettings = websocket.state.settings
+    hub: Hub = websocket.state.hub
+    redis: Redis = websocket.state.redis
+    lifecycle: Lifecycle = websocket.state.lifecycle
+    try:
+        check_origin(websocket, settings)
+        user_id = await authenticate(websocket, settings, redis)
+        start_from = resume_point(websocket)
+    except HandshakeRejected as exc:
+        _logger.info("websocket refused: %s", exc.reason)
+        await _refuse(websocket, CLOSE_POLICY_VIOLATION, exc.reason)
+        return
+    except RedisError:
+        await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
+        return
+    if lifecycle.draining:
+        await _refuse(websocket, CLOSE_SERVICE_RESTART, "service restarting; reconnect")
+        return
+    if not hub.is_connected:
+        await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
+        return
+    await websocket.accept()
+    session = Session(
+        user_id=user_id,
+        stream=user_stream(settings.redis_key_prefix, user_id),
+        redis=redis,
+        queue_size=settings.ws_send_queue_size,
+        replay_batch=settings.ws_replay_batch,
+    )
+    await _serve(websocket, session, hub=hub, settings=settings, start_from=start_from)
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    # Accepted, then closed: a client (a browser too) sees the code and the
+    # reason, where a refused upgrade would only show an HTTP 403.
+    await websocket.accept()
+    await websocket.close(code, reason[:120])
+
+
+def _hello(session: Session, settings: RealtimeSettings) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "connection_id": session.id,
+        "user_id": session.user_id,
+        "limits": {
+            "max_message_bytes": settings.ws_max_message_bytes,
+            "send_queue_size": settings.ws_send_queue_size,
+            "heartbeat_seconds": settings.ws_heartbeat_seconds,
+            "heartbeat_timeout_seconds": settings.ws_heartbeat_timeout_seconds,
+            "idle_timeout_seconds": settings.ws_idle_timeout_seconds,
+        },
+    }
+
+
+async def _serve(
+    websocket: WebSocket,
+    session: Session,
+    *,
+    hub: Hub,
+    settings: RealtimeSettings,
+    start_from: StreamId | None,
+) -> None:
+    opened = time.monotonic()
+    session.send_message(_hello(session, settings))
+    hub.register(session)
+    _logger.info(
+        "websocket open",
+        extra={
+            "connection_id": session.id,
+            "user_id": session.user_id,
+            "pid": os.getpid(),
+            "last_event_id": str(start_from) if start_from else None,
+        },
+    )
+    sender = asyncio.create_task(_pump(websocket, session))
+    receiver = asyncio.create_task(_receive(websocket, session, settings))
+    closing = asyncio.create_task(session.closed.wait())
+    starter = asyncio.create_task(_start(session, start_from))
+    tasks = (sender, receiver, closing, starter)
+    try:
+        await asyncio.wait((sender, receiver, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.unregister(session)
+        session.cancel_tasks()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if session.close_code is not None:
+        # A client that stopped reading may never let the close frame out.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(settings.ws_close_timeout_seconds):
+                await websocket.close(session.close_code, session.close_reason[:120])
+    _logger.info(
+        "websocket closed",
+        extra={
+            "connection_id": session.id,
+            "user_id": session.user_id,
+            "code": session.close_code,
+            "reason": session.close_reason or None,
+            "seconds": round(time.monotonic() - opened, 3),
+        },
+    )
+
+
+async def _start(session: Session, start_from: StreamId | None) -> None:
+    for attempt in range(_START_ATTEMPTS):
+        try:
+            await session.start(start_from)
+            return
+        except RedisError as exc:
+            # The first command on a pooled connection from before a Redis
+            # restart fails once; a second try gets a fresh connection.
+            _logger.info("start of %s failed: %s", session.id, type(exc).__name__)
+            await asyncio.sleep(0.05 * 2**attempt)
+    session.close(CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
+
+
+async def _pump(websocket: WebSocket, session: Session) -> None:
+    with contextlib.suppress(Exception):  # the client is gone: the endpoint ends the session
+        await session.pump(websocket.send_text)
+
+
+async def _receive(websocket: WebSocket, session: Session, settings: RealtimeSettings) -> None:
+    while True:
+        try:
+            async with asyncio.timeout(settings.ws_idle_timeout_seconds):
+                message = await websocket.receive()
+        except TimeoutError:
+            idle = f"idle: send a ping at least every {settings.ws_idle_timeout_seconds:g}s"
+            session.close(CLOSE_GOING_AWAY, idle)
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text: str | None = message.get("text")
+        data: bytes | None = message.get("bytes")
+        size = len(text.encode()) if text is not None else len(data or b"")
+        if size > settings.ws_max_message_bytes:
+            limit = settings.ws_max_message_bytes
+            session.close(CLOSE_MESSAGE_TOO_BIG, f"messages are limited to {limit} bytes")
+            return
+        if text is None:
+            _error(session, "unsupported", "send JSON text frames")
+            continue
+        await _handle(session, text)
+
+
+async def _handle(session: Session, text: str) -> None:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        _error(session, "bad_message", "not JSON")
+        return
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "ping":
+        session.send_message({"type": "pong"})
+    elif kind == "resume":
+        point = parse_stream_id(str(message.get("last_event_id", "")))
+        if point is None:
+            _error(session, "bad_message", "resume needs last_event_id, a stream id")
+            return
+        try:
+            await session.resume(point)
+        except RedisError:
+            session.close(CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
+    else:
+        _error(session, "bad_message", "type must be ping or resume")
+
+
+def _error(session: Session, code: str, detail: str) -> None:
+    session.send_message({"type": "error", "code": code, "detail": detail})

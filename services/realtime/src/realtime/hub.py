@@ -1,0 +1,178 @@
+"""The fan-out: one Redis pattern subscription per process, routed in memory by user id.
+
+`PSUBSCRIBE {prefix}events:user:*` on one dedicated connection receives every
+user's events; each is handed to the sockets of its user in this process and
+dropped when there are none. When the connection fails, every socket holds
+its live events and the subscription reconnects with jittered exponential
+backoff; once it is back, each socket replays from its user's stream what it
+missed meanwhile, so nothing published during the outage is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import defaultdict
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from common.contracts.events import user_channel
+from realtime.session import Session
+from realtime.settings import RealtimeSettings
+from realtime.streams import parse_stream_id
+
+_logger = logging.getLogger("realtime.hub")
+_POLL_SECONDS = 1.0
+
+
+class SubscriptionDown(RuntimeError):
+    """Raised by the readiness check while the Redis subscription is not established."""
+
+
+def create_pubsub_redis(settings: RealtimeSettings) -> Redis:
+    """The subscription's own client; it never reconnects behind our back.
+
+    redis-py retries a failed read by reconnecting and resubscribing silently,
+    which would skip what was published meanwhile. With no retries the error
+    reaches the hub, which replays the gap from the streams.
+    """
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        health_check_interval=10,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+class Hub:
+    """This process's sockets by user id, fed from one pattern subscription."""
+
+    def __init__(self, redis: Redis, settings: RealtimeSettings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._channel_prefix = user_channel(settings.redis_key_prefix, "")
+        self._sessions: dict[str, set[Session]] = defaultdict(set)
+        self._connected = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the subscription is established and events flow."""
+        return self._connected
+
+    @property
+    def socket_count(self) -> int:
+        return sum(len(sessions) for sessions in self._sessions.values())
+
+    def register(self, session: Session) -> None:
+        """Route the user's live events to `session` from now on."""
+        self._sessions[session.user_id].add(session)
+
+    def unregister(self, session: Session) -> None:
+        sessions = self._sessions.get(session.user_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._sessions[session.user_id]
+
+    async def check(self) -> None:
+        """Readiness: fail while the subscription is down."""
+        if not self._connected:
+            raise SubscriptionDown("the Redis subscription is down")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="realtime-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._subscribe(pubsub)
+                if failures:
+                    _logger.info("subscription restored; replaying what sockets missed")
+                    for session in self._all_sessions():
+                        session.schedule_resync()
+                else:
+                    _logger.info("subscription up")
+                failures = 0
+                await self._listen(pubsub)
+            except (RedisError, OSError) as exc:
+                if self._connected or not failures:
+                    _logger.warning("subscription lost: %s", type(exc).__name__)
+                self._lose()
+                failures += 1
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await asyncio.sleep(self._backoff(failures))
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        await pubsub.psubscribe(f"{self._channel_prefix}*")
+        async with asyncio.timeout(self._settings.redis_socket_timeout):
+            while True:
+                message = await pubsub.get_message(timeout=_POLL_SECONDS)
+                if message is not None and message["type"] == "psubscribe":
+                    break
+        # From here on every event is received: sockets may go live again.
+        self._connected = True
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=_POLL_SECONDS
+            )
+            if message is not None and message["type"] == "pmessage":
+                self._dispatch(message["channel"], message["data"])
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        user_id = channel.decode().removeprefix(self._channel_prefix)
+        sessions = self._sessions.get(user_id)
+        if not sessions:
+            return
+        frame = data.decode()
+        try:
+            event = json.loads(frame)
+            entry_id = parse_stream_id(str(event["id"]))
+            owner = str(event["user_id"])
+        except (ValueError, KeyError, TypeError):
+            _logger.warning("malformed event on %s dropped", channel.decode())
+            return
+        if entry_id is None or owner != user_id:
+            _logger.warning("event on %s for another user or without an id dropped", user_id)
+            return
+        for session in list(sessions):
+            session.deliver((entry_id, frame))
+
+    def _lose(self) -> None:
+        self._connected = False
+        # Nothing arrives now; hold live delivery so the resync can replay first.
+        for session in self._all_sessions():
+            session.hold(for_resync=True)
+
+    def _all_sessions(self) -> list[Session]:
+        return [session for sessions in self._sessions.values() for session in sessions]
+
+    def _backoff(self, failures: int) -> float:
+        if failures == 0:
+            return 0.0
+        ceiling = min(
+            self._settings.pubsub_backoff_max_seconds,
+            self._settings.pubsub_backoff_seconds * 2 ** (failures - 1),
+        )
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)

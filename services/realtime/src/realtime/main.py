@@ -1,0 +1,86 @@
+"""The realtime application: `create_app(settings)` and `app` for gunicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from common.health import Lifecycle, create_health_router, redis_check
+from common.logging import configure_logging
+from common.middleware import (
+    AccessLogMiddleware,
+    HostCheckMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
+)
+from common.redis import create_redis
+from realtime.endpoint import router as socket_router
+from realtime.hub import Hub, create_pubsub_redis
+from realtime.settings import RealtimeSettings, get_settings
+
+CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+
+def _lifespan(settings: RealtimeSettings) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        # Built here, after gunicorn forked: one subscription per worker process.
+        redis = create_redis(settings)
+        pubsub_redis = create_pubsub_redis(settings)
+        hub = Hub(pubsub_redis, settings)
+        lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
+        hub.start()
+        lifecycle.install()
+        try:
+            yield {
+                "settings": settings,
+                "redis": redis,
+                "hub": hub,
+                "lifecycle": lifecycle,
+                "health_checks": {"redis": redis_check(redis), "subscription": hub.check},
+            }
+        finally:
+            lifecycle.uninstall()
+            await hub.stop()
+            await pubsub_redis.aclose()
+            await redis.aclose()
+
+    return lifespan
+
+
+def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
+    """Build the realtime service for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="Realtime",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(settings),
+        debug=False,
+    )
+    app.include_router(create_health_router())
+    app.include_router(socket_router)
+
+    # Added innermost first: a request meets them in the reverse order.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        content_security_policy=CONTENT_SECURITY_POLICY,
+        hsts=settings.is_production,
+    )
+    app.add_middleware(AccessLogMiddleware, skip_paths={"/health/live", "/health/ready"})
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    return app
+
+
+app = create_app()

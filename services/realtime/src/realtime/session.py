@@ -1,0 +1,190 @@
+"""One WebSocket's delivery state: its bounded send queue, the position it has
+reached in its user's stream, and the buffer that holds live events back while
+missed ones are replayed.
+
+Replay follows one rule, so there is no gap and no duplicate at the seam:
+hold live events first, then read the stream after the client's position and
+send, then send the held events, skipping every id already sent. Stream ids
+are ordered and pub/sub delivers in stream order, so an id at or below the
+last one sent can only be a copy of a replayed entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common.contracts.realtime import CLOSE_TRY_AGAIN_LATER
+from realtime.streams import ZERO, Entry, StreamId, holds, latest_id, read_after
+
+_logger = logging.getLogger("realtime.session")
+_RETRY_FIRST_DELAY = 0.05
+_RETRY_MAX_DELAY = 2.0
+
+
+class Session:
+    """A connected socket of one user, as the fan-out and the replay see it."""
+
+    def __init__(
+        self, *, user_id: str, stream: str, redis: Redis, queue_size: int, replay_batch: int
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.user_id = user_id
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._stream = stream
+        self._redis = redis
+        self._batch = replay_batch
+        # Held from birth: nothing goes out before `start` has decided where to begin.
+        self._held: list[Entry] | None = []
+        self._resync_pending = False
+        self._last_sent: StreamId | None = None
+        self._baseline = ZERO
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resync_task: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> StreamId:
+        """The id up to which this socket has every event (where a replay starts)."""
+        return max(self._baseline, self._last_sent or ZERO)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the endpoint to close the socket with `code`; the first reason wins."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.closed.set()
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue a control message (hello, pong, error, ...) without waiting."""
+        self._put_nowait(json.dumps(message, separators=(",", ":")))
+
+    def deliver(self, entry: Entry) -> None:
+        """A live event from the fan-out: queued, or held while a replay runs."""
+        if self.closed.is_set():
+            return
+        if self._held is not None:
+            if len(self._held) >= self.queue.maxsize:
+                self._overflow()
+                return
+            self._held.append(entry)
+            return
+        if not self._is_sent(entry[0]):
+            self._put_nowait(entry[1])
+            self._last_sent = entry[0]
+
+    def hold(self, *, for_resync: bool = False) -> None:
+        """Hold live events back from now on (until a replay has caught up)."""
+        if self._held is None:
+            self._held = []
+        if for_resync:
+            self._resync_pending = True
+
+    async def start(self, last_event_id: StreamId | None) -> None:
+        """First delivery: replay what followed `last_event_id` (if given), then live."""
+        async with self._lock:
+            if last_event_id is None:
+                self._baseline = await latest_id(self._redis, self._stream)
+            else:
+                await self._replay(last_event_id)
+            await self._release()
+
+    async def resume(self, last_event_id: StreamId) -> None:
+        """A client's `resume`: send again everything after `last_event_id`, then live."""
+        async with self._lock:
+            self.hold()
+            self._last_sent = None
+            await self._replay(last_event_id)
+            await self._release()
+
+    def schedule_resync(self) -> None:
+        """After the subscription came back: replay what this socket missed meanwhile."""
+        # One at a time: a resync already running retries until it has caught up.
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = self._spawn(self._resync())
+
+    async def pump(self, send: Callable[[str], Awaitable[None]]) -> None:
+        """Send queued frames to the socket, in order, for as long as it is open."""
+        while True:
+            await send(await self.queue.get())
+
+    def cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _resync(self) -> None:
+        delay = _RETRY_FIRST_DELAY
+        while True:
+            async with self._lock:
+                self._resync_pending = False
+                try:
+                    await self._replay(self.position)
+                except RedisError as exc:
+                    # Still held: a pooled connection may be stale from before the
+                    # restart, or Redis went away again; try again shortly.
+                    self.hold(for_resync=True)
+                    _logger.info("resync of %s failed: %s", self.id, type(exc).__name__)
+                else:
+                    await self._release()
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_DELAY)
+
+    async def _replay(self, after: StreamId) -> None:
+        if after != ZERO and not await holds(self._redis, self._stream, after):
+            # Trimmed away (or lost with the data): what followed cannot be told,
+            # so the client reloads its state from the API and goes on live.
+            await self.queue.put(json.dumps({"type": "reset", "last_event_id": str(after)}))
+            self._last_sent = None
+            self._baseline = await latest_id(self._redis, self._stream)
+            return
+        self._baseline = after
+        cursor = after
+        while True:
+            entries = await read_after(self._redis, self._stream, cursor, count=self._batch)
+            for entry in entries:
+                await self._send_replayed(entry)
+            if len(entries) < self._batch:
+                return
+            cursor = entries[-1][0]
+
+    async def _release(self) -> None:
+        # New live events keep joining the held list while we wait on the queue;
+        # live delivery resumes only once it is empty, with no await in between.
+        while self._held and not self._resync_pending:
+            await self._send_replayed(self._held.pop(0))
+        if not self._resync_pending:
+            self._held = None
+
+    async def _send_replayed(self, entry: Entry) -> None:
+        # Waits for room: a replay is paced by the client, not dropped.
+        if not self._is_sent(entry[0]):
+            await self.queue.put(entry[1])
+            self._last_sent = entry[0]
+
+    def _is_sent(self, entry_id: StreamId) -> bool:
+        return self._last_sent is not None and entry_id <= self._last_sent
+
+    def _put_nowait(self, frame: str) -> None:
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        self.close(CLOSE_TRY_AGAIN_LATER, "send queue full: the client reads too slowly")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,279 @@
+"""The realtime app in process (uvicorn on loopback): handshake, protocol, delivery, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from common.auth import issue_access_token
+from common.contracts import events
+from common.contracts.realtime import ticket_key
+from realtime.settings import RealtimeSettings
+from tests.support import tokens
+from tests.support.jobs import new_prefix
+from tests.support.realtime import listen, refusal, ws_url
+from tests.support.realtime_server import RunningRealtime, serve_realtime
+
+ORIGIN = "https://app.example.com"
+RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
+
+
+@pytest.fixture
+async def realtime_factory(
+    redis_url: str, redis_key_prefix: str, jwt_secret: str
+) -> AsyncIterator[RealtimeFactory]:
+    """Serve the realtime app in process; `make(**settings)`; each with a key prefix of its own."""
+    stack = contextlib.AsyncExitStack()
+
+    async def make(**overrides: Any) -> RunningRealtime:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "redis_url": redis_url,
+            "redis_key_prefix": new_prefix(redis_key_prefix),
+            "jwt_secret": jwt_secret,
+            "cors_origins": [ORIGIN],
+            "log_level": "WARNING",
+        }
+        values.update(overrides)
+        settings = RealtimeSettings(_env_file=None, **values)
+        return await stack.enter_async_context(serve_realtime(settings))
+
+    async with stack:
+        yield make
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def realtime(realtime_factory: RealtimeFactory) -> RunningRealtime:
+    return await realtime_factory()
+
+
+def _token(realtime: RunningRealtime, user_id: uuid.UUID) -> str:
+    return issue_access_token(realtime.settings, subject=user_id)
+
+
+async def _publish(
+    redis: Redis, realtime: RunningRealtime, user_id: uuid.UUID, count: int, **data: Any
+) -> list[str]:
+    job_id = uuid.uuid4()
+    return [
+        await events.apublish_event(
+            redis,
+            events.make_event(events.JOB_PROGRESS, user_id=user_id, job_id=job_id, step=n, **data),
+            prefix=realtime.settings.redis_key_prefix,
+        )
+        for n in range(count)
+    ]
+
+
+class TestHandshake:
+    """Only a valid token or an unused ticket, from an allowed origin, opens a socket."""
+
+    async def test_bearer_token_opens_a_socket_with_hello_and_limits(
+        self, realtime: RunningRealtime
+    ) -> None:
+        user_id = uuid.uuid4()
+        listener = await listen(realtime.ws_url, token=_token(realtime, user_id))
+        assert listener.hello["user_id"] == str(user_id)
+        assert listener.hello["limits"] == {
+            "max_message_bytes": realtime.settings.ws_max_message_bytes,
+            "send_queue_size": realtime.settings.ws_send_queue_size,
+            "heartbeat_seconds": realtime.settings.ws_heartbeat_seconds,
+            "heartbeat_timeout_seconds": realtime.settings.ws_heartbeat_timeout_seconds,
+            "idle_timeout_seconds": realtime.settings.ws_idle_timeout_seconds,
+        }
+        await listener.close()
+
+    async def test_ticket_opens_one_socket_only(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        ticket = "t" * 43
+        await redis.set(ticket_key(realtime.settings.redis_key_prefix, ticket), str(user_id), ex=30)
+        listener = await listen(ws_url(realtime.ws_url, ticket=ticket), origin=ORIGIN)
+        assert listener.hello["user_id"] == str(user_id)
+        code, reason = await refusal(ws_url(realtime.ws_url, ticket=ticket), origin=ORIGIN)
+        assert (code, reason) == (1008, "unknown, expired or already used ticket")
+        await listener.close()
+
+    @pytest.mark.parametrize("bad", ["expired", "wrong_audience", "alg_none", "typ_refresh"])
+    async def test_bad_token_is_refused_with_1008(
+        self, realtime: RunningRealtime, bad: str
+    ) -> None:
+        token = tokens.BAD_TOKENS[bad](realtime.settings, subject=uuid.uuid4())
+        code, reason = await refusal(realtime.ws_url, token=token)
+        assert (code, reason) == (1008, "invalid or expired token")
+
+    async def test_no_credentials_is_refused_with_1008(self, realtime: RunningRealtime) -> None:
+        code, reason = await refusal(realtime.ws_url)
+        assert code == 1008
+        assert "credentials required" in reason
+
+    async def test_unknown_ticket_is_refused_with_1008(self, realtime: RunningRealtime) -> None:
+        for ticket in ("x" * 43, "not a ticket!"):
+            code, _ = await refusal(ws_url(realtime.ws_url, ticket=ticket))
+            assert code == 1008
+
+    async def test_origin_not_allowed_is_refused_with_1008(self, realtime: RunningRealtime) -> None:
+        token = _token(realtime, uuid.uuid4())
+        code, reason = await refusal(realtime.ws_url, token=token, origin="https://evil.example")
+        assert (code, reason) == (1008, "origin not allowed: https://evil.example")
+        listener = await listen(realtime.ws_url, token=token, origin=ORIGIN)
+        await listener.close()
+
+    async def test_malformed_last_event_id_is_refused_with_1008(
+        self, realtime: RunningRealtime
+    ) -> None:
+        token = _token(realtime, uuid.uuid4())
+        code, _ = await refusal(ws_url(realtime.ws_url, last_event_id="yesterday"), token=token)
+        assert code == 1008
+
+
+class TestProtocol:
+    """Pings are answered, bad messages get errors, limits close the socket."""
+
+    async def test_ping_gets_pong_and_bad_messages_get_errors(
+        self, realtime: RunningRealtime
+    ) -> None:
+        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        await listener.send({"type": "ping"})
+        await listener.socket.send("not json")
+        await listener.send({"type": "subscribe", "channel": "everything"})
+        await listener.socket.send(b"\x00binary")
+        await listener.wait_until(lambda item: len(item.others) >= 4, within=5, what="replies")
+        assert [message["type"] for message in listener.others] == [
+            "pong",
+            "error",
+            "error",
+            "error",
+        ]
+        assert not listener.is_closed
+        await listener.close()
+
+    async def test_message_over_the_limit_closes_with_1009(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        realtime = await realtime_factory(ws_max_message_bytes=256)
+        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        await listener.send({"type": "ping", "padding": "x" * 300})
+        assert await listener.wait_closed() == 1009
+
+    async def test_silent_client_is_closed_after_the_idle_timeout(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        realtime = await realtime_factory(ws_idle_timeout_seconds=0.3)
+        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        assert await listener.wait_closed(within=5) == 1001
+        assert "idle" in (listener.close_reason or "")
+
+    async def test_readiness_names_the_subscription(self, realtime: RunningRealtime) -> None:
+        async with httpx.AsyncClient(base_url=realtime.http_url) as client:
+            response = await client.get("/health/ready")
+        assert response.status_code == 200
+        assert set(response.json()["checks"]) == {"redis", "subscription"}
+
+
+class TestDelivery:
+    """A user's sockets get each of their events once, in order, and nobody else's."""
+
+    async def test_each_socket_gets_only_its_users_events(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        alice, bob = uuid.uuid4(), uuid.uuid4()
+        alices = [await listen(realtime.ws_url, token=_token(realtime, alice)) for _ in range(2)]
+        bobs = await listen(realtime.ws_url, token=_token(realtime, bob))
+        ids = await _publish(redis, realtime, alice, 5)
+        bob_ids = await _publish(redis, realtime, bob, 1)
+        for listener in alices:
+            await listener.wait_events(5)
+        await bobs.wait_events(1)
+        for listener in alices:
+            assert listener.event_ids == ids
+            assert {event["user_id"] for event in listener.events} == {str(alice)}
+        assert bobs.event_ids == bob_ids
+        for listener in [*alices, bobs]:
+            await listener.close()
+
+    async def test_event_frames_are_the_design_shape(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        listener = await listen(realtime.ws_url, token=_token(realtime, user_id))
+        [event_id] = await _publish(redis, realtime, user_id, 1)
+        [event] = await listener.wait_events(1)
+        assert set(event) == {"id", "type", "ts", "user_id", "job_id", "data"}
+        assert event["id"] == event_id
+        assert event["type"] == "job.progress"
+        await listener.close()
+
+
+class TestResume:
+    """A reconnecting client gets what it missed, then live events, with no gap or duplicate."""
+
+    async def test_resume_while_events_flow_has_no_gap_and_no_duplicate(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        token = _token(realtime, user_id)
+        before = await _publish(redis, realtime, user_id, 30)
+        # Published concurrently with the handshake and the replay: some go live, some are
+        # replayed, some are both, and each must arrive exactly once.
+        during = asyncio.create_task(_publish(redis, realtime, user_id, 60))
+        listener = await listen(ws_url(realtime.ws_url, last_event_id=before[9]), token=token)
+        expected = before[10:] + await during
+        await listener.wait_events(len(expected))
+        await asyncio.sleep(0)
+        assert listener.event_ids == expected
+        await listener.close()
+
+    async def test_resume_message_replays_after_the_given_id(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        listener = await listen(realtime.ws_url, token=_token(realtime, user_id))
+        ids = await _publish(redis, realtime, user_id, 4)
+        await listener.wait_events(4)
+        await listener.send({"type": "resume", "last_event_id": ids[1]})
+        await listener.wait_events(6)
+        assert listener.event_ids == ids + ids[2:]
+        await listener.close()
+
+    async def test_zero_id_replays_everything_the_stream_holds(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        ids = await _publish(redis, realtime, user_id, 3)
+        url = ws_url(realtime.ws_url, last_event_id="0-0")
+        listener = await listen(url, token=_token(realtime, user_id))
+        await listener.wait_events(3)
+        assert listener.event_ids == ids
+        await listener.close()
+
+    async def test_id_older_than_the_stream_keeps_gets_reset_then_live_events(
+        self, realtime: RunningRealtime, redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        ids = await _publish(redis, realtime, user_id, 5)
+        stream = events.user_stream(realtime.settings.redis_key_prefix, user_id)
+        await redis.xtrim(stream, maxlen=2, approximate=False)
+        url = ws_url(realtime.ws_url, last_event_id=ids[0])
+        listener = await listen(url, token=_token(realtime, user_id))
+        await listener.wait_until(lambda item: bool(item.others), within=5, what="reset")
+        assert listener.others == [{"type": "reset", "last_event_id": ids[0]}]
+        live = await _publish(redis, realtime, user_id, 2)
+        await listener.wait_events(2)
+        assert listener.event_ids == live, "after a reset only live events follow"
+        await listener.close()

@@ -1,0 +1,128 @@
+"""WebSocket clients of the realtime service for tests: listeners that record every frame."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+OPEN_TIMEOUT = 10.0
+Message = dict[str, Any]
+
+
+def ws_url(base: str, **query: str) -> str:
+    """`base` (ws://host:port/ws) with the query parameters that are given."""
+    return f"{base}?{urlencode(query)}" if query else base
+
+
+async def connect(
+    url: str, *, token: str | None = None, origin: str | None = None, **options: Any
+) -> ClientConnection:
+    """Open a WebSocket, with a bearer token and an Origin header when given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return await websockets.connect(
+        url,
+        additional_headers=headers,
+        origin=origin,  # type: ignore[arg-type]  # websockets types it as its Origin NewType
+        open_timeout=OPEN_TIMEOUT,
+        **options,
+    )
+
+
+@dataclass
+class Listener:
+    """A connected client: its hello, every event and other frame it received, its close."""
+
+    socket: ClientConnection
+    hello: Message
+    events: list[Message] = field(default_factory=list)
+    others: list[Message] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str | None = None
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [event["id"] for event in self.events]
+
+    @property
+    def is_closed(self) -> bool:
+        return self._reader is not None and self._reader.done()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.socket:
+                message = json.loads(raw)
+                (self.events if "id" in message else self.others).append(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            frame = self.socket.protocol.close_rcvd
+            self.close_code = frame.code if frame is not None else None
+            self.close_reason = frame.reason if frame is not None else None
+
+    async def send(self, message: Message) -> None:
+        await self.socket.send(json.dumps(message))
+
+    async def wait_until(
+        self, condition: Callable[[Listener], bool], *, within: float, what: str
+    ) -> None:
+        """Poll until `condition(self)`; TimeoutError naming `what` and what arrived."""
+        deadline = time.monotonic() + within
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{what}: not within {within:g}s; got {len(self.events)} events, "
+                    f"others {self.others[-5:]}, close {self.close_code}"
+                )
+            await asyncio.sleep(0.02)  # poll interval
+
+    async def wait_events(self, count: int, *, within: float = 10.0) -> list[Message]:
+        await self.wait_until(
+            lambda listener: len(listener.events) >= count, within=within, what=f"{count} events"
+        )
+        return self.events
+
+    async def wait_closed(self, *, within: float = 10.0) -> int | None:
+        await self.wait_until(lambda listener: listener.is_closed, within=within, what="close")
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.socket.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+async def listen(url: str, *, token: str | None = None, origin: str | None = None) -> Listener:
+    """Connect, read the hello, and record every later frame in the background."""
+    socket = await connect(url, token=token, origin=origin)
+    async with asyncio.timeout(OPEN_TIMEOUT):
+        hello = json.loads(await socket.recv())
+    assert hello["type"] == "hello", hello
+    listener = Listener(socket, hello)
+    listener._reader = asyncio.create_task(listener._read())
+    return listener
+
+
+async def refusal(
+    url: str, *, token: str | None = None, origin: str | None = None
+) -> tuple[int | None, str]:
+    """Connect and expect to be closed before any hello: the close code and reason."""
+    socket = await connect(url, token=token, origin=origin)
+    try:
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            message = await socket.recv()
+    except websockets.ConnectionClosed as exc:
+        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
+    finally:
+        await socket.close()
+    raise AssertionError(f"expected a refusal, got {message!r}")
