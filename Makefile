@@ -41,6 +41,8 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
 	$(BIN)/ruff check .
 	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src tests
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
+	$(BIN)/mypy scripts
+	$(MAKE) --no-print-directory validate
 
 .PHONY: _migration-check
 _migration-check:
@@ -86,3 +88,60 @@ _dev-procs: migrate
 .PHONY: clean
 clean: ## stop nothing, delete .run/ (embedded databases) and caches
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+
+# --- deploy: Render Blueprint, images, compose (issue 7) -----------------------
+# ../shared holds the vendored Render schema where it exists (our machines);
+# elsewhere (GitHub CI) check-jsonschema fetches the published one.
+RENDER_SCHEMA ?= $(or $(wildcard ../shared/schemas/render-blueprint.schema.json),https://render.com/schema/render.yaml.json)
+
+.PHONY: validate
+validate: ## render.yaml and docker-compose.yml against their published schemas; hadolint
+	$(BIN)/check-jsonschema --schemafile $(RENDER_SCHEMA) render.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+
+.PHONY: rehearse
+rehearse: ## deploy every render.yaml service here as Render would: build, pre-deploy, start, health, SIGTERM
+	REHEARSE_UV="$(UV)" $(BIN)/python -m scripts.rehearse
+
+# `docker compose` (v2 plugin) where it exists, else the standalone docker-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+IMAGE_PREFIX ?= fastapi-microservices
+IMAGE_TAG ?= dev
+UP_TIMEOUT ?= 240
+
+.PHONY: images
+images: ## build the api, worker and realtime images from deploy/Dockerfile (PYTHON_IMAGE: base)
+	for service in api worker realtime; do \
+	  docker build --force-rm -f deploy/Dockerfile --build-arg SERVICE=$$service --target $$service \
+	    $${PYTHON_IMAGE:+--build-arg PYTHON_IMAGE=$$PYTHON_IMAGE} \
+	    -t $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) . || exit 1; \
+	done
+
+.PHONY: up
+up: ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
+	$(COMPOSE) up -d --build
+	@# The published ports as compose resolved them (environment, .env or default).
+	@api=http://$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
+	if ! $(PYTHON) scripts/wait_http.py --timeout $(UP_TIMEOUT) $$api/health/ready http://$$ws/health/ready; then \
+	  $(COMPOSE) ps; $(COMPOSE) logs --tail 40; exit 1; \
+	fi; \
+	echo; echo "API        $$api"; echo "docs       $$api/docs"; \
+	echo "WebSocket  ws://$$ws/ws"; echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"
+
+.PHONY: down
+down: ## stop and remove the compose stack's containers and network (keeps the data volumes)
+	$(COMPOSE) down --remove-orphans
+
+.PHONY: down-v
+down-v: ## stop the compose stack and delete its volumes (Postgres and Redis data) too
+	$(COMPOSE) down --remove-orphans --volumes
+
+.PHONY: logs
+logs: ## follow the compose stack's logs (SERVICE=api for one)
+	$(COMPOSE) logs --follow --tail 100 $(SERVICE)
+
+.PHONY: ps
+ps: ## the compose stack's containers and their health
+	$(COMPOSE) ps

@@ -1,0 +1,500 @@
+"""`make rehearse`: do here, for every service in render.yaml, what Render does on a deploy.
+
+For each service: a fresh virtualenv on PATH (as Render's Python runtime has),
+its `buildCommand` verbatim, then its `preDeployCommand`, then its
+`startCommand` with `PORT` and the Blueprint's env vars resolved:
+`fromDatabase` to a fresh database on the local Postgres, `fromService` to the
+local Redis (or another rehearsed service), `generateValue` to a random
+secret, `sync: false` to a safe test value. A web service must answer 200 on
+`healthCheckPath` (sent with its onrender.com Host); a worker must log that
+Celery is ready; both must then exit 0 on SIGTERM within
+`maxShutdownDelaySeconds`. A cron job runs once and must exit 0.
+
+Postgres and Redis come from TEST_DATABASE_URL / TEST_REDIS_URL, else embedded
+servers (as the tests find them). Catches a Blueprint whose commands do not
+work, which the schema check cannot.
+
+    python -m scripts.rehearse [--only api,worker] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import yaml
+
+from devservices import free_port
+from tests.support.services import provide_services
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_TIMEOUT = 600.0
+PRE_DEPLOY_TIMEOUT = 300.0
+HEALTH_TIMEOUT = 120.0
+READY_TIMEOUT = 90.0
+CRON_TIMEOUT = 300.0
+DEFAULT_SHUTDOWN_DELAY = 30.0  # Render's default maxShutdownDelaySeconds
+WORKER_READY = re.compile(r"celery@\S+ ready\.")
+# Values for `sync: false` variables (entered in Render's dashboard), safe for a rehearsal.
+SYNC_FALSE_VALUES = {
+    "ALLOWED_HOSTS": "{name}.onrender.com",
+    "CORS_ORIGINS": "https://app.example.com",
+}
+# Only these reach the rehearsed commands from our own environment: the
+# package tooling's configuration (indexes, certificates, proxies, caches).
+_PASSED_THROUGH = re.compile(
+    r"^(HOME|LANG|LC_ALL|TMPDIR|TERM|USER|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE"
+    r"|PIP_.*|UV_.*|XDG_CACHE_HOME|(http|https|no|all)_proxy|(HTTP|HTTPS|NO|ALL)_PROXY)$"
+)
+
+
+class RehearsalFailed(Exception):
+    """A step did not do what Render needs; the message says which and shows the log."""
+
+
+@dataclass
+class Service:
+    """One `services:` entry of the Blueprint, and where its rehearsal keeps its files."""
+
+    spec: dict[str, Any]
+    work_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def type(self) -> str:
+        return str(self.spec["type"])
+
+    @property
+    def venv(self) -> Path:
+        return self.work_dir / "venv"
+
+    def log_path(self, step: str) -> Path:
+        return self.work_dir / f"{step}.log"
+
+
+@dataclass(frozen=True)
+class Backing:
+    """The local stand-ins for the Blueprint's database and Key Value."""
+
+    database_url: str
+    redis_url: str
+
+
+def _log(message: str) -> None:
+    print(f"rehearse: {message}", flush=True)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _base_env() -> dict[str, str]:
+    repo_bin = str(ROOT / ".venv" / "bin")
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != repo_bin]
+    env = {k: v for k, v in os.environ.items() if _PASSED_THROUGH.match(k)}
+    env["PATH"] = os.pathsep.join(path)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _python_version(blueprint_env: dict[str, str]) -> str:
+    """The interpreter for the venv: PYTHON_VERSION's major.minor (this machine's patch)."""
+    pinned = blueprint_env.get("PYTHON_VERSION")
+    if not pinned:
+        raise RehearsalFailed("PYTHON_VERSION is not pinned; Render would pick its default")
+    return ".".join(pinned.split(".")[:2])
+
+
+# --- env var resolution ----------------------------------------------------
+
+
+def _database_property(url: str, prop: str) -> str:
+    parts = urlsplit(url)
+    values = {
+        "connectionString": url,
+        "host": parts.hostname or "",
+        "port": str(parts.port or 5432),
+        "user": parts.username or "",
+        "password": parts.password or "",
+        "database": parts.path.lstrip("/"),
+    }
+    if prop not in values:
+        raise RehearsalFailed(f"fromDatabase property {prop!r} is not rehearsed")
+    return values[prop]
+
+
+def _resolve_env(
+    service: Service,
+    *,
+    blueprint: dict[str, Any],
+    backing: Backing,
+    services: dict[str, Service],
+    generated: dict[str, str],
+) -> dict[str, str]:
+    groups = {g["name"]: g["envVars"] for g in blueprint.get("envVarGroups", [])}
+    env: dict[str, str] = {}
+
+    def plain(var: dict[str, Any], scope: str) -> str:
+        if "value" in var:
+            return str(var["value"])
+        if var.get("generateValue"):
+            # A group's generated value is one value shared by all its services.
+            return generated.setdefault(f"{scope}:{var['key']}", secrets.token_urlsafe(32))
+        if var.get("sync") is False:
+            template = SYNC_FALSE_VALUES.get(var["key"])
+            if template is None:
+                raise RehearsalFailed(
+                    f"{service.name}: no rehearsal value for sync:false {var['key']}; "
+                    "add one to SYNC_FALSE_VALUES"
+                )
+            return template.format(name=service.name)
+        raise RehearsalFailed(f"{service.name}: env var {var} is not understood")
+
+    for var in service.spec.get("envVars", []):
+        if "fromGroup" in var:
+            if var["fromGroup"] not in groups:
+                raise RehearsalFailed(f"{service.name}: no envVarGroup {var['fromGroup']!r}")
+            for group_var in groups[var["fromGroup"]]:
+                env[group_var["key"]] = plain(group_var, f"group:{var['fromGroup']}")
+        elif "fromDatabase" in var:
+            ref = var["fromDatabase"]
+            names = {d["name"] for d in blueprint.get("databases", [])}
+            if ref["name"] not in names:
+                raise RehearsalFailed(f"{service.name}: no database {ref['name']!r}")
+            env[var["key"]] = _database_property(backing.database_url, ref["property"])
+        elif "fromService" in var:
+            env[var["key"]] = _from_service(service, var["fromService"], backing, services)
+        else:
+            env[var["key"]] = plain(var, f"service:{service.name}")
+    return env
+
+
+def _from_service(
+    service: Service, ref: dict[str, Any], backing: Backing, services: dict[str, Service]
+) -> str:
+    if ref["type"] in {"keyvalue", "redis"}:
+        parts = urlsplit(backing.redis_url)
+        values = {
+            "connectionString": backing.redis_url,
+            "host": parts.hostname or "",
+            "port": str(parts.port or 6379),
+            "hostport": parts.netloc,
+        }
+        if ref.get("property") not in values:
+            raise RehearsalFailed(f"{service.name}: Key Value property {ref} is not rehearsed")
+        return values[ref["property"]]
+    other = services.get(ref["name"])
+    if other is None:
+        raise RehearsalFailed(f"{service.name}: fromService names unknown service {ref['name']}")
+    if "envVarKey" in ref:
+        return other.env[ref["envVarKey"]]
+    values = {"host": "127.0.0.1", "port": str(other.port), "hostport": f"127.0.0.1:{other.port}"}
+    if ref.get("property") not in values:
+        raise RehearsalFailed(f"{service.name}: fromService property {ref} is not rehearsed")
+    return values[ref["property"]]
+
+
+# --- steps -------------------------------------------------------------------
+
+
+def _command_env(service: Service) -> dict[str, str]:
+    """Ours (tooling only) + the Blueprint's + what Render sets, the venv first on PATH."""
+    env = _base_env()
+    env.update(service.env)
+    env.update(
+        VIRTUAL_ENV=str(service.venv),
+        PATH=f"{service.venv / 'bin'}{os.pathsep}{env['PATH']}",
+        RENDER="true",
+        RENDER_SERVICE_NAME=service.name,
+        RENDER_SERVICE_TYPE=service.type,
+    )
+    if service.port is not None:
+        env["PORT"] = str(service.port)
+    return env
+
+
+def _run(service: Service, step: str, command: str, *, timeout: float) -> None:
+    """Run one Blueprint command under bash from the repo root; raise with its log."""
+    log_path = service.log_path(step)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        try:
+            code = subprocess.run(  # noqa: S603 (the Blueprint's own commands)
+                ["/bin/bash", "-c", command],
+                cwd=ROOT,
+                env=_command_env(service),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+                start_new_session=True,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            raise RehearsalFailed(
+                f"{service.name} {step} took over {timeout:g}s:\n{_tail(log_path)}"
+            ) from None
+    service.timings[step] = time.monotonic() - started
+    if code != 0:
+        raise RehearsalFailed(f"{service.name} {step} exited {code}:\n{_tail(log_path)}")
+
+
+def build(service: Service) -> None:
+    """A fresh virtualenv (Render's runtime has one on PATH), then `buildCommand`."""
+    shutil.rmtree(service.work_dir, ignore_errors=True)
+    service.work_dir.mkdir(parents=True)
+    python = _python_version(service.env)
+    # The uv that `make install` uses (REHEARSE_UV: a command, e.g. `python3 -m uv`).
+    uv = os.environ.get("REHEARSE_UV") or shutil.which("uv") or f"{sys.executable} -m uv"
+    venv_cmd = f"{uv} venv --quiet --seed --python {python} {shlex.quote(str(service.venv))}"
+    _run(service, "venv", venv_cmd, timeout=120)
+    _run(service, "build", service.spec["buildCommand"], timeout=BUILD_TIMEOUT)
+
+
+def _start(service: Service) -> subprocess.Popen[bytes]:
+    log = service.log_path("start").open("wb")
+    return subprocess.Popen(  # noqa: S603 (the Blueprint's own command)
+        ["/bin/bash", "-c", service.spec["startCommand"]],
+        cwd=ROOT,
+        env=_command_env(service),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _await_health(service: Service, process: subprocess.Popen[bytes]) -> None:
+    path = service.spec["healthCheckPath"]
+    url = f"http://127.0.0.1:{service.port}{path}"
+    # Render's health checker sends the service's onrender.com name as Host.
+    headers = {"Host": f"{service.name}.onrender.com"}
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    last = "no answer"
+    with httpx.Client(timeout=5.0) as client:  # Render: no reply in 5 s = failed
+        while True:
+            if process.poll() is not None:
+                raise RehearsalFailed(
+                    f"{service.name} exited {process.returncode} before it was healthy:\n"
+                    f"{_tail(service.log_path('start'))}"
+                )
+            try:
+                response = client.get(url, headers=headers)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                raise RehearsalFailed(
+                    f"{service.name}: GET {path} not 200 within {HEALTH_TIMEOUT:g}s "
+                    f"(last: {last}):\n{_tail(service.log_path('start'))}"
+                )
+            time.sleep(0.2)  # poll interval
+
+
+def _await_log(
+    service: Service, process: subprocess.Popen[bytes], pattern: re.Pattern[str]
+) -> None:
+    log_path = service.log_path("start")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not pattern.search(log_path.read_text(errors="replace")):
+        if process.poll() is not None:
+            raise RehearsalFailed(
+                f"{service.name} exited {process.returncode} before logging "
+                f"{pattern.pattern!r}:\n{_tail(log_path)}"
+            )
+        if time.monotonic() > deadline:
+            raise RehearsalFailed(
+                f"{service.name} did not log {pattern.pattern!r} within {READY_TIMEOUT:g}s:\n"
+                f"{_tail(log_path)}"
+            )
+        time.sleep(0.1)  # poll interval
+
+
+def _stop(service: Service, process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM as Render does; the process must exit 0 within maxShutdownDelaySeconds."""
+    grace = float(service.spec.get("maxShutdownDelaySeconds", DEFAULT_SHUTDOWN_DELAY))
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # Render's SIGKILL after the delay; the group is the one we created.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise RehearsalFailed(
+            f"{service.name} still running {grace:g}s after SIGTERM:\n"
+            f"{_tail(service.log_path('start'))}"
+        ) from None
+    finally:
+        # Anything the leader left behind in its group goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    service.timings["stop"] = time.monotonic() - started
+    if code != 0:
+        raise RehearsalFailed(
+            f"{service.name} exited {code} on SIGTERM:\n{_tail(service.log_path('start'))}"
+        )
+
+
+def deploy(service: Service) -> None:
+    """`preDeployCommand`, then `startCommand` until healthy or ready, then SIGTERM."""
+    if service.spec.get("preDeployCommand"):
+        _run(service, "preDeploy", service.spec["preDeployCommand"], timeout=PRE_DEPLOY_TIMEOUT)
+    if service.type == "cron":
+        _run(service, "run", service.spec["startCommand"], timeout=CRON_TIMEOUT)
+        return
+    started = time.monotonic()
+    process = _start(service)
+    try:
+        if service.type == "web":
+            _await_health(service, process)
+        elif "celery" in service.spec["startCommand"]:
+            _await_log(service, process, WORKER_READY)
+        else:
+            # A worker of another kind: it must at least stay up a while.
+            time.sleep(5)
+            if process.poll() is not None:
+                raise RehearsalFailed(
+                    f"{service.name} exited {process.returncode}:\n"
+                    f"{_tail(service.log_path('start'))}"
+                )
+        service.timings["ready"] = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            _stop(service, process)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+# --- backing services ---------------------------------------------------------
+
+
+def _admin_url(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.split("+")[0], *parts[1:]))
+
+
+@contextlib.contextmanager
+def backing_services() -> Iterator[Backing]:
+    """A fresh database on the local Postgres and the local Redis, both gone after."""
+    with provide_services() as urls:
+        admin = _admin_url(urls.postgres)
+        name = f"rehearse_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(admin)
+        database_url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+        _log(f"postgres: {database_url} ({urls.source}); redis: {urls.redis}")
+        try:
+            yield Backing(database_url=database_url, redis_url=urls.redis)
+        finally:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- main ---------------------------------------------------------------------
+
+
+def _deploy_order(services: list[Service]) -> list[Service]:
+    # Migrations first (Render would fail the others' health until they ran),
+    # then long-running services, cron jobs last.
+    rank = {"web": 1, "pserv": 1, "worker": 2, "cron": 3}
+    return sorted(services, key=lambda s: (not s.spec.get("preDeployCommand"), rank[s.type]))
+
+
+def rehearse(blueprint_path: Path, *, only: set[str] | None, work_root: Path) -> list[Service]:
+    """Build every service (in parallel), then deploy each in turn; raise on the first failure."""
+    blueprint = yaml.safe_load(blueprint_path.read_text())
+    specs = [
+        s for s in blueprint.get("services", []) if s["type"] in {"web", "pserv", "worker", "cron"}
+    ]
+    unknown = (only or set()) - {s["name"] for s in specs}
+    if unknown:
+        raise RehearsalFailed(f"not in {blueprint_path.name}: {', '.join(sorted(unknown))}")
+    services = [
+        Service(spec=s, work_dir=work_root / s["name"])
+        for s in specs
+        if only is None or s["name"] in only
+    ]
+    by_name = {s.name: s for s in services}
+    generated: dict[str, str] = {}
+    with backing_services() as backing:
+        for service in services:
+            if service.type in {"web", "pserv"}:
+                service.port = free_port()
+        for service in services:
+            service.env = _resolve_env(
+                service, blueprint=blueprint, backing=backing, services=by_name, generated=generated
+            )
+        _log(f"building {', '.join(s.name for s in services)} (fresh venvs, in parallel)")
+        with ThreadPoolExecutor(max_workers=len(services)) as pool:
+            for future in [pool.submit(build, s) for s in services]:
+                future.result()
+        for service in _deploy_order(services):
+            _log(f"{service.name}: build ok in {service.timings['build']:.1f}s; deploying")
+            deploy(service)
+            _log(f"{service.name}: ok {_timings(service)}")
+    return services
+
+
+def _timings(service: Service) -> str:
+    return " ".join(f"{step}={seconds:.1f}s" for step, seconds in service.timings.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `make rehearse`."""
+    parser = argparse.ArgumentParser(prog="rehearse", description=__doc__.splitlines()[0])
+    parser.add_argument("--blueprint", type=Path, default=ROOT / "render.yaml")
+    parser.add_argument("--only", help="comma-separated service names (default: all)")
+    parser.add_argument("--keep", action="store_true", help="keep the venvs and logs")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / ".run" / "rehearse")
+    args = parser.parse_args(argv)
+    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    started = time.monotonic()
+    try:
+        services = rehearse(args.blueprint, only=only, work_root=args.work_dir)
+    except RehearsalFailed as exc:
+        print(f"rehearse: FAILED: {exc}", file=sys.stderr, flush=True)
+        print(f"rehearse: logs kept in {args.work_dir}", file=sys.stderr)
+        return 1
+    if not args.keep:
+        shutil.rmtree(args.work_dir, ignore_errors=True)
+    for service in services:
+        _log(f"  {service.type:6} {service.name:10} {_timings(service)}")
+    _log(
+        f"all {len(services)} services deployed as Render would ({time.monotonic() - started:.0f}s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""render.yaml: what the schema cannot check, and how `make rehearse` resolves its env vars.
+
+The schema check (`make validate`) proves the shape; `make rehearse` runs the
+commands. These pin down the decisions in between, in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts.rehearse import Backing, RehearsalFailed, Service, _resolve_env
+from tests.support.services import ROOT
+
+BLUEPRINT: dict[str, Any] = yaml.safe_load((ROOT / "render.yaml").read_text())
+SERVICES = {s["name"]: s for s in BLUEPRINT["services"]}
+RUNNABLE = [s for s in BLUEPRINT["services"] if s["type"] in {"web", "worker", "cron"}]
+BACKING = Backing(
+    database_url="postgresql://postgres@127.0.0.1:5432/rehearse_x",
+    redis_url="redis://127.0.0.1:6379/0",
+)
+
+
+def _resolve_all() -> dict[str, dict[str, str]]:
+    generated: dict[str, str] = {}
+    services = {s["name"]: Service(spec=s, work_dir=Path("/nonexistent")) for s in RUNNABLE}
+    return {
+        name: _resolve_env(
+            service, blueprint=BLUEPRINT, backing=BACKING, services=services, generated=generated
+        )
+        for name, service in services.items()
+    }
+
+
+class TestBlueprint:
+    """Each service builds from its own lock and redeploys only when its inputs change."""
+
+    @pytest.mark.parametrize("spec", RUNNABLE, ids=lambda s: s["name"])
+    def test_builds_from_its_hash_pinned_lock_and_filters_on_it(self, spec: dict[str, Any]) -> None:
+        package = "worker" if spec["type"] == "cron" else spec["name"]
+        lock = f"requirements/{package}.txt"
+        assert f"--require-hashes -r {lock}" in spec["buildCommand"]
+        assert (ROOT / lock).exists()
+        assert set(spec["buildFilter"]["paths"]) == {
+            "libs/common/**",
+            f"services/{package}/**",
+            lock,
+        }
+        assert spec["autoDeployTrigger"] == "checksPass"
+
+    @pytest.mark.parametrize("spec", RUNNABLE, ids=lambda s: s["name"])
+    def test_config_files_named_by_commands_exist(self, spec: dict[str, Any]) -> None:
+        for word in spec["startCommand"].split():
+            if word.endswith(".conf.py"):
+                assert (ROOT / word).exists(), word
+
+    def test_web_services_check_readiness_and_migrations_run_before_the_api(self) -> None:
+        assert SERVICES["api"]["healthCheckPath"] == "/health/ready"
+        assert SERVICES["realtime"]["healthCheckPath"] == "/health/ready"
+        assert SERVICES["api"]["preDeployCommand"] == "cd services/api && alembic upgrade head"
+        assert SERVICES["scheduler"]["startCommand"] == "python -m worker.scheduler --once"
+
+    def test_key_value_never_evicts_and_postgres_version_is_a_string(self) -> None:
+        assert SERVICES["redis"]["maxmemoryPolicy"] == "noeviction"
+        assert SERVICES["redis"]["ipAllowList"] == []
+        assert isinstance(BLUEPRINT["databases"][0]["postgresMajorVersion"], str)
+
+
+class TestResolveEnv:
+    """`make rehearse` gives every service what Render would, from the local stand-ins."""
+
+    def test_one_generated_jwt_secret_is_shared_by_every_service(self) -> None:
+        resolved = _resolve_all()
+        secrets = {env["JWT_SECRET"] for env in resolved.values()}
+        assert len(secrets) == 1
+        assert len(secrets.pop()) >= 32
+
+    def test_database_and_key_value_resolve_to_the_local_servers(self) -> None:
+        resolved = _resolve_all()
+        for env in resolved.values():
+            assert env["REDIS_URL"] == BACKING.redis_url
+        for name in ("api", "worker", "scheduler"):
+            assert resolved[name]["DATABASE_URL"] == BACKING.database_url
+        assert "DATABASE_URL" not in resolved["realtime"], "realtime needs no Postgres"
+
+    def test_production_settings_that_the_app_insists_on(self) -> None:
+        for name, env in _resolve_all().items():
+            assert env["ENVIRONMENT"] == "production", name
+            assert "*" not in env["FORWARDED_ALLOW_IPS"], name
+            assert env["PYTHON_VERSION"].startswith("3.11."), name
+
+    def test_sync_false_secrets_get_safe_values(self) -> None:
+        resolved = _resolve_all()
+        assert resolved["api"]["ALLOWED_HOSTS"] == "api.onrender.com"
+        assert resolved["api"]["CORS_ORIGINS"] == "https://app.example.com"
+
+    def test_an_unknown_sync_false_variable_is_an_error_not_a_guess(self) -> None:
+        spec = {"name": "x", "type": "web", "envVars": [{"key": "STRIPE_KEY", "sync": False}]}
+        with pytest.raises(RehearsalFailed, match="STRIPE_KEY"):
+            _resolve_env(
+                Service(spec=spec, work_dir=Path("/nonexistent")),
+                blueprint=BLUEPRINT, backing=BACKING, services={}, generated={},
+            )  # fmt: skip
