@@ -90,9 +90,9 @@ clean: ## stop nothing, delete .run/ (embedded databases) and caches
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
 
 # --- deploy: Render Blueprint, images, compose (issue 7) -----------------------
-# ../shared holds the vendored Render schema where it exists (our machines);
-# elsewhere (GitHub CI) check-jsonschema fetches the published one.
-RENDER_SCHEMA ?= $(or $(wildcard ../shared/schemas/render-blueprint.schema.json),https://render.com/schema/render.yaml.json)
+# Render's published Blueprint schema, vendored so validation needs no network
+# (refresh it from https://render.com/schema/render.yaml.json now and then).
+RENDER_SCHEMA ?= deploy/schemas/render-blueprint.schema.json
 
 .PHONY: validate
 validate: ## render.yaml and docker-compose.yml against their published schemas; hadolint
