@@ -39,7 +39,7 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src tests
+	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 	$(BIN)/mypy scripts
 	$(MAKE) --no-print-directory validate
@@ -56,6 +56,11 @@ format: ## rewrite files with ruff
 .PHONY: test
 test: ## unit, integration and system tests (services: TEST_*_URL, else embedded)
 	$(BIN)/pytest
+
+FUZZ_MAX_EXAMPLES ?= 200
+.PHONY: fuzz
+fuzz: ## schemathesis against the API under gunicorn: no 5xx, answers as documented (FUZZ_MAX_EXAMPLES, FUZZ_SEED)
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/pytest -m fuzz -s -p no:cacheprovider tests/system/test_fuzz.py
 
 .PHONY: migrate
 migrate: ## alembic upgrade head on $$DATABASE_URL (under an advisory lock)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
+from tests.support.ratelimits import GENEROUS_RATE_LIMITS
 
 PASSWORD = "correct horse battery staple"
 
@@ -33,6 +34,8 @@ def settings_factory(
             "redis_key_prefix": redis_key_prefix,
             "jwt_secret": jwt_secret,
             "log_level": "WARNING",
+            # Every test shares one client address; tests of the limits set their own.
+            **GENEROUS_RATE_LIMITS,
         }
         values.update(overrides)
         return ApiSettings(_env_file=None, **values)

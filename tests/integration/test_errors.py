@@ -63,6 +63,16 @@ class TestDomainErrors:
         body = assert_problem(response, 422)
         assert body["errors"][0]["type"] == "json_invalid"
 
+    async def test_json_body_that_is_not_utf8_is_422(self, client: httpx.AsyncClient) -> None:
+        # Found by schemathesis: FastAPI answered an undocumented 400 here.
+        response = await client.post(
+            "/v1/auth/refresh", content=b"\xff\xfe(", headers={"Content-Type": "application/json"}
+        )
+        body = assert_problem(response, 422)
+        assert body["errors"] == [
+            {"loc": ["body"], "msg": "Body is not valid UTF-8 JSON", "type": "json_invalid"}
+        ]
+
 
 class TestBodyTooLarge:
     """A body over max_body_bytes is 413 problem+json, declared or streamed."""

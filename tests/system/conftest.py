@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from devservices import free_port
+from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from tests.support.services import ROOT
 
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
@@ -124,6 +125,8 @@ def server_env(
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
+    # Every test connects from 127.0.0.1; tests of the limits set their own.
+    env.update(GENEROUS_RATE_LIMIT_ENV)
     return env
 
 

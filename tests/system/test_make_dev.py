@@ -33,11 +33,27 @@ async def _wait_ready(client: httpx.AsyncClient, dev: ManagedProcess, *, within:
         await dev.wait_exit(0.2)  # poll interval that also notices an early exit
 
 
+async def _get_when_up(
+    client: httpx.AsyncClient, url: str, dev: ManagedProcess, *, within: float
+) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            response = await client.get(url)
+            if response.status_code == 200:
+                return response
+        except httpx.TransportError:
+            pass
+        assert dev.is_running(), f"make dev exited early:\n{dev.log()}"
+        assert time.monotonic() < deadline, f"{url} not up in {within:g}s:\n{dev.log()}"
+        await dev.wait_exit(0.1)  # poll interval that also notices an early exit
+
+
 class TestMakeDev:
     """`make dev` brings up the whole stack on embedded services and serves a job end to end."""
 
     async def test_countdown_job_succeeds_and_ctrl_c_stops_everything(self, tmp_path: Path) -> None:
-        ports = {name: free_port() for name in ("postgres", "redis", "api", "realtime")}
+        ports = {name: free_port() for name in ("postgres", "redis", "api", "realtime", "console")}
         env = {
             key: value
             for key, value in os.environ.items()
@@ -49,6 +65,7 @@ class TestMakeDev:
             DEV_REDIS_PORT=str(ports["redis"]),
             API_PORT=str(ports["api"]),
             REALTIME_PORT=str(ports["realtime"]),
+            CONSOLE_PORT=str(ports["console"]),
             WORKER_CONCURRENCY="1",
             SCHEDULER_INTERVAL_SECONDS="1",
         )
@@ -64,6 +81,16 @@ class TestMakeDev:
                 assert docs.status_code == 200
                 assert "/static/docs/swagger-ui-bundle.js" in docs.text
                 assert (await client.get("/static/docs/swagger-ui-bundle.js")).status_code == 200
+
+                # The job console: its own origin, pointed at this API, which allows it.
+                console = f"http://127.0.0.1:{ports['console']}"
+                config = await _get_when_up(client, f"{console}/config.js", dev, within=30)
+                assert f'"apiUrl": "{base}"' in config.text
+                preflight = await client.options(
+                    "/v1/jobs",
+                    headers={"Origin": console, "Access-Control-Request-Method": "POST"},
+                )
+                assert preflight.headers.get("access-control-allow-origin") == console
 
                 email = "dev-stack@example.com"
                 registered = await client.post(

@@ -29,6 +29,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from tests.support.jobs import EventTap, JobsUser, new_prefix
 from tests.support.processes import ManagedProcess, start_process
+from tests.support.ratelimits import GENEROUS_RATE_LIMITS
 from tests.support.services import ROOT
 from worker.settings import WorkerSettings
 
@@ -198,7 +199,7 @@ async def stack_factory(
             redis_key_prefix=prefix,
             jwt_secret=jwt_secret,
             log_level="WARNING",
-            **api_settings,
+            **{**GENEROUS_RATE_LIMITS, **api_settings},
         )
         manager = LifespanManager(create_app(settings))
         await manager.__aenter__()

@@ -87,8 +87,16 @@ class TooManyRequests(AppError):
     status = 429
     title = "Too many requests"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
-        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: int = 1,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(
+            detail, headers={**(headers or {}), "Retry-After": str(max(1, retry_after))}
+        )
 
 
 def problem(
@@ -130,6 +138,13 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI answers 400 for a JSON body that is not UTF-8 but 422 for one
+        # that is not JSON; both are the same client mistake, documented as 422.
+        errors = [{"loc": ["body"], "msg": "Body is not valid UTF-8 JSON", "type": "json_invalid"}]
+        return problem(
+            422, title="Validation failed", detail="Invalid request: body", extra={"errors": errors}
+        )
     detail = exc.detail if isinstance(exc.detail, str) else None
     return problem(exc.status_code, detail=detail, headers=exc.headers)
 

@@ -126,8 +126,18 @@ class CommonSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     health_check_timeout: float = Field(default=2.0, gt=0)
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=60)
+    # Rate-limit policies that refuse (503) rather than allow when Redis cannot count.
+    rate_limit_fail_closed: StrList = Field(
+        default_factory=lambda: ["auth", "login_account", "login_ip"]
+    )
 
-    @field_validator("cors_origins", "allowed_hosts", "forwarded_allow_ips", mode="before")
+    @field_validator(
+        "cors_origins",
+        "allowed_hosts",
+        "forwarded_allow_ips",
+        "rate_limit_fail_closed",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)

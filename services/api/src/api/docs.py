@@ -11,11 +11,16 @@ from pathlib import Path
 
 import fastapi_offline
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 _VENDOR_DIR = Path(fastapi_offline.__file__).parent / "static"
 _OWN_DIR = Path(__file__).parent / "static"
+# ReDoc's sidebar shows Redocly's logo from their CDN, which the CSP blocks (a
+# console error on every view, and a request that must not leave): serve the
+# bundle with that logo replaced by an empty inline image.
+_REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+_EMPTY_SVG = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
 
 # Scripts only from this origin; Swagger UI and ReDoc set inline styles and
 # ReDoc runs a worker from a blob: URL.
@@ -51,7 +56,12 @@ def install_docs(app: FastAPI) -> None:
         f"{app.title} - ReDoc",
         "",
         f'<redoc spec-url="{openapi_url}"></redoc>'
-        '<script src="/static/docs/redoc.standalone.js"></script>',
+        '<script src="/static/redoc/redoc.standalone.js"></script>',
+    )
+    redoc_bundle = (
+        (_VENDOR_DIR / "redoc.standalone.js")
+        .read_text(encoding="utf-8")
+        .replace(_REDOC_LOGO, _EMPTY_SVG)
     )
 
     @app.get("/docs", include_in_schema=False)
@@ -61,3 +71,11 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc_ui() -> HTMLResponse:
         return HTMLResponse(redoc)
+
+    @app.get("/static/redoc/redoc.standalone.js", include_in_schema=False)
+    async def redoc_script() -> Response:
+        return Response(
+            redoc_bundle,
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )

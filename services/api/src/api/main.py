@@ -30,6 +30,7 @@ from common.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
+from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
 
 DESCRIPTION = """
@@ -67,6 +68,11 @@ def _lifespan(settings: ApiSettings) -> Any:
                 "lifecycle": lifecycle,
                 "password_hasher": PasswordHasher(concurrency=settings.password_hash_concurrency),
                 "celery": celery,
+                "rate_limiter": RateLimiter(
+                    redis,
+                    key_prefix=settings.redis_key_prefix,
+                    policies=build_policies(settings, settings.rate_limit_specs()),
+                ),
                 "health_checks": {"postgres": postgres_check(engine), "redis": redis_check(redis)},
             }
         finally:
@@ -111,7 +117,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         allow_credentials=settings.cors_allow_credentials,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-        expose_headers=["Location", "X-Request-ID", "Retry-After"],
+        expose_headers=["Location", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
         max_age=settings.cors_max_age,
     )
     app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)

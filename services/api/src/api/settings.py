@@ -7,6 +7,7 @@ from functools import lru_cache
 from pydantic import Field
 
 from common.contracts.realtime import TICKET_TTL_SECONDS
+from common.ratelimit import LimitSpec
 from common.settings import CommonSettings, load_settings
 
 
@@ -21,6 +22,24 @@ class ApiSettings(CommonSettings):
     # The API issues the tickets, so it owns their lifetime; the realtime
     # service only consumes them (Redis expires the unused ones).
     realtime_ticket_ttl_seconds: int = Field(default=TICKET_TTL_SECONDS, ge=1, le=300)
+    # Rate limits per route group, per user (verified token) or else per client IP.
+    rate_limit_auth: LimitSpec = "20/minute"
+    rate_limit_writes: LimitSpec = "60/minute"
+    rate_limit_reads: LimitSpec = "600/minute"
+    # Login attempts per client IP (successes count too), and failed logins per
+    # account (a success forgets them); beyond either, 429 before any password check.
+    rate_limit_login_ip: LimitSpec = "30/15 minutes"
+    rate_limit_login_account: LimitSpec = "5/15 minutes"
+
+    def rate_limit_specs(self) -> dict[str, str]:
+        """Each rate-limit policy's name and limit."""
+        return {
+            "auth": self.rate_limit_auth,
+            "writes": self.rate_limit_writes,
+            "reads": self.rate_limit_reads,
+            "login_ip": self.rate_limit_login_ip,
+            "login_account": self.rate_limit_login_account,
+        }
 
 
 @lru_cache

@@ -24,11 +24,19 @@ from common.contracts.realtime import (
     CLOSE_TRY_AGAIN_LATER,
 )
 from common.health import Lifecycle
-from realtime.handshake import HandshakeRejected, authenticate, check_origin, resume_point
+from common.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+from realtime.handshake import (
+    HandshakeRejected,
+    authenticate,
+    check_connect_limit,
+    check_origin,
+    resume_point,
+)
 from realtime.hub import Hub
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from realtime.streams import StreamId, parse_stream_id
+from realtime.throttle import MessageRate
 
 router = APIRouter()
 _logger = logging.getLogger("realtime.socket")
@@ -41,15 +49,19 @@ async def events_socket(websocket: WebSocket) -> None:
     hub: Hub = websocket.state.hub
     redis: Redis = websocket.state.redis
     lifecycle: Lifecycle = websocket.state.lifecycle
+    limiter: RateLimiter = websocket.state.rate_limiter
     try:
         check_origin(websocket, settings)
+        # Per address before any credential work, per user after it.
+        await check_connect_limit(limiter, "ws_connect_ip", f"ip:{client_ip(websocket)}")
         user_id = await authenticate(websocket, settings, redis)
+        await check_connect_limit(limiter, "ws_connect_user", f"user:{user_id}")
         start_from = resume_point(websocket)
     except HandshakeRejected as exc:
         _logger.info("websocket refused: %s", exc.reason)
         await _refuse(websocket, CLOSE_POLICY_VIOLATION, exc.reason)
         return
-    except RedisError:
+    except (RedisError, RateLimitUnavailable):
         await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
         return
     if lifecycle.draining:
@@ -160,6 +172,7 @@ async def _pump(websocket: WebSocket, session: Session) -> None:
 
 
 async def _receive(websocket: WebSocket, session: Session, settings: RealtimeSettings) -> None:
+    rate = MessageRate(settings.rate_limit_ws_messages)
     while True:
         try:
             async with asyncio.timeout(settings.ws_idle_timeout_seconds):
@@ -169,6 +182,10 @@ async def _receive(websocket: WebSocket, session: Session, settings: RealtimeSet
             session.close(CLOSE_GOING_AWAY, idle)
             return
         if message["type"] == "websocket.disconnect":
+            return
+        if not rate.allow():
+            allowed = f"{rate.amount} per {rate.window:g}s"
+            session.close(CLOSE_POLICY_VIOLATION, f"too many messages: at most {allowed}")
             return
         text: str | None = message.get("text")
         data: bytes | None = message.get("bytes")

@@ -4,7 +4,8 @@ HandshakeRejected      the socket is closed with 1008 and the reason; never serv
 ├── OriginNotAllowed   an `Origin` header that is not in CORS_ORIGINS
 ├── MissingCredentials neither a bearer token nor a ticket
 ├── BadCredentials     an invalid or expired token, an unknown or used ticket
-└── BadResumePoint     a `last_event_id` that is not a stream id
+├── BadResumePoint     a `last_event_id` that is not a stream id
+└── TooManyConnections the client IP or user opened too many sockets in the window
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from starlette.websockets import WebSocket
 
 from common.auth import InvalidToken, bearer_token, verify_access_token
 from common.contracts.realtime import is_ticket_shaped, ticket_key
+from common.ratelimit import RateLimiter
 from realtime.settings import RealtimeSettings
 from realtime.streams import StreamId, parse_stream_id
 
@@ -50,6 +52,19 @@ class BadResumePoint(HandshakeRejected):
     """Raised when `last_event_id` is not a stream id (`<ms>-<seq>`)."""
 
     reason = "last_event_id must be a stream id such as 1700000000000-0"
+
+
+class TooManyConnections(HandshakeRejected):
+    """Raised when a connect limit (per client IP or per user) is exhausted."""
+
+    reason = "too many connections"
+
+
+async def check_connect_limit(limiter: RateLimiter, policy: str, key: str) -> None:
+    """Count this handshake under `policy`; `TooManyConnections` beyond it."""
+    decision = await limiter.hit(policy, key)
+    if decision is not None and not decision.allowed:
+        raise TooManyConnections(f"too many connections; retry in {decision.reset_after}s")
 
 
 def check_origin(websocket: WebSocket, settings: RealtimeSettings) -> None:

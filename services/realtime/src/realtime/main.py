@@ -18,6 +18,7 @@ from common.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
+from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
 from realtime.endpoint import router as socket_router
 from realtime.hub import Hub, create_pubsub_redis
@@ -42,6 +43,11 @@ def _lifespan(settings: RealtimeSettings) -> Any:
                 "redis": redis,
                 "hub": hub,
                 "lifecycle": lifecycle,
+                "rate_limiter": RateLimiter(
+                    redis,
+                    key_prefix=settings.redis_key_prefix,
+                    policies=build_policies(settings, settings.rate_limit_specs()),
+                ),
                 "health_checks": {"redis": redis_check(redis), "subscription": hub.check},
             }
         finally:

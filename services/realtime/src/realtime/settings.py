@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
+from common.ratelimit import LimitSpec
 from common.settings import CommonSettings, load_settings
 
 
@@ -29,6 +30,18 @@ class RealtimeSettings(CommonSettings):
     # Reconnect backoff of the Redis subscription: doubles from the first to the cap, jittered.
     pubsub_backoff_seconds: float = Field(default=0.1, gt=0, le=60)
     pubsub_backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Handshakes per client IP (before authentication) and per user (after), in Redis;
+    # messages a client may send on one connection (counted in the process). 1008 beyond.
+    rate_limit_ws_connect_ip: LimitSpec = "60/minute"
+    rate_limit_ws_connect_user: LimitSpec = "30/minute"
+    rate_limit_ws_messages: LimitSpec = "120/minute"
+
+    def rate_limit_specs(self) -> dict[str, str]:
+        """The Redis-backed policies' names and limits."""
+        return {
+            "ws_connect_ip": self.rate_limit_ws_connect_ip,
+            "ws_connect_user": self.rate_limit_ws_connect_user,
+        }
 
 
 @lru_cache

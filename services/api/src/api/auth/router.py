@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from starlette.requests import HTTPConnection
 
 from api.auth import service as auth_service
+from api.auth import throttle
 from api.auth.dependencies import CurrentUser
 from api.auth.schemas import RefreshRequest, TokenResponse
 from api.dependencies import Hasher, Settings
@@ -17,8 +18,14 @@ from api.users import service as users_service
 from api.users.schemas import UserCreate, UserRead
 from common.db import DbSession
 from common.openapi import problem_responses
+from common.ratelimit import RateLimiter, client_ip, rate_limit
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
+router = APIRouter(
+    prefix="/v1/auth",
+    tags=["auth"],
+    dependencies=[rate_limit("auth")],
+    responses=problem_responses(429, 503),
+)
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -68,9 +75,12 @@ async def token(
     settings: Settings,
     hasher: Hasher,
 ) -> TokenResponse:
+    limiter: RateLimiter = connection.state.rate_limiter
+    account = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
     user, pair = await auth_service.login(
         session, settings, email=form.username, password=form.password, hasher=hasher
     )
+    await throttle.forget_failures(limiter, account=account)
     # After the response: the login does not wait for this bookkeeping write.
     background.add_task(_record_login, connection, user.id)
     return _token_response(response, pair)
@@ -90,6 +100,9 @@ async def refresh(
     summary="Revoke a refresh token and its family",
     responses=problem_responses(401, 422),
 )
-async def logout(body: RefreshRequest, user: CurrentUser, session: DbSession) -> Response:
+async def logout(
+    body: RefreshRequest, user: CurrentUser, session: DbSession, response: Response
+) -> None:
     await auth_service.logout(session, user_id=user.id, refresh_token=body.refresh_token)
-    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=_NO_STORE)
+    # Set on the injected response, so the rate-limit headers are kept too.
+    response.headers.update(_NO_STORE)

@@ -18,18 +18,22 @@ from common.contracts.jobs import JobState
 from common.contracts.kinds import JOB_KINDS
 from common.db import DbSession
 from common.openapi import problem_responses
+from common.ratelimit import rate_limit
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(429))
+_READS = [rate_limit("reads")]
+_WRITES = [rate_limit("writes")]
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Accept a job",
+    dependencies=_WRITES,
     response_description="Accepted (202), or the existing job for a repeated Idempotency-Key (200)",
     responses={
         200: {"model": JobRead, "description": "Replay of an Idempotency-Key"},
-        **problem_responses(401, 422, 429),
+        **problem_responses(401, 422),
     },
 )
 async def create_job(
@@ -64,7 +68,12 @@ async def create_job(
     return JobRead.model_validate(job)
 
 
-@router.get("", summary="List my jobs, newest first", responses=problem_responses(401, 422))
+@router.get(
+    "",
+    summary="List my jobs, newest first",
+    dependencies=_READS,
+    responses=problem_responses(401, 422),
+)
 async def list_jobs(
     principal: CurrentPrincipal,
     session: DbSession,
@@ -79,7 +88,9 @@ async def list_jobs(
     return JobPage(items=[JobRead.model_validate(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/kinds", summary="The job kinds and their parameters", tags=["jobs"])
+@router.get(
+    "/kinds", summary="The job kinds and their parameters", tags=["jobs"], dependencies=_READS
+)
 async def list_kinds() -> list[JobKindRead]:
     return [
         JobKindRead(
@@ -91,7 +102,12 @@ async def list_kinds() -> list[JobKindRead]:
     ]
 
 
-@router.get("/{job_id}", summary="One of my jobs", responses=problem_responses(401, 404, 422))
+@router.get(
+    "/{job_id}",
+    summary="One of my jobs",
+    dependencies=_READS,
+    responses=problem_responses(401, 404, 422),
+)
 async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession) -> JobRead:
     job = await jobs_service.get_job(session, owner_id=principal.user_id, job_id=job_id)
     return JobRead.model_validate(job)
@@ -100,6 +116,7 @@ async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, session: DbSes
 @router.post(
     "/{job_id}/cancel",
     summary="Cancel a job (queued: at once; running: at its next checkpoint)",
+    dependencies=_WRITES,
     responses=problem_responses(401, 404, 409, 422),
 )
 async def cancel_job(

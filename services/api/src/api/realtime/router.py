@@ -10,8 +10,14 @@ from api.dependencies import Settings
 from api.realtime import service as realtime_service
 from api.realtime.schemas import TicketRead
 from common.openapi import problem_responses
+from common.ratelimit import rate_limit
 
-router = APIRouter(prefix="/v1/realtime", tags=["realtime"])
+router = APIRouter(
+    prefix="/v1/realtime",
+    tags=["realtime"],
+    dependencies=[rate_limit("writes")],
+    responses=problem_responses(429),
+)
 
 
 @router.post(

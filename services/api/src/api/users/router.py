@@ -7,8 +7,14 @@ from fastapi import APIRouter, Response
 from api.auth.dependencies import CurrentUser
 from api.users.schemas import UserRead
 from common.openapi import problem_responses
+from common.ratelimit import rate_limit
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = APIRouter(
+    prefix="/v1/users",
+    tags=["users"],
+    dependencies=[rate_limit("reads")],
+    responses=problem_responses(429),
+)
 
 
 @router.get("/me", summary="The signed-in user", responses=problem_responses(401))

@@ -1,0 +1,149 @@
+"""Browser tests: Debian's Chromium driven by Playwright against real processes.
+
+The browser is `/usr/bin/chromium` (`apt-get install -y chromium`); Playwright
+never downloads one. Where it is missing, every test here skips saying so.
+On a failure, a screenshot of each open page goes to `test-artifacts/browser/`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Request,
+    async_playwright,
+    expect,
+)
+
+from tests.browser.stack import BrowserStack, base_env, start_stack
+from tests.support.jobs import new_prefix
+from tests.support.services import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+# What the machines here need: no sandbox as root, and no background traffic to
+# Google's hosts, which a closed network refuses (machines page, python-svc).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+expect.set_options(timeout=15_000)
+
+_STACK = pytest.StashKey[BrowserStack]()
+_FAILED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"Chromium not installed at {CHROMIUM} (apt-get install -y chromium; .ci/run does)"
+    for item in items:
+        if item.path.is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failure: a screenshot of every page the test opened, and every process's log."""
+    report = yield
+    if report.failed and report.when == "call":
+        item.stash[_FAILED] = True
+        stack = item.session.stash.get(_STACK, None)
+        if stack is not None:
+            report.sections.extend(stack.logs())
+    return report
+
+
+@pytest.fixture(scope="session")
+async def browser_stack(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    redis_url: str,
+    jwt_secret: str,
+    redis_key_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BrowserStack]:
+    """API (gunicorn), realtime (gunicorn), a Celery worker and the console on two origins."""
+    env = base_env(
+        database_url=database_url,
+        redis_url=redis_url,
+        jwt_secret=jwt_secret,
+        prefix=new_prefix(redis_key_prefix),
+    )
+    stack = await start_stack(env, tmp_path_factory.mktemp("browser-stack"))
+    request.session.stash[_STACK] = stack
+    yield stack
+    await stack.stop()
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, one for the session."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+@dataclass
+class PageLog:
+    """What a page did: its console errors, uncaught exceptions and every request URL."""
+
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    websockets: list[str] = field(default_factory=list)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def on_request(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+
+@dataclass
+class Pages:
+    """Opens pages in fresh contexts (own sessionStorage), each with a `PageLog`."""
+
+    browser: Browser
+    contexts: list[BrowserContext] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
+
+    async def new(self) -> tuple[Page, PageLog]:
+        context = await self.browser.new_context(viewport={"width": 1000, "height": 700})
+        self.contexts.append(context)
+        page = await context.new_page()
+        self.pages.append(page)
+        log = PageLog()
+        page.on("console", log.on_console)
+        page.on("pageerror", lambda error: log.errors.append(f"uncaught: {error}"))
+        page.on("request", log.on_request)
+        page.on("websocket", lambda socket: log.websockets.append(socket.url))
+        return page, log
+
+
+@pytest.fixture
+async def pages(request: pytest.FixtureRequest, browser: Browser) -> AsyncIterator[Pages]:
+    """Fresh browser contexts for one test; screenshots of its pages if it fails."""
+    opened = Pages(browser)
+    yield opened
+    if request.node.stash.get(_FAILED, False):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        for number, page in enumerate(opened.pages):
+            if not page.is_closed():
+                await page.screenshot(path=ARTIFACTS / f"{name}-{number}.png", full_page=True)
+    for context in opened.contexts:
+        await context.close()

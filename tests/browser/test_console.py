@@ -1,0 +1,179 @@
+"""The job console in a real Chromium, cross-origin against the real API and realtime service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from playwright.async_api import Locator, Page, expect
+
+from tests.browser.conftest import Pages
+from tests.browser.stack import BrowserStack
+
+pytestmark = pytest.mark.system
+PASSWORD = "correct horse battery staple"
+# Set to a path to keep a picture of the console after the flow (docs/console.png).
+SCREENSHOT = os.environ.get("CONSOLE_SCREENSHOT")
+
+
+async def sign_up(page: Page, console_url: str) -> str:
+    """Open the console and sign up a new user; returns the email."""
+    email = f"browser-{uuid.uuid4().hex[:8]}@example.com"
+    await page.goto(console_url)
+    await page.get_by_label("Email", exact=True).fill(email)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await page.get_by_role("button", name="Sign up").click()
+    await expect(page.get_by_role("heading", name="Start a job")).to_be_visible()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    return email
+
+
+async def start_countdown(page: Page, *, steps: int, interval: float) -> Locator:
+    """Start a countdown from the form; returns its row once it is listed."""
+    before = await page.locator("li.job").count()
+    await page.get_by_label("Steps", exact=True).fill(str(steps))
+    await page.get_by_label("Seconds between steps").fill(str(interval))
+    await page.get_by_role("button", name="Start countdown").click()
+    await expect(page.locator("li.job")).to_have_count(before + 1)
+    return page.locator("li.job").first  # newest first
+
+
+class TestConsoleFlow:
+    """Sign up, log in, live progress to 100 %, cancel, and a report table."""
+
+    async def test_countdown_reaches_100_then_report_shows_its_table(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new()
+        email = await sign_up(page, browser_stack.console_url)
+
+        job = await start_countdown(page, steps=5, interval=0.2)
+        progress = job.get_by_role("progressbar")
+        await expect(progress).to_have_accessible_name(re.compile(r"^Progress of demo\.countdown"))
+        await expect(progress).to_have_attribute("value", "100")
+        await expect(job).to_have_attribute("data-state", "succeeded")
+        await expect(job.locator(".state")).to_have_text("succeeded")
+        await expect(job.get_by_role("button", name=re.compile("^Cancel"))).to_be_hidden()
+        await expect(page.locator("#announcer")).to_have_attribute("aria-live", "polite")
+
+        # Log out and back in: the finished job is listed from the API.
+        await page.get_by_role("button", name="Log out").click()
+        await page.get_by_label("Email", exact=True).fill(email)
+        await page.get_by_label("Password", exact=True).fill(PASSWORD)
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.locator("li.job")).to_have_count(1)
+        await expect(page.locator("li.job").first).to_have_attribute("data-state", "succeeded")
+
+        await page.get_by_role("button", name="Run report").click()
+        report = page.locator("li.job").first
+        await expect(report.locator(".kind")).to_have_text("report.jobs_summary")
+        table = report.get_by_role("table")
+        await expect(table.locator("caption")).to_have_text("Jobs summary: 1 other job")
+        row = table.get_by_role("row", name=re.compile("demo.countdown"))
+        await expect(row.get_by_role("cell")).to_have_text(
+            ["1", "1", "0", "0", re.compile(r"\d"), re.compile(r"\d")]
+        )
+        if SCREENSHOT:
+            await page.screenshot(path=Path(SCREENSHOT))
+
+        assert log.errors == []
+        assert log.websockets, "the progress came over no WebSocket"
+        token_in_url = [url for url in log.websockets if "token" in url.split("?")[-1]]
+        assert token_in_url == [], "a bearer token leaked into a WebSocket URL"
+
+    async def test_cancel_a_running_job(self, browser_stack: BrowserStack, pages: Pages) -> None:
+        page, log = await pages.new()
+        await sign_up(page, browser_stack.console_url)
+        job = await start_countdown(page, steps=200, interval=0.1)
+        await expect(job).to_have_attribute("data-progress", re.compile(r"^[1-9]"))
+
+        await job.get_by_role("button", name=re.compile("^Cancel demo.countdown")).click()
+        await expect(job).to_have_attribute("data-state", "cancelled")
+        assert int(await job.get_attribute("data-progress") or "0") < 100
+        assert log.errors == []
+
+
+class TestResume:
+    """A dropped socket is reopened with a fresh ticket and last_event_id, and misses nothing."""
+
+    async def test_resumes_after_realtime_restart_and_still_reaches_100(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new()
+        await sign_up(page, browser_stack.console_url)
+        job = await start_countdown(page, steps=8, interval=0.25)
+        await expect(job).to_have_attribute("data-state", "running")
+        job_id = await job.get_attribute("data-job-id")
+
+        await browser_stack.stop_realtime()
+        await expect(page.locator("#connection-text")).to_contain_text("Reconnecting")
+        # The job finishes while no socket is open: only a resume can tell the page.
+        await _wait_succeeded(page, browser_stack.api_url, str(job_id))
+        assert await job.get_attribute("data-state") == "running"
+
+        await browser_stack.start_realtime()
+        await expect(page.locator("#connection-text")).to_have_text("Live (resumed)")
+        await expect(job.get_by_role("progressbar")).to_have_attribute("value", "100")
+        await expect(job).to_have_attribute("data-state", "succeeded")
+
+        first, *later = log.websockets
+        assert "last_event_id" not in first
+        resumed = later[-1]
+        assert re.search(r"[?&]last_event_id=\d+-\d+", resumed), resumed
+        tickets = [parse_qs(urlsplit(url).query)["ticket"][0] for url in log.websockets]
+        assert len(set(tickets)) == len(tickets), "a ticket was used twice"
+
+
+async def _wait_succeeded(page: Page, api_url: str, job_id: str, *, within: float = 30) -> None:
+    """Poll the API (with the page's own token) until the job has succeeded."""
+    session = json.loads(await page.evaluate("sessionStorage.getItem('console.session')"))
+    headers = {"Authorization": f"Bearer {session['token']}"}
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=5) as client:
+        while (await client.get(f"/v1/jobs/{job_id}")).json()["state"] != "succeeded":
+            assert time.monotonic() < deadline, f"job {job_id} did not succeed in {within:g}s"
+            await asyncio.sleep(0.1)  # poll interval
+
+
+class TestOrigins:
+    """Only origins in CORS_ORIGINS may call the API or open a socket."""
+
+    async def test_foreign_origin_gets_a_cors_failure_and_a_refused_socket(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new()
+        await page.goto(browser_stack.foreign_url)
+        await page.get_by_label("Email", exact=True).fill("foreign@example.com")
+        await page.get_by_label("Password", exact=True).fill(PASSWORD)
+        await page.get_by_role("button", name="Sign up").click()
+        await expect(page.get_by_role("alert")).to_contain_text("CORS refused")
+        assert any("blocked by CORS policy" in error for error in log.errors), log.errors
+
+        close = await _socket_close(page, browser_stack.realtime_url)
+        assert close == {"code": 1008, "reason": f"origin not allowed: {browser_stack.foreign_url}"}
+
+        # The same socket from the allowed origin gets past the Origin check.
+        allowed, _ = await pages.new()
+        await allowed.goto(browser_stack.console_url)
+        close = await _socket_close(allowed, browser_stack.realtime_url)
+        assert close["code"] == 1008
+        assert "ticket" in close["reason"], close
+
+
+async def _socket_close(page: Page, realtime_url: str) -> dict[str, Any]:
+    """Open a WebSocket from `page` with an unknown ticket; its close code and reason."""
+    script = """(url) => new Promise((resolve) => {
+        const socket = new WebSocket(url);
+        socket.onclose = (event) => resolve({code: event.code, reason: event.reason});
+    })"""
+    result: dict[str, Any] = await page.evaluate(script, f"{realtime_url}?ticket=unknown")
+    return result

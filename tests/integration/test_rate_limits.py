@@ -1,0 +1,301 @@
+"""Rate limits and login protection of the API in process, against real Redis and Postgres."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from api.main import create_app
+from api.settings import ApiSettings
+from devservices import free_port
+from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
+from tests.support.jobs import new_prefix
+from tests.support.problems import assert_problem
+
+SettingsFactory = Callable[..., ApiSettings]
+MakeUser = Callable[[], Any]
+# The integration client's socket peer (see `client_factory`).
+PEER = "203.0.113.7"
+_RATELIMIT = re.compile(r'^"(?P<name>\w+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
+
+
+@pytest.fixture
+def limited_settings(
+    settings_factory: SettingsFactory, redis_key_prefix: str
+) -> Callable[..., ApiSettings]:
+    """Settings with a key prefix of this test's own, so counts start at zero."""
+
+    def make(**overrides: Any) -> ApiSettings:
+        return settings_factory(redis_key_prefix=new_prefix(redis_key_prefix), **overrides)
+
+    return make
+
+
+async def _statuses(client: httpx.AsyncClient, count: int, **kwargs: Any) -> list[int]:
+    return [(await client.get("/v1/jobs/kinds", **kwargs)).status_code for _ in range(count)]
+
+
+class TestPolicies:
+    """A route group's limit answers 429 beyond it, with draft RateLimit headers."""
+
+    async def test_limited_route_reports_policy_and_remaining(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="3/minute")))
+        first = await client.get("/v1/jobs/kinds")
+        assert first.status_code == 200
+        assert first.headers["ratelimit-policy"] == '"reads";q=3;w=60'
+        match = _RATELIMIT.match(first.headers["ratelimit"])
+        assert match is not None, first.headers["ratelimit"]
+        assert (match["name"], match["r"]) == ("reads", "2")
+        assert 1 <= int(match["t"]) <= 60
+
+    async def test_request_beyond_the_limit_gets_429_problem_with_retry_after(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="3/minute")))
+        assert await _statuses(client, 3) == [200, 200, 200]
+        denied = await client.get("/v1/jobs/kinds")
+        body = assert_problem(denied, 429)
+        assert body["title"] == "Too many requests"
+        assert 1 <= int(denied.headers["retry-after"]) <= 60
+        assert denied.headers["ratelimit"].startswith('"reads";r=0;')
+
+    async def test_health_is_never_limited(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="1/minute")))
+        for _ in range(5):
+            response = await client.get("/health/live")
+            assert response.status_code == 200
+            assert "ratelimit" not in response.headers
+
+    async def test_groups_are_counted_separately(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        settings = limited_settings(rate_limit_reads="1/minute", rate_limit_auth="1/minute")
+        client = await client_factory(create_app(settings))
+        assert await _statuses(client, 2) == [200, 429]
+        registered = await client.post(
+            "/v1/auth/register",
+            json={"email": f"u-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD},
+        )
+        assert registered.status_code == 201
+        assert registered.headers["ratelimit-policy"] == '"auth";q=1;w=60'
+
+    async def test_logout_answer_keeps_its_rate_limit_headers(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        client = await client_factory(create_app(limited_settings()))
+        response = await client.post(
+            "/v1/auth/logout", json={"refresh_token": user.refresh_token}, headers=user.headers
+        )
+        assert response.status_code == 204
+        assert response.content == b""
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["ratelimit-policy"].startswith('"auth";')
+
+
+class TestKeys:
+    """Authenticated callers are counted per user, anonymous ones per client address."""
+
+    async def test_two_users_from_one_address_are_limited_independently(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        alice: RegisteredUser = await make_user()
+        bob: RegisteredUser = await make_user()
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="2/minute")))
+        assert await _statuses(client, 3, headers=alice.headers) == [200, 200, 429]
+        assert await _statuses(client, 2, headers=bob.headers) == [200, 200]
+        # Anonymous requests from the same address have a count of their own.
+        assert await _statuses(client, 1) == [200]
+
+    async def test_invalid_token_is_counted_by_address(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="2/minute")))
+        forged = {"Authorization": "Bearer not-a-token"}
+        assert await _statuses(client, 1, headers=forged) == [200]
+        assert await _statuses(client, 2) == [200, 429]
+
+    async def test_two_addresses_behind_a_trusted_proxy_are_limited_independently(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        settings = limited_settings(rate_limit_reads="2/minute", forwarded_allow_ips=[PEER])
+        client = await client_factory(create_app(settings))
+        first = {"X-Forwarded-For": "198.51.100.1"}
+        second = {"X-Forwarded-For": "198.51.100.2"}
+        assert await _statuses(client, 3, headers=first) == [200, 200, 429]
+        assert await _statuses(client, 2, headers=second) == [200, 200]
+        # A client-written left-most entry does not pick the key: the proxy's entry does.
+        spoofed = {"X-Forwarded-For": "6.6.6.6, 198.51.100.1"}
+        assert await _statuses(client, 1, headers=spoofed) == [429]
+
+    async def test_forwarded_header_from_an_untrusted_peer_changes_nothing(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        settings = limited_settings(rate_limit_reads="2/minute", forwarded_allow_ips=["127.0.0.1"])
+        client = await client_factory(create_app(settings))
+        statuses = [
+            (
+                await client.get("/v1/jobs/kinds", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+            ).status_code
+            for n in range(4)
+        ]
+        assert statuses == [200, 200, 429, 429]
+
+
+class TestRedisDown:
+    """With Redis unreachable, reads fail open and auth fails closed (503); never a 500."""
+
+    @pytest.fixture
+    async def broken(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> httpx.AsyncClient:
+        # Nothing listens on a fresh free port: every Redis call is refused at once.
+        settings = settings_factory(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_socket_timeout=1.0
+        )
+        return await client_factory(create_app(settings))
+
+    async def test_reads_are_served(
+        self, broken: httpx.AsyncClient, make_user: MakeUser, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        anonymous = await broken.get("/v1/jobs/kinds")
+        assert anonymous.status_code == 200
+        assert "ratelimit" not in anonymous.headers
+        mine = await broken.get("/v1/jobs", headers=user.headers)
+        assert mine.status_code == 200, mine.text
+        failures = [r for r in caplog.records if r.name == "common.ratelimit"]
+        assert [(r.levelname, getattr(r, "policy", None)) for r in failures][-2:] == [
+            ("WARNING", "reads"),
+            ("WARNING", "reads"),
+        ]
+        assert getattr(failures[-1], "count", 0) >= 2
+
+    async def test_login_and_register_are_refused_with_503(
+        self, broken: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        login = await broken.post(
+            "/v1/auth/token", data={"username": user.email, "password": user.password}
+        )
+        assert_problem(login, 503)
+        assert login.headers["retry-after"] == "5"
+        register = await broken.post(
+            "/v1/auth/register", json={"email": "x@example.com", "password": PASSWORD}
+        )
+        assert_problem(register, 503)
+
+    async def test_fail_closed_policies_are_a_setting(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> None:
+        settings = settings_factory(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_fail_closed=["reads"]
+        )
+        client = await client_factory(create_app(settings))
+        assert_problem(await client.get("/v1/jobs/kinds"), 503)
+
+
+class TestLogin:
+    """Failed logins are limited per account and per address; a locked login costs no hash."""
+
+    async def _login(self, client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+        return await client.post("/v1/auth/token", data={"username": email, "password": password})
+
+    async def test_n_wrong_passwords_lock_the_account_even_for_the_right_one(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        client = await client_factory(
+            create_app(limited_settings(rate_limit_login_account="3/minute"))
+        )
+        for _ in range(3):
+            assert_problem(await self._login(client, user.email, "wrong password!"), 401)
+        # Locked: the right password is not even checked (it would have answered 200).
+        locked = await self._login(client, user.email.upper(), user.password)
+        body = assert_problem(locked, 429)
+        assert "account" in body["detail"]
+        assert 1 <= int(locked.headers["retry-after"]) <= 60
+
+    async def test_unknown_account_gets_the_same_401_and_locks_the_same_way(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(
+            create_app(limited_settings(rate_limit_login_account="2/minute"))
+        )
+        email = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+        answers = [assert_problem(await self._login(client, email, "whatever1234"), 401)]
+        answers.append(assert_problem(await self._login(client, email, "whatever1234"), 401))
+        assert answers[0]["detail"] == answers[1]["detail"] == "Incorrect email or password."
+        assert_problem(await self._login(client, email, "whatever1234"), 429)
+
+    async def test_success_forgets_earlier_failures(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        client = await client_factory(
+            create_app(limited_settings(rate_limit_login_account="2/minute"))
+        )
+        assert_problem(await self._login(client, user.email, "wrong password!"), 401)
+        assert (await self._login(client, user.email, user.password)).status_code == 200
+        assert_problem(await self._login(client, user.email, "wrong password!"), 401)
+        assert (await self._login(client, user.email, user.password)).status_code == 200
+
+    async def test_attempts_per_address_are_limited_across_accounts(
+        self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_login_ip="3/minute")))
+        statuses = [
+            (
+                await self._login(client, f"n{n}-{uuid.uuid4().hex[:6]}@example.com", "x" * 12)
+            ).status_code
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+
+    async def test_unknown_and_known_account_timing(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        """Benchmark-style: prints the medians; a dummy hash keeps them close (no timed assert)."""
+        user: RegisteredUser = await make_user()
+        client = await client_factory(create_app(limited_settings()))
+        unknown = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+        await self._login(client, unknown, "warm up the dummy hash")
+        timings: dict[str, list[float]] = {"known": [], "unknown": []}
+        for _ in range(5):
+            for label, email in (("known", user.email), ("unknown", unknown)):
+                started = time.perf_counter()
+                assert_problem(await self._login(client, email, "wrong password!"), 401)
+                timings[label].append(time.perf_counter() - started)
+        known, missing = (statistics.median(timings[k]) for k in ("known", "unknown"))
+        print(
+            f"\nlogin timing (median of 5): known {known * 1000:.1f} ms, "
+            f"unknown {missing * 1000:.1f} ms, ratio {missing / known:.2f}"
+        )
+        assert known > 0
+        assert missing > 0

@@ -1,0 +1,87 @@
+"""Realtime limits in process: handshakes per client IP and per user, messages per socket."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from common.auth import issue_access_token
+from realtime.settings import RealtimeSettings
+from tests.support.jobs import new_prefix
+from tests.support.realtime import listen, refusal
+from tests.support.realtime_server import RunningRealtime, serve_realtime
+
+RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
+
+
+@pytest.fixture
+async def realtime_factory(
+    redis_url: str, redis_key_prefix: str, jwt_secret: str
+) -> AsyncIterator[RealtimeFactory]:
+    """Serve the realtime app in process with the given settings and a key prefix of its own."""
+    stack = contextlib.AsyncExitStack()
+
+    async def make(**overrides: Any) -> RunningRealtime:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "redis_url": redis_url,
+            "redis_key_prefix": new_prefix(redis_key_prefix),
+            "jwt_secret": jwt_secret,
+            "log_level": "WARNING",
+            **overrides,
+        }
+        settings = RealtimeSettings(_env_file=None, **values)
+        return await stack.enter_async_context(serve_realtime(settings))
+
+    async with stack:
+        yield make
+
+
+def _token(realtime: RunningRealtime) -> str:
+    return issue_access_token(realtime.settings, subject=uuid.uuid4())
+
+
+class TestConnectLimits:
+    """Handshakes beyond a connect limit are closed with 1008 and a reason."""
+
+    async def test_connects_per_user_are_limited(self, realtime_factory: RealtimeFactory) -> None:
+        realtime = await realtime_factory(rate_limit_ws_connect_user="2/minute")
+        token = _token(realtime)
+        for _ in range(2):
+            listener = await listen(realtime.ws_url, token=token)
+            await listener.close()
+        code, reason = await refusal(realtime.ws_url, token=token)
+        assert code == 1008
+        assert reason.startswith("too many connections; retry in ")
+        # Another user from the same address is not affected.
+        listener = await listen(realtime.ws_url, token=_token(realtime))
+        await listener.close()
+
+    async def test_connects_per_address_are_limited_before_authentication(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        realtime = await realtime_factory(rate_limit_ws_connect_ip="2/minute")
+        for _ in range(2):
+            listener = await listen(realtime.ws_url, token=_token(realtime))
+            await listener.close()
+        # Counted before the credentials are looked at: even a good token is refused.
+        code, reason = await refusal(realtime.ws_url, token=_token(realtime))
+        assert code == 1008
+        assert "too many connections" in reason
+
+
+class TestMessageLimit:
+    """A client sending more messages than allowed per window is closed with 1008."""
+
+    async def test_message_flood_closes_with_1008(self, realtime_factory: RealtimeFactory) -> None:
+        realtime = await realtime_factory(rate_limit_ws_messages="5/minute")
+        listener = await listen(realtime.ws_url, token=_token(realtime))
+        for _ in range(6):
+            await listener.send({"type": "ping"})
+        assert await listener.wait_closed() == 1008
+        assert listener.close_reason == "too many messages: at most 5 per 60s"
+        assert [m["type"] for m in listener.others] == ["pong"] * 5
