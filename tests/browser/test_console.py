@@ -121,7 +121,11 @@ class TestResume:
         assert await job.get_attribute("data-state") == "running"
 
         await browser_stack.start_realtime()
-        await expect(page.locator("#connection-text")).to_have_text("Live (resumed)")
+        # The page retries with backoff (up to 8 s between tries) while realtime
+        # boots, so allow for a slow restart plus one full backoff step.
+        await expect(page.locator("#connection-text")).to_have_text(
+            "Live (resumed)", timeout=30_000
+        )
         await expect(job.get_by_role("progressbar")).to_have_attribute("value", "100")
         await expect(job).to_have_attribute("data-state", "succeeded")
 
