@@ -11,6 +11,7 @@ import multiprocessing
 import os
 
 from common.logging import logging_config
+from common.multiproc import gunicorn_child_exit, gunicorn_on_exit, prepare_multiprocess_dir
 
 _env = os.environ.get
 
@@ -44,3 +45,12 @@ logconfig_dict = logging_config(_log_level)
 loglevel = _log_level.lower()
 # One gunicorn per service and test on a machine: no shared control socket.
 control_socket_disable = True
+
+# Prometheus multiprocess mode: each worker writes its samples to files that
+# /metrics sums. Set here, before the preloaded app imports prometheus_client,
+# and once per master (a HUP reload keeps the directory and the live files).
+prepare_multiprocess_dir()
+# A reaped worker's live gauges (in-flight, pool, connections) leave the sum;
+# its counters stay. The master removes the directory it made when it exits.
+child_exit = gunicorn_child_exit
+on_exit = gunicorn_on_exit

@@ -195,7 +195,7 @@ class TestAccept:
         assert event["type"] == events.JOB_QUEUED
         assert event["user_id"] == user.id
         assert event["data"]["state"] == "queued"
-        assert set(event) == {"type", "ts", "user_id", "job_id", "data"}
+        assert set(event) == {"type", "ts", "user_id", "job_id", "data", "request_id"}
         assert datetime.fromisoformat(event["ts"]).utcoffset() == timedelta(0)
 
     async def test_live_copy_of_the_event_carries_the_stream_id(
@@ -222,7 +222,7 @@ class TestAccept:
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         live = json.loads(message["data"])
-        assert set(live) == {"id", "type", "ts", "user_id", "job_id", "data"}
+        assert set(live) == {"id", "type", "ts", "user_id", "job_id", "data", "request_id"}
         assert live["type"] == events.JOB_QUEUED
         assert live["job_id"] == job["id"]
         stream = await _stream_events(redis, prefix, user.id)

@@ -34,10 +34,14 @@ class JobsUser:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
 
-    async def post_job(self, kind: str, params: dict[str, Any]) -> JobBody:
-        """POST /v1/jobs; asserts 202 and the Location, returns the job."""
+    async def post_job(
+        self, kind: str, params: dict[str, Any], *, headers: dict[str, str] | None = None
+    ) -> JobBody:
+        """POST /v1/jobs (with extra `headers`); asserts 202 and the Location, returns the job."""
         response = await self.client.post(
-            "/v1/jobs", json={"kind": kind, "params": params}, headers=self.headers
+            "/v1/jobs",
+            json={"kind": kind, "params": params},
+            headers={**self.headers, **(headers or {})},
         )
         assert response.status_code == 202, response.text
         body: JobBody = response.json()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 STOP_TIMEOUT = 15.0
 
@@ -41,6 +42,10 @@ class ManagedProcess:
     def log(self) -> str:
         """Everything the process group wrote so far (stdout and stderr)."""
         return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        return json_records(self.log())
 
     def is_running(self) -> bool:
         return self.process.poll() is None
@@ -83,6 +88,17 @@ class ManagedProcess:
             code = await asyncio.to_thread(self.process.wait)
         self._log_file.close()
         return code
+
+
+def json_records(log: str) -> list[dict[str, Any]]:
+    """The JSON objects among a log's lines; other output (a traceback) is skipped."""
+    records = []
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def start_process(

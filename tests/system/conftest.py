@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import psutil
 import pytest
 
 from devservices import free_port
+from tests.support.processes import json_records
 from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from tests.support.services import ROOT
 
@@ -53,13 +53,7 @@ class Server:
 
     def log_records(self) -> list[dict[str, Any]]:
         """The JSON log lines; other output (a traceback) is skipped."""
-        records = []
-        for line in self.log().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
+        return json_records(self.log())
 
     def worker_pids(self) -> set[int]:
         """The pids of the master's live child processes (its workers)."""

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
+from devservices import EmbeddedRedis, free_port
 from tests.support.jobs import EventTap, JobsUser, new_prefix
 from tests.support.processes import ManagedProcess, start_process
 from tests.support.ratelimits import GENEROUS_RATE_LIMITS
@@ -73,6 +74,8 @@ def process_env(database_url: str, jwt_secret: str) -> dict[str, str]:
         JWT_SECRET=jwt_secret,
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
+        # Several workers run at once; a test that scrapes one gives it a free port.
+        WORKER_METRICS_PORT="0",
         **TEST_SIZED_ENV,
     )
     return env
@@ -220,6 +223,15 @@ async def stack_factory(
         await redis.aclose()
     for manager in reversed(managers):
         await manager.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A Redis of this test's own on a free port, which the test stops and starts."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), durable=False)
+    server.start()
+    yield server
+    await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from devservices import EmbeddedRedis, free_port
+from devservices import EmbeddedRedis
 from tests.system.jobs.conftest import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 
 JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 JOBS = 5
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    """A Redis of this test's own on a free port, which the test stops and starts."""
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), durable=False)
-    server.start()
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 class TestRedisDownAtAccept:

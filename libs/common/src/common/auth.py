@@ -108,15 +108,37 @@ def bearer_token(connection: HTTPConnection) -> str | None:
     return token.strip()
 
 
+_VERIFIED = "verified_principal"
+
+
+def authenticate(connection: HTTPConnection) -> Principal:
+    """The verified principal of this request's bearer token; `InvalidToken` otherwise.
+
+    Verified once per request, however many dependencies ask (the rate
+    limiter keys on the user, the endpoint needs them): the outcome, success
+    or failure, is kept in the request's state.
+    """
+    outcome: Principal | InvalidToken | None = connection.scope.get(_VERIFIED)
+    if outcome is None:
+        token = bearer_token(connection)
+        if token is None:
+            outcome = InvalidToken("Missing bearer token")
+        else:
+            try:
+                outcome = verify_access_token(connection.state.settings, token)
+            except InvalidToken as exc:
+                outcome = exc
+        connection.scope[_VERIFIED] = outcome
+    if isinstance(outcome, InvalidToken):
+        raise outcome
+    return outcome
+
+
 async def current_principal(
     connection: HTTPConnection, _: Annotated[str | None, Depends(oauth2_scheme)] = None
 ) -> Principal:
     """The caller of this request, from its bearer token alone (no database query)."""
-    token = bearer_token(connection)
-    if token is None:
-        raise InvalidToken("Missing bearer token")
-    settings: CommonSettings = connection.state.settings
-    return verify_access_token(settings, token)
+    return authenticate(connection)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -14,8 +14,14 @@ from typing import Any
 from celery import Celery
 
 from common.contracts.kinds import JOB_KINDS, MAX_TIME_LIMIT
-from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
+from common.contracts.tasks import (
+    JOBS_QUEUE,
+    REQUEST_ID_HEADER,
+    RUN_JOB_TASK,
+    TRACEPARENT_HEADER,
+)
 from common.settings import CommonSettings
+from common.tracing import sending
 
 VISIBILITY_TIMEOUT = MAX_TIME_LIMIT + 3600
 
@@ -67,20 +73,33 @@ def create_celery(settings: CommonSettings, *, main: str) -> Celery:
     return app
 
 
-def send_job(celery: Celery, *, job_id: str, kind: str, params: dict[str, Any]) -> None:
+def send_job(
+    celery: Celery,
+    *,
+    job_id: str,
+    kind: str,
+    params: dict[str, Any],
+    request_id: str | None = None,
+    traceparent: str | None = None,
+) -> None:
     """Send the message that runs job `job_id`; raises if the broker is unreachable.
 
     The job id is the task id, so every copy of the message (relay resend,
     sweep requeue) names the same job and the guarded claim runs it once.
+    `request_id` and `traceparent` (of the request that created the job) go in
+    the message headers, so the worker's logs and events name that request.
     """
     soft, hard = JOB_KINDS[kind].limits(params)
-    celery.send_task(
-        RUN_JOB_TASK,
-        args=[job_id],
-        task_id=job_id,
-        queue=JOBS_QUEUE,
-        soft_time_limit=soft,
-        time_limit=hard,
-        # Fail fast: the job row is the outbox, and the relay retries for us.
-        retry=False,
-    )
+    with sending(RUN_JOB_TASK, job_id, traceparent) as carried:
+        headers = {REQUEST_ID_HEADER: request_id, TRACEPARENT_HEADER: carried}
+        celery.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            task_id=job_id,
+            queue=JOBS_QUEUE,
+            soft_time_limit=soft,
+            time_limit=hard,
+            headers={name: value for name, value in headers.items() if value is not None},
+            # Fail fast: the job row is the outbox, and the relay retries for us.
+            retry=False,
+        )

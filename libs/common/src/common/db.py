@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData
+from sqlalchemy import Engine, MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
 
+from common.metrics import track_pool
 from common.settings import CommonSettings
 
+_RETURNED_AT = "returned_at"
 # Named constraints so Alembic autogenerate produces stable, reviewable names.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -34,14 +40,47 @@ class Base(DeclarativeBase):
 
 
 def pool_options(settings: CommonSettings) -> dict[str, Any]:
-    """The connection-pool arguments of `create_engine`, for async and sync engines alike."""
+    """The connection-pool arguments of `create_engine`, for async and sync engines alike.
+
+    With `db_pool_ping_after_seconds` > 0 the engine also needs `ping_idle_connections`.
+    """
     return {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
-        "pool_pre_ping": settings.db_pool_pre_ping,
+        "pool_pre_ping": settings.db_pool_ping_after_seconds == 0,
         "pool_recycle": settings.db_pool_recycle,
         "pool_timeout": settings.db_pool_timeout,
     }
+
+
+def ping_idle_connections(engine: Engine, settings: CommonSettings) -> None:
+    """Ping a pooled connection before use only if it sat idle `db_pool_ping_after_seconds`.
+
+    SQLAlchemy's pre-ping costs every request a round trip (three with
+    asyncpg, whose ping runs in its own transaction); a connection returned a
+    moment ago is as good as a ping. A dead one is replaced before the request
+    sees it; one that dies while in use fails that statement, and SQLAlchemy
+    then invalidates every older connection of the pool.
+    """
+    idle_limit = settings.db_pool_ping_after_seconds
+    if idle_limit == 0:
+        return
+
+    def on_checkin(_: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at < idle_limit:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError("pooled connection failed its ping") from exc
+
+    event.listen(engine.pool, "checkin", on_checkin)
+    event.listen(engine.pool, "checkout", on_checkout)
 
 
 def create_engine(settings: CommonSettings) -> AsyncEngine:
@@ -49,7 +88,7 @@ def create_engine(settings: CommonSettings) -> AsyncEngine:
     server_settings = {"application_name": settings.service_name}
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         connect_args={
             "server_settings": server_settings,
@@ -57,11 +96,26 @@ def create_engine(settings: CommonSettings) -> AsyncEngine:
         },
         **pool_options(settings),
     )
+    ping_idle_connections(engine.sync_engine, settings)
+    track_pool(engine.sync_engine.pool, size=settings.db_pool_size)
+    return engine
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit (no implicit refresh I/O)."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` (same pool) without transactions: a single read needs no BEGIN/COMMIT."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+async def get_reader(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection in autocommit mode, for endpoints that only run one SELECT."""
+    engine: AsyncEngine = request.state.read_engine
+    async with engine.connect() as connection:
+        yield connection
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -79,3 +133,4 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": commit before the response is sent, so a failed commit is a 500
 # rather than a success answer for data that was never stored.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+DbReader = Annotated[AsyncConnection, Depends(get_reader, scope="function")]

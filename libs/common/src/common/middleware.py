@@ -9,25 +9,31 @@ not handle. None of them holds business logic.
 from __future__ import annotations
 
 import logging
-import re
+import os
 import time
-import uuid
 from collections.abc import Iterable
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import problem
-from common.request_context import reset_request_id, set_request_id
+from common.request_context import reset_request_id, set_request_id, valid_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Accept a caller's id only when it cannot smuggle anything into our logs.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 _access_logger = logging.getLogger("access")
+_LENGTH_FRAMED = frozenset({"1.0", "1.1"})
 _error_logger = logging.getLogger("common.errors")
+
+
+def header_value(scope: Scope, name: bytes) -> str | None:
+    """The first request header `name` (lower-case bytes), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 class RequestIdMiddleware:
@@ -40,16 +46,14 @@ class RequestIdMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
-        if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
-            request_id = incoming
-        else:
-            request_id = uuid.uuid4().hex
+        incoming = header_value(scope, b"x-request-id")
+        request_id = valid_request_id(incoming) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         token = set_request_id(request_id)
@@ -78,7 +82,8 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 elapsed = (time.perf_counter() - started) * 1000
-                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={elapsed:.1f}")
+                timing = (b"server-timing", f"app;dur={elapsed:.1f}".encode())
+                message["headers"] = [*message.get("headers", ()), timing]
             await send(message)
 
         try:
@@ -117,7 +122,8 @@ class SecurityHeadersMiddleware:
         }
         if hsts:
             headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
-        self.headers = list(headers.items())
+        # Encoded once; a response that sets one itself (the docs' CSP) keeps its own.
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,10 +132,12 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                for name, value in self.headers:
-                    if name not in response_headers:
-                        response_headers[name] = value
+                own = message.get("headers", ())
+                present = {name.lower() for name, _ in own}
+                message["headers"] = [
+                    *own,
+                    *(header for header in self.headers if header[0] not in present),
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -189,9 +197,16 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        declared = header_value(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send)
+            return
+        if scope.get("http_version") in _LENGTH_FRAMED and not header_value(
+            scope, b"transfer-encoding"
+        ):
+            # HTTP/1 without chunking: the server reads at most the declared
+            # length (none: 0), so there is nothing left to count.
+            await self.app(scope, receive, send)
             return
         received = 0
         response_started = False
@@ -263,7 +278,30 @@ class UnhandledErrorMiddleware:
 
 
 class ProblemCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS middleware, answering a rejected preflight as problem+json."""
+    """Starlette's CORS middleware, answering a rejected preflight as problem+json.
+
+    A request without `Origin` (not a CORS request) only gets `Vary: Origin`,
+    as Starlette would add, without Starlette's per-request header parsing.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or header_value(scope, b"origin") is not None:
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_with_vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                for index, (name, value) in enumerate(headers):
+                    if name.lower() == b"vary":
+                        headers[index] = (name, value + b", Origin")
+                        break
+                else:
+                    headers.append((b"vary", b"Origin"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_vary)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)

@@ -33,8 +33,9 @@ from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from common.auth import InvalidToken, bearer_token, verify_access_token
+from common.auth import InvalidToken, authenticate, bearer_token
 from common.errors import AppError, TooManyRequests
+from common.metrics import RATE_LIMIT_BACKEND_FAILURES, RATE_LIMIT_REJECTIONS
 from common.settings import CommonSettings
 
 _logger = logging.getLogger("common.ratelimit")
@@ -113,8 +114,6 @@ class RateLimiter:
         )
         self._limiter = MovingWindowRateLimiter(storage)
         self.policies = dict(policies)
-        # Hits that Redis could not count, by policy (logged too).
-        self.unavailable: dict[str, int] = {}
 
     async def hit(self, name: str, key: str) -> Decision | None:
         """Count one hit of `key` under policy `name`.
@@ -134,6 +133,8 @@ class RateLimiter:
                 "Temporarily unable to serve this request; try again shortly.",
                 headers={"Retry-After": "5"},
             ) from exc
+        if not allowed:
+            RATE_LIMIT_REJECTIONS.labels(name).inc()
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
         return Decision(policy, allowed, max(0, stats.remaining), reset_after)
 
@@ -146,15 +147,12 @@ class RateLimiter:
             self._note_unavailable(policy, exc)
 
     def _note_unavailable(self, policy: Policy, exc: BaseException) -> None:
-        self.unavailable[policy.name] = self.unavailable.get(policy.name, 0) + 1
+        outcome = "open" if policy.fail_open else "closed"
+        RATE_LIMIT_BACKEND_FAILURES.labels(policy.name, outcome).inc()
         _logger.warning(
             "rate limit store unavailable; failing %s",
-            "open" if policy.fail_open else "closed",
-            extra={
-                "policy": policy.name,
-                "error": type(exc).__name__,
-                "count": self.unavailable[policy.name],
-            },
+            outcome,
+            extra={"policy": policy.name, "error": type(exc).__name__},
         )
 
 
@@ -182,11 +180,9 @@ def client_ip(connection: HTTPConnection) -> str:
 
 def client_key(connection: HTTPConnection) -> str:
     """`user:<id>` for a verified bearer token (no database), else `ip:<client address>`."""
-    token = bearer_token(connection)
-    if token is not None:
-        settings: CommonSettings = connection.state.settings
+    if bearer_token(connection) is not None:
         with contextlib.suppress(InvalidToken):
-            return f"user:{verify_access_token(settings, token).user_id}"
+            return f"user:{authenticate(connection).user_id}"
     return f"ip:{client_ip(connection)}"
 
 

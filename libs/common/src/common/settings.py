@@ -97,7 +97,10 @@ class CommonSettings(BaseSettings):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
-    db_pool_pre_ping: bool = True
+    # A pooled connection idle longer than this is pinged before use (one
+    # round trip, so a server restart costs no request); 0 pings on every
+    # checkout, as SQLAlchemy's pool_pre_ping does (several round trips each).
+    db_pool_ping_after_seconds: float = Field(default=2.0, ge=0)
     db_pool_recycle: int = Field(default=3600, ge=-1)
     db_pool_timeout: float = Field(default=30.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
@@ -126,6 +129,8 @@ class CommonSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     health_check_timeout: float = Field(default=2.0, gt=0)
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=60)
+    # When set, GET /metrics answers only `Authorization: Bearer <token>` (401 otherwise).
+    metrics_token: SecretStr | None = None
     # Rate-limit policies that refuse (503) rather than allow when Redis cannot count.
     rate_limit_fail_closed: StrList = Field(
         default_factory=lambda: ["auth", "login_account", "login_ip"]

@@ -17,10 +17,11 @@ from api.realtime.router import router as realtime_router
 from api.settings import ApiSettings, get_settings
 from api.users.router import router as users_router
 from common.broker import create_celery
-from common.db import create_engine, create_session_factory
+from common.db import autocommit_engine, create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
 from common.logging import configure_logging
+from common.metrics import HttpMetricsMiddleware, create_metrics_router
 from common.middleware import (
     AccessLogMiddleware,
     BodySizeLimitMiddleware,
@@ -32,6 +33,7 @@ from common.middleware import (
 )
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
+from common.tracing import configure_tracing, instrument_app, instrument_engine, shutdown_tracing
 
 DESCRIPTION = """
 Users, JWT auth and long jobs: `POST /v1/jobs` answers `202 Accepted` with a
@@ -53,8 +55,11 @@ TAGS = [
 def _lifespan(settings: ApiSettings) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # Built here, after gunicorn forked, so no worker shares a pool or a loop.
+        # Built here, after gunicorn forked, so no worker shares a pool or a loop
+        # (nor the span exporter's thread).
+        configure_tracing(settings.service_name)
         engine = create_engine(settings)
+        instrument_engine(engine.sync_engine)
         redis = create_redis(settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
         celery = create_celery(settings, main="api")
@@ -63,6 +68,7 @@ def _lifespan(settings: ApiSettings) -> Any:
             yield {
                 "settings": settings,
                 "engine": engine,
+                "read_engine": autocommit_engine(engine),
                 "session_factory": create_session_factory(engine),
                 "redis": redis,
                 "lifecycle": lifecycle,
@@ -80,6 +86,7 @@ def _lifespan(settings: ApiSettings) -> Any:
             celery.close()
             await redis.aclose()
             await engine.dispose()
+            shutdown_tracing()
 
     return lifespan
 
@@ -101,6 +108,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(create_health_router())
+    app.include_router(create_metrics_router(token=settings.metrics_token))
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(jobs_router)
@@ -126,9 +134,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         content_security_policy=docs.CONTENT_SECURITY_POLICY,
         hsts=settings.is_production,
     )
-    app.add_middleware(AccessLogMiddleware, skip_paths={"/health/live", "/health/ready"})
+    app.add_middleware(
+        AccessLogMiddleware, skip_paths={"/health/live", "/health/ready", "/metrics"}
+    )
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    instrument_app(app)
     return app
 
 

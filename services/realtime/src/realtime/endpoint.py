@@ -24,6 +24,7 @@ from common.contracts.realtime import (
     CLOSE_TRY_AGAIN_LATER,
 )
 from common.health import Lifecycle
+from common.metrics import WS_CONNECTIONS
 from common.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
 from realtime.handshake import (
     HandshakeRejected,
@@ -33,6 +34,7 @@ from realtime.handshake import (
     resume_point,
 )
 from realtime.hub import Hub
+from realtime.serving import SEND_NOWAIT_EXTENSION
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from realtime.streams import StreamId, parse_stream_id
@@ -77,6 +79,7 @@ async def events_socket(websocket: WebSocket) -> None:
         redis=redis,
         queue_size=settings.ws_send_queue_size,
         replay_batch=settings.ws_replay_batch,
+        send_nowait=(websocket.scope.get("extensions") or {}).get(SEND_NOWAIT_EXTENSION),
     )
     await _serve(websocket, session, hub=hub, settings=settings, start_from=start_from)
 
@@ -128,9 +131,11 @@ async def _serve(
     closing = asyncio.create_task(session.closed.wait())
     starter = asyncio.create_task(_start(session, start_from))
     tasks = (sender, receiver, closing, starter)
+    WS_CONNECTIONS.inc()
     try:
         await asyncio.wait((sender, receiver, closing), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        WS_CONNECTIONS.dec()
         hub.unregister(session)
         session.cancel_tasks()
         for task in tasks:

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.contracts.events import user_channel
+from common.metrics import REDIS_RECONNECTS, WS_EVENTS_DELIVERED
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from realtime.streams import parse_stream_id
@@ -50,6 +51,9 @@ def create_pubsub_redis(settings: RealtimeSettings) -> Redis:
         health_check_interval=10,
         retry=Retry(NoBackoff(), 0),
         decode_responses=False,
+        # RESP2: under RESP3 redis-py formats every pub/sub message into a debug
+        # log string (logged or not), a cost paid once per event.
+        protocol=2,
     )
 
 
@@ -105,6 +109,7 @@ class Hub:
             try:
                 await self._subscribe(pubsub)
                 if failures:
+                    REDIS_RECONNECTS.inc()
                     _logger.info("subscription restored; replaying what sockets missed")
                     for session in self._all_sessions():
                         session.schedule_resync()
@@ -158,6 +163,7 @@ class Hub:
             return
         for session in list(sessions):
             session.deliver((entry_id, frame))
+        WS_EVENTS_DELIVERED.inc(len(sessions))
 
     def _lose(self) -> None:
         self._connected = False

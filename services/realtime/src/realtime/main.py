@@ -11,6 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.health import Lifecycle, create_health_router, redis_check
 from common.logging import configure_logging
+from common.metrics import HttpMetricsMiddleware, create_metrics_router
 from common.middleware import (
     AccessLogMiddleware,
     HostCheckMiddleware,
@@ -20,6 +21,7 @@ from common.middleware import (
 )
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
+from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime.endpoint import router as socket_router
 from realtime.hub import Hub, create_pubsub_redis
 from realtime.settings import RealtimeSettings, get_settings
@@ -30,7 +32,9 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
 def _lifespan(settings: RealtimeSettings) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # Built here, after gunicorn forked: one subscription per worker process.
+        # Built here, after gunicorn forked: one subscription per worker process
+        # (and one span exporter thread).
+        configure_tracing(settings.service_name)
         redis = create_redis(settings)
         pubsub_redis = create_pubsub_redis(settings)
         hub = Hub(pubsub_redis, settings)
@@ -55,6 +59,7 @@ def _lifespan(settings: RealtimeSettings) -> Any:
             await hub.stop()
             await pubsub_redis.aclose()
             await redis.aclose()
+            shutdown_tracing()
 
     return lifespan
 
@@ -73,6 +78,7 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
         debug=False,
     )
     app.include_router(create_health_router())
+    app.include_router(create_metrics_router(token=settings.metrics_token))
     app.include_router(socket_router)
 
     # Added innermost first: a request meets them in the reverse order.
@@ -83,9 +89,13 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
         content_security_policy=CONTENT_SECURITY_POLICY,
         hsts=settings.is_production,
     )
-    app.add_middleware(AccessLogMiddleware, skip_paths={"/health/live", "/health/ready"})
+    app.add_middleware(
+        AccessLogMiddleware, skip_paths={"/health/live", "/health/ready", "/metrics"}
+    )
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    instrument_app(app)
     return app
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import setup_logging
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    task_received,
+    worker_process_init,
+    worker_process_shutdown,
+)
+from celery.worker.request import Request
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
@@ -21,8 +29,16 @@ from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 from common.broker import create_celery
 from common.contracts import events
 from common.contracts.jobs import JobState
-from common.contracts.tasks import RUN_JOB_TASK
+from common.contracts.tasks import REQUEST_ID_HEADER, RUN_JOB_TASK, TRACEPARENT_HEADER
 from common.logging import configure_logging
+from common.request_context import reset_request_id, set_request_id, valid_request_id
+from common.tracing import (
+    configure_tracing,
+    instrument_celery_worker,
+    shutdown_tracing,
+    valid_traceparent,
+)
+from worker import metrics as worker_metrics
 from worker.kinds import JOB_FUNCTIONS
 from worker.resources import get_resources
 from worker.runner import Heartbeat, JobCancelled, JobRun, LeaseLost, TransientJobError, claim
@@ -43,6 +59,61 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 @setup_logging.connect
 def _json_logging(**_: Any) -> None:
     configure_logging(get_settings().log_level)
+
+
+@worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    # In each pool process, after the fork: the span exporter's thread must live here.
+    configure_tracing(get_settings().service_name)
+    instrument_celery_worker()
+
+
+@worker_process_shutdown.connect
+def _flush_traces(**_: Any) -> None:
+    shutdown_tracing()
+
+
+# The request-id context of the task each thread runs, set from the message headers
+# for the whole task, so Celery's own "succeeded"/"failed" lines carry it too.
+_task_tokens: dict[str, object] = {}
+# The consumer's token for its "received" line (one consumer thread per worker).
+_received_token: list[object] = []
+
+
+def _request_id_of(request: Any) -> str | None:
+    return valid_request_id(getattr(request, REQUEST_ID_HEADER, None))
+
+
+@task_prerun.connect
+def _bind_request_id(task_id: str, task: Task[Any, Any], **_: Any) -> None:
+    _task_tokens[task_id] = set_request_id(_request_id_of(task.request))
+
+
+@task_postrun.connect
+def _unbind_request_id(task_id: str, **_: Any) -> None:
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        reset_request_id(token)
+
+
+class CorrelatedRequest(Request):
+    """A task request whose "Task ... received" line names the job's request id.
+
+    The consumer logs that line right after building the request and before
+    any signal, so the id is set here and reset on `task_received`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _unbind_received()
+        request_id = valid_request_id(self.request_dict.get(REQUEST_ID_HEADER))
+        _received_token.append(set_request_id(request_id))
+
+
+@task_received.connect
+def _unbind_received(**_: Any) -> None:
+    while _received_token:
+        reset_request_id(_received_token.pop())
 
 
 def backoff(attempt: int, settings: WorkerSettings) -> float:
@@ -67,6 +138,17 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     if run is None:
         _logger.info("job %s is not queued; message ignored", job_id)
         return
+    _logger.info(
+        "job %s claimed (%s, attempt %d)",
+        job_id,
+        run.kind,
+        run.attempt,
+        extra={
+            "job_id": job_id,
+            "traceparent": valid_traceparent(getattr(task.request, TRACEPARENT_HEADER, None)),
+        },
+    )
+    started = worker_metrics.run_started(run.kind)
     run.publish(events.JOB_STARTED, state="running", attempt=run.attempt)
     try:
         with Heartbeat(run):
@@ -89,6 +171,8 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     else:
         if run.finish(JobState.SUCCEEDED, result=result):
             run.publish(events.JOB_SUCCEEDED, state="succeeded", progress=100, result=result)
+    finally:
+        worker_metrics.run_ended(run.kind, run.outcome, started)
 
 
 def _retry_or_fail(task: Task[Any, Any], run: JobRun, exc: BaseException) -> None:
@@ -114,7 +198,7 @@ def create_worker_app(settings: WorkerSettings | None = None) -> Celery:
     if settings.worker_concurrency:
         app.conf.worker_concurrency = settings.worker_concurrency
 
-    @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True)
+    @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, Request=CorrelatedRequest)
     def run_job(self: Task[Any, Any], job_id: str) -> None:
         execute(self, job_id)
 

@@ -35,7 +35,7 @@ _TAKE_UNSENT = text(
                    ORDER BY created_at
                    LIMIT :batch
                      FOR UPDATE SKIP LOCKED)
-    RETURNING id, kind, params
+    RETURNING id, kind, params, request_id, traceparent
     """
 )
 _UNMARK_SENT = text("UPDATE jobs SET sent_at = NULL WHERE id = ANY(:ids) AND state = 'queued'")
@@ -56,7 +56,7 @@ _SWEEP = text(
      WHERE id IN (SELECT id FROM jobs
                    WHERE state = 'running' AND lease_expires_at < now()
                    ORDER BY lease_expires_at LIMIT :batch FOR UPDATE SKIP LOCKED)
-    RETURNING id, owner_id, state, attempt
+    RETURNING id, owner_id, state, attempt, request_id
     """
 )
 _PURGE = text(
@@ -92,7 +92,14 @@ def relay(
         ).all()
     for sent, row in enumerate(rows):
         try:
-            send_job(celery, job_id=str(row.id), kind=row.kind, params=row.params)
+            send_job(
+                celery,
+                job_id=str(row.id),
+                kind=row.kind,
+                params=row.params,
+                request_id=row.request_id,
+                traceparent=row.traceparent,
+            )
         except Exception as exc:
             _logger.warning("relay: broker unreachable (%s); will retry", type(exc).__name__)
             unsent = [r.id for r in rows[sent:]]
@@ -122,7 +129,12 @@ def sweep(resources: Resources, *, batch: int = 200) -> Tally:
             event_type = events.JOB_FAILED
         _logger.warning("sweep: job %s lease lapsed -> %s", row.id, row.state)
         event = events.make_event(
-            event_type, user_id=row.owner_id, job_id=row.id, state=row.state, attempt=row.attempt
+            event_type,
+            user_id=row.owner_id,
+            job_id=row.id,
+            request_id=row.request_id,
+            state=row.state,
+            attempt=row.attempt,
         )
         try:
             events.publish_event(resources.redis, event, prefix=settings.redis_key_prefix)

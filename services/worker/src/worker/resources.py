@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from redis import Redis
 from sqlalchemy import Engine, create_engine
 
-from common.db import pool_options
+from common.db import ping_idle_connections, pool_options
+from common.tracing import instrument_engine
 from worker.settings import WorkerSettings, get_settings
 
 
@@ -48,6 +49,8 @@ def build(settings: WorkerSettings) -> Resources:
         },
         **pool_options(settings),
     )
+    ping_idle_connections(engine, settings)
+    instrument_engine(engine)
     redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,

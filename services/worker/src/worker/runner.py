@@ -7,6 +7,7 @@ touch the job: its next write matches no row and it stops.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -44,7 +45,7 @@ _CLAIM = text(
            lease_expires_at = now() + make_interval(secs => :lease),
            started_at = coalesce(started_at, now()), sent_at = coalesce(sent_at, now())
      WHERE id = :id AND state = 'queued'
-    RETURNING owner_id, kind, params, attempt, cancel_requested
+    RETURNING owner_id, kind, params, attempt, cancel_requested, request_id, traceparent
     """
 )
 _RENEW = text(
@@ -93,12 +94,19 @@ class JobRun:
     redis: Redis
     settings: WorkerSettings
     cancel_requested: bool = False
+    # The request that created the job (from its row), named in every event.
+    request_id: str | None = None
+    traceparent: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: type[Exception] | None = None
+    # The final state this run recorded, if it recorded one (for the metrics).
+    outcome: JobState | None = None
 
     def publish(self, type_: str, **data: Any) -> None:
         """Publish an event about this job; a Redis failure is logged, not raised."""
-        event = events.make_event(type_, user_id=self.owner_id, job_id=self.job_id, **data)
+        event = events.make_event(
+            type_, user_id=self.owner_id, job_id=self.job_id, request_id=self.request_id, **data
+        )
         try:
             events.publish_event(self.redis, event, prefix=self.settings.redis_key_prefix)
         except Exception as exc:  # the state is in Postgres; the event is best effort
@@ -150,7 +158,10 @@ class JobRun:
             result=None if result is None else json.dumps(result),
             error=error,
         )
-        return row is not None
+        if row is None:
+            return False
+        self.outcome = state
+        return True
 
     def release(self) -> bool:
         """Give the job back to the queue (for a retry); False if it was no longer ours."""
@@ -181,6 +192,8 @@ def claim(
         redis=redis,
         settings=settings,
         cancel_requested=row.cancel_requested,
+        request_id=row.request_id,
+        traceparent=row.traceparent,
     )
 
 
@@ -190,8 +203,13 @@ class Heartbeat:
     def __init__(self, run: JobRun) -> None:
         self._run = run
         self._done = threading.Event()
+        # A thread starts with an empty context: run it in a copy of ours, so
+        # its log lines carry the job's request id too.
         self._thread = threading.Thread(
-            target=self._loop, name=f"heartbeat-{run.job_id}", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._loop,),
+            name=f"heartbeat-{run.job_id}",
+            daemon=True,
         )
 
     def __enter__(self) -> Heartbeat:

@@ -15,8 +15,10 @@ from dataclasses import asdict
 
 from common.broker import create_celery
 from common.logging import configure_logging
+from common.tracing import configure_tracing, shutdown_tracing
 from worker.maintenance import run_once
 from worker.resources import get_resources
+from worker.settings import get_settings
 
 _logger = logging.getLogger("worker.scheduler")
 
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="worker.scheduler", description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one round, then exit (cron)")
     args = parser.parse_args(argv)
+    # Before the engine is built, so its statements are traced (when tracing is on).
+    configure_tracing(get_settings().service_name)
     resources = get_resources()
     settings = resources.settings
     configure_logging(settings.log_level)
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     celery.close()
     resources.engine.dispose()
     resources.redis.close()
+    shutdown_tracing()
     return 0
 
 

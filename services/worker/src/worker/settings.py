@@ -14,6 +14,10 @@ class WorkerSettings(CommonSettings):
 
     service_name: str = "worker"
     worker_concurrency: int | None = Field(default=None, ge=1)
+    # Prometheus metrics of the worker and its pool processes (0: none).
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # All interfaces, like the web processes: Prometheus scrapes from another host.
+    worker_metrics_host: str = "0.0.0.0"
     # A running job's lease: renewed every heartbeat and at every progress step.
     # A job whose lease lapses (its worker died) is requeued by the sweep.
     job_lease_seconds: float = Field(default=30, gt=0)

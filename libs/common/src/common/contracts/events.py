@@ -46,6 +46,9 @@ class Event(BaseModel):
     user_id: uuid.UUID
     job_id: uuid.UUID | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    request_id: str | None = Field(
+        default=None, description="X-Request-ID of the request that caused it; omitted if none"
+    )
 
 
 def user_channel(prefix: str, user_id: uuid.UUID | str) -> str:
@@ -59,10 +62,22 @@ def user_stream(prefix: str, user_id: uuid.UUID | str) -> str:
 
 
 def make_event(
-    type_: str, *, user_id: uuid.UUID, job_id: uuid.UUID | None = None, **data: Any
+    type_: str,
+    *,
+    user_id: uuid.UUID,
+    job_id: uuid.UUID | None = None,
+    request_id: str | None = None,
+    **data: Any,
 ) -> Event:
     """An event stamped now (UTC)."""
-    return Event(type=type_, ts=datetime.now(UTC), user_id=user_id, job_id=job_id, data=data)
+    return Event(
+        type=type_,
+        ts=datetime.now(UTC),
+        user_id=user_id,
+        job_id=job_id,
+        data=data,
+        request_id=request_id,
+    )
 
 
 def event_frame(event_id: str, body: str) -> str:
@@ -72,7 +87,9 @@ def event_frame(event_id: str, body: str) -> str:
 
 
 def _body(event: Event) -> str:
-    body = event.model_dump(mode="json", exclude={"id"})
+    # request_id only when known: events about no request keep their old shape.
+    exclude = {"id"} if event.request_id is not None else {"id", "request_id"}
+    body = event.model_dump(mode="json", exclude=exclude)
     return json.dumps(body, separators=(",", ":"))
 
 

@@ -4,3 +4,7 @@ from __future__ import annotations
 
 RUN_JOB_TASK = "jobs.run"
 JOBS_QUEUE = "jobs"
+# Message headers naming the request that created the job (W3C Trace Context's
+# name for the second, so OpenTelemetry's Celery instrumentation reads it too).
+REQUEST_ID_HEADER = "request_id"
+TRACEPARENT_HEADER = "traceparent"

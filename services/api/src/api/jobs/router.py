@@ -16,9 +16,12 @@ from common.auth import CurrentPrincipal
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.contracts.kinds import JOB_KINDS
-from common.db import DbSession
+from common.db import DbReader, DbSession
+from common.metrics import JOBS_ACCEPTED
 from common.openapi import problem_responses
 from common.ratelimit import rate_limit
+from common.request_context import get_request_id
+from common.tracing import current_traceparent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(429))
 _READS = [rate_limit("reads")]
@@ -53,8 +56,11 @@ async def create_job(
         params=body.params,
         idempotency_key=idempotency_key,
         max_active=settings.jobs_max_active_per_user,
+        request_id=get_request_id(),
+        traceparent=current_traceparent(connection.headers.get("traceparent")),
     )
     if created:
+        JOBS_ACCEPTED.labels(job.kind).inc()
         await jobs_service.dispatch_job(
             celery,
             connection.state.session_factory,
@@ -108,9 +114,8 @@ async def list_kinds() -> list[JobKindRead]:
     dependencies=_READS,
     responses=problem_responses(401, 404, 422),
 )
-async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession) -> JobRead:
-    job = await jobs_service.get_job(session, owner_id=principal.user_id, job_id=job_id)
-    return JobRead.model_validate(job)
+async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, reader: DbReader) -> JobRead:
+    return await jobs_service.read_job(reader, owner_id=principal.user_id, job_id=job_id)
 
 
 @router.post(

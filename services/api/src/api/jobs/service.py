@@ -14,8 +14,8 @@ import anyio.to_thread
 from celery import Celery
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from sqlalchemy import func, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import bindparam, func, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from api.jobs.errors import (
     IdempotencyKeyReused,
@@ -24,6 +24,7 @@ from api.jobs.errors import (
     JobNotFound,
     TooManyActiveJobs,
 )
+from api.jobs.schemas import JobRead
 from common.broker import send_job
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES, Job, JobState
@@ -67,8 +68,13 @@ async def create_job(
     params: dict[str, Any],
     idempotency_key: str | None,
     max_active: int,
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert and commit a queued job; returns (job, created).
+
+    `request_id` and `traceparent` name the creating request; they stay on the
+    row so every message sent for the job (now or by the relay) carries them.
 
     With an Idempotency-Key seen before, returns that job (created False) if the
     body matches and raises `IdempotencyKeyReused` if not. A per-user
@@ -106,6 +112,8 @@ async def create_job(
         params=params,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        request_id=request_id,
+        traceparent=traceparent,
         state=JobState.QUEUED.value,
         progress=0,
     )
@@ -134,12 +142,25 @@ async def dispatch_job(
     # (even job.succeeded) before we would, and the stream would be out of order.
     await publish_quietly(
         redis,
-        events.make_event(events.JOB_QUEUED, user_id=job.owner_id, job_id=job.id, state="queued"),
+        events.make_event(
+            events.JOB_QUEUED,
+            user_id=job.owner_id,
+            job_id=job.id,
+            request_id=job.request_id,
+            state="queued",
+        ),
         prefix=key_prefix,
     )
     try:
         await anyio.to_thread.run_sync(
-            lambda: send_job(celery, job_id=str(job.id), kind=job.kind, params=job.params)
+            lambda: send_job(
+                celery,
+                job_id=str(job.id),
+                kind=job.kind,
+                params=job.params,
+                request_id=job.request_id,
+                traceparent=job.traceparent,
+            )
         )
     except Exception as exc:
         _logger.warning(
@@ -159,6 +180,22 @@ async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> 
         await events.apublish_event(redis, event, prefix=prefix)
     except Exception as exc:
         _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
+
+
+# Built once: the hot read skips the ORM (no statement building, no identity map).
+_READ_JOB = select(*(Job.__table__.c[name] for name in JobRead.model_fields)).where(
+    Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
+)
+
+
+async def read_job(
+    connection: AsyncConnection, *, owner_id: uuid.UUID, job_id: uuid.UUID
+) -> JobRead:
+    """The caller's job as the API shows it, in one statement; `JobNotFound` otherwise."""
+    row = (await connection.execute(_READ_JOB, {"job_id": job_id, "owner_id": owner_id})).first()
+    if row is None:
+        raise JobNotFound(f"No job {job_id}.")
+    return JobRead.model_validate(row)
 
 
 async def get_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:

@@ -1,0 +1,122 @@
+"""The API's metrics in process, against real Postgres and Redis: routes, limits, jobs, pool."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from api.main import create_app
+from api.settings import ApiSettings
+from common.db import create_engine
+from tests.integration.conftest import ClientFactory, RegisteredUser
+from tests.support.jobs import new_prefix
+from tests.support.metrics import local_sample, scrape
+
+MakeUser = Callable[[], Any]
+
+
+class TestRequestMetrics:
+    """Requests are labelled by route template; /metrics itself is plain and quiet."""
+
+    async def test_a_job_read_is_labelled_with_the_route_template(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        labels = {"method": "GET", "route": "/v1/jobs/{job_id}", "status": "404"}
+        before = local_sample("http_requests_total", **labels)
+        job_id = uuid.uuid4()
+        missing = await client.get(f"/v1/jobs/{job_id}", headers=user.headers)
+        assert missing.status_code == 404
+        result = await scrape(client)
+        assert result.value("http_requests_total", **labels) == before + 1
+        # The raw path never becomes a label value.
+        assert not any(
+            str(job_id) in route
+            for name, labels_ in result.samples
+            if name == "http_requests_total"
+            for key, route in labels_
+            if key == "route"
+        )
+
+    async def test_metrics_are_not_rate_limited_or_access_logged(
+        self,
+        client_factory: ClientFactory,
+        settings_factory: Callable[..., ApiSettings],
+        redis_key_prefix: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        settings = settings_factory(
+            redis_key_prefix=new_prefix(redis_key_prefix), rate_limit_reads="1/minute"
+        )
+        client = await client_factory(create_app(settings))
+        with caplog.at_level(logging.INFO, logger="access"):
+            for _ in range(3):
+                response = await client.get("/metrics")
+                assert response.status_code == 200
+                assert "ratelimit" not in response.headers
+        assert not [r for r in caplog.records if r.name == "access"]
+
+    async def test_metrics_token_is_enforced(
+        self, client_factory: ClientFactory, settings_factory: Callable[..., ApiSettings]
+    ) -> None:
+        token = "metrics-" + uuid.uuid4().hex
+        client = await client_factory(create_app(settings_factory(metrics_token=token)))
+        refused = await client.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["request_id"] == refused.headers["x-request-id"]
+        assert (await scrape(client, token=token)).has("http_requests_total")
+
+
+class TestDomainMetrics:
+    """Rate-limit rejections and accepted jobs are counted."""
+
+    async def test_a_429_increments_the_rejection_counter(
+        self,
+        client_factory: ClientFactory,
+        settings_factory: Callable[..., ApiSettings],
+        redis_key_prefix: str,
+    ) -> None:
+        settings = settings_factory(
+            redis_key_prefix=new_prefix(redis_key_prefix), rate_limit_reads="2/minute"
+        )
+        client = await client_factory(create_app(settings))
+        before = local_sample("rate_limit_rejections_total", policy="reads")
+        statuses = [(await client.get("/v1/jobs/kinds")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]
+        assert local_sample("rate_limit_rejections_total", policy="reads") == before + 2
+
+    async def test_an_accepted_job_is_counted_by_kind_and_a_replay_is_not(
+        self, client: httpx.AsyncClient, make_user: MakeUser
+    ) -> None:
+        user: RegisteredUser = await make_user()
+        before = local_sample("jobs_accepted_total", kind="demo.countdown")
+        body = {"kind": "demo.countdown", "params": {"steps": 1, "interval": 0}}
+        headers = {**user.headers, "Idempotency-Key": uuid.uuid4().hex}
+        first = await client.post("/v1/jobs", json=body, headers=headers)
+        replay = await client.post("/v1/jobs", json=body, headers=headers)
+        assert (first.status_code, replay.status_code) == (202, 200)
+        assert local_sample("jobs_accepted_total", kind="demo.countdown") == before + 1
+
+
+class TestPoolMetrics:
+    """The pool gauges follow checkouts of an engine from `common.db`."""
+
+    async def test_checked_out_gauge_moves_with_connections(self, settings: ApiSettings) -> None:
+        engine = create_engine(settings.model_copy(update={"db_pool_size": 3}))
+        try:
+            base = local_sample("db_pool_checked_out")
+            assert local_sample("db_pool_size") == 3
+            async with engine.connect() as first, engine.connect() as second:
+                await first.execute(text("SELECT 1"))
+                await second.execute(text("SELECT 1"))
+                assert local_sample("db_pool_checked_out") == base + 2
+            assert local_sample("db_pool_checked_out") == base
+        finally:
+            await engine.dispose()
