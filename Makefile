@@ -39,7 +39,7 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests
+	$(BIN)/mypy libs/common/src libs/devservices/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests bench
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 	$(BIN)/mypy scripts
 	$(MAKE) --no-print-directory validate
@@ -61,6 +61,12 @@ FUZZ_MAX_EXAMPLES ?= 200
 .PHONY: fuzz
 fuzz: ## schemathesis against the API under gunicorn: no 5xx, answers as documented (FUZZ_MAX_EXAMPLES, FUZZ_SEED)
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/pytest -m fuzz -s -p no:cacheprovider tests/system/test_fuzz.py
+
+BENCH_PROFILE ?= quick
+.PHONY: bench
+bench: ## benchmarks vs baselines started in the same run, into bench/results/ (BENCH_PROFILE=quick|full; needs wrk)
+	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk is missing; install it (Debian/Ubuntu: apt-get install wrk)" >&2; exit 2; }
+	$(BIN)/python -m bench --profile $(BENCH_PROFILE) $(BENCH_ARGS)
 
 .PHONY: migrate
 migrate: ## alembic upgrade head on $$DATABASE_URL (under an advisory lock)

@@ -1,0 +1,167 @@
+"""End-to-end latency: POST /v1/jobs sent -> `job.succeeded` received on a WebSocket.
+
+An open-loop asyncio generator (uvloop; wrk cannot wait for a WebSocket
+event): send times are fixed in advance at a steady rate and each POST runs as
+its own task, so a slow reply never delays the next send. The client follows
+the real path: a ticket from POST /v1/realtime/ticket, then ws /ws?ticket=...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+
+from bench.profiles import Profile
+from bench.report import Row, make_row
+from bench.scenarios import NOOP_JOB, User
+from common.contracts.events import JOB_SUCCEEDED
+
+WARMUP_JOBS = 25
+FINISH_TIMEOUT = 30.0
+
+
+class _Run:
+    """Send and receive times (perf_counter) by job id; set `done` when all arrived."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, float] = {}
+        self.received: dict[str, float] = {}
+        self.expected = 0
+        self.failures = 0
+        self.done = asyncio.Event()
+
+    def arrived(self, job_id: str) -> None:
+        self.received.setdefault(job_id, time.perf_counter())
+        self.check()
+
+    def check(self) -> None:
+        """Set `done` once every accepted job's event has arrived."""
+        if self.expected and len(self.received.keys() & self.sent.keys()) >= self.expected:
+            self.done.set()
+
+
+async def _read(socket: websockets.ClientConnection, run: _Run) -> None:
+    async for raw in socket:
+        message = orjson.loads(raw)
+        if message.get("type") == JOB_SUCCEEDED and message.get("job_id"):
+            run.arrived(str(message["job_id"]))
+
+
+async def _post(client: httpx.AsyncClient, headers: dict[str, str], run: _Run) -> None:
+    started = time.perf_counter()
+    try:
+        answer = await client.post("/v1/jobs", content=orjson.dumps(NOOP_JOB), headers=headers)
+    except httpx.HTTPError:
+        run.failures += 1
+        return
+    if answer.status_code != 202:
+        run.failures += 1
+        return
+    run.sent[answer.json()["id"]] = started
+    run.check()
+
+
+async def _open_loop(
+    client: httpx.AsyncClient, headers: dict[str, str], run: _Run, *, count: int, rate: float
+) -> None:
+    """Start `count` POSTs at fixed times `rate` per second apart, without awaiting replies."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    tasks = []
+    for index in range(count):
+        delay = start + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_post(client, headers, run)))
+    await asyncio.gather(*tasks)
+
+
+@contextlib.contextmanager
+def _own_core() -> Iterator[None]:
+    """Pin this process (the generator) to the last core while it runs, then unpin."""
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {cores[-1]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ranked = sorted(values)
+    return ranked[min(len(ranked) - 1, int(fraction * len(ranked)))]
+
+
+async def end_to_end(
+    api: str, realtime: str, user: User, profile: Profile
+) -> tuple[list[Row], dict[str, Any]]:
+    """Drive a steady rate of no-op jobs for the profile's duration; the latency rows."""
+    headers = {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=api, timeout=30, limits=limits) as client:
+        ticket = await client.post("/v1/realtime/ticket", headers=headers)
+        ticket.raise_for_status()
+        ws_url = f"{realtime.replace('http', 'ws', 1)}/ws?ticket={ticket.json()['ticket']}"
+        async with websockets.connect(ws_url, open_timeout=10) as socket:
+            hello = orjson.loads(await asyncio.wait_for(socket.recv(), 10))
+            assert hello.get("type") == "hello", hello
+            warmup, run = _Run(), _Run()
+            reader = asyncio.create_task(_read(socket, warmup))
+            await _open_loop(client, headers, warmup, count=WARMUP_JOBS, rate=profile.e2e_rate)
+            warmup.expected = len(warmup.sent)
+            warmup.check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(warmup.done.wait(), FINISH_TIMEOUT)
+            reader.cancel()
+            reader = asyncio.create_task(_read(socket, run))
+            count = int(profile.e2e_seconds * profile.e2e_rate)
+            with _own_core():
+                await _open_loop(client, headers, run, count=count, rate=profile.e2e_rate)
+                run.expected = len(run.sent)
+                run.check()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.done.wait(), FINISH_TIMEOUT)
+            reader.cancel()
+    return _rows(run, profile, count)
+
+
+def _rows(run: _Run, profile: Profile, count: int) -> tuple[list[Row], dict[str, Any]]:
+    latencies = [
+        (run.received[job] - sent) * 1000 for job, sent in run.sent.items() if job in run.received
+    ]
+    lost = count - len(latencies)
+    note = (
+        f"{count} no-op jobs at {profile.e2e_rate:g}/s, open loop; "
+        f"p90 {_percentile(latencies, 0.9):.1f} ms, max {max(latencies):.1f} ms, "
+        f"mean {statistics.fmean(latencies):.1f} ms; not completed {lost}"
+        if latencies
+        else f"no job completed of {count}"
+    )
+    valid = bool(latencies) and lost == 0
+    rows = [
+        make_row(
+            "End-to-end latency",
+            f"POST -> job.succeeded on WS, {name}",
+            ours=_percentile(latencies, fraction) if latencies else float("inf"),
+            baseline=None,
+            unit="ms",
+            target=limit,
+            higher_is_better=False,
+            note=note if name == "p50" else "",
+            valid=valid,
+        )
+        for name, fraction, limit in (("p50", 0.5, 25.0), ("p99", 0.99, 100.0))
+    ]
+    detail = {"rate": profile.e2e_rate, "latencies_ms": [round(v, 3) for v in latencies]}
+    return rows, detail

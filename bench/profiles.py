@@ -1,0 +1,49 @@
+"""The two profiles: quick (CI, under 3 minutes) and full (longer runs, alternating rounds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.wrk import WrkSettings
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how hard each scenario runs."""
+
+    name: str
+    # Ours and its baseline get exactly these wrk settings.
+    wrk: WrkSettings
+    warmup_seconds: float
+    # Ours and the baseline alternate this many times; the median round counts.
+    rounds: int
+    e2e_seconds: float
+    e2e_rate: float
+    # Connections posting logins during the storm (each one a hash in flight).
+    storm_connections: int
+    # Users whose tokens the intake rotates through (one user's intake is serialized).
+    intake_users: int
+
+
+PROFILES = {
+    "quick": Profile(
+        name="quick",
+        wrk=WrkSettings(threads=1, connections=16, seconds=5),
+        warmup_seconds=1,
+        rounds=1,
+        e2e_seconds=10,
+        e2e_rate=50,
+        storm_connections=8,
+        intake_users=8,
+    ),
+    "full": Profile(
+        name="full",
+        wrk=WrkSettings(threads=1, connections=16, seconds=20),
+        warmup_seconds=3,
+        rounds=3,
+        e2e_seconds=60,
+        e2e_rate=50,
+        storm_connections=8,
+        intake_users=8,
+    ),
+}

@@ -1,0 +1,223 @@
+"""The HTTP scenarios, each measured with wrk against ours and a baseline in the same run.
+
+1. API overhead: `GET /health/live`, full production app vs bare FastAPI.
+2. Authenticated read: `GET /v1/jobs/{id}` with a JWT vs a raw asyncpg lookup.
+3. Job intake: `POST /v1/jobs` vs a bare script's Celery send rate.
+5. Login storm: `GET /health/live` p99 alone vs while Argon2 logins run flat out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from bench import wrk
+from bench.profiles import Profile
+from bench.report import Row, make_row
+from bench.stack import PASSWORD, PYTHON, Stack
+from common.contracts.kinds import DEMO_COUNTDOWN
+
+NOOP_JOB = {"kind": DEMO_COUNTDOWN, "params": {"steps": 1, "interval": 0}}
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+# The login storm starts this long before the probe, so the probe sees it at full tilt.
+STORM_LEAD_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class User:
+    email: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The running API, the bare baseline, and users with tokens."""
+
+    api: str
+    bare: str
+    users: tuple[User, ...]
+
+
+async def register(api: str, count: int) -> tuple[User, ...]:
+    """Register `count` fresh users through the API and log each in (concurrently)."""
+
+    async def one(client: httpx.AsyncClient) -> User:
+        email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
+        answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        answer.raise_for_status()
+        token = await client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+        token.raise_for_status()
+        return User(email, token.json()["access_token"])
+
+    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+        return tuple(await asyncio.gather(*(one(client) for _ in range(count))))
+
+
+async def _median_pair(
+    ours: str, baseline: str, profile: Profile, **request: Any
+) -> tuple[wrk.WrkResult, wrk.WrkResult]:
+    """Warm both up, then alternate ours and the baseline; the median round of each."""
+    warmup = replace(profile.wrk, seconds=profile.warmup_seconds)
+    await wrk.run(ours, warmup, **request)
+    await wrk.run(baseline, warmup, **request)
+    ours_runs, baseline_runs = [], []
+    for _ in range(profile.rounds):
+        ours_runs.append(await wrk.run(ours, profile.wrk, **request))
+        baseline_runs.append(await wrk.run(baseline, profile.wrk, **request))
+    return _median(ours_runs), _median(baseline_runs)
+
+
+def _median(runs: list[wrk.WrkResult]) -> wrk.WrkResult:
+    ranked = sorted(runs, key=lambda run: run.rate)
+    return ranked[len(ranked) // 2]
+
+
+def _note(ours: wrk.WrkResult, baseline: wrk.WrkResult) -> str:
+    return (
+        f"p99 {ours.latency_ms['p99']:.1f} ms vs {baseline.latency_ms['p99']:.1f} ms; "
+        f"errors {ours.error_count} vs {baseline.error_count}"
+    )
+
+
+def _throughput_row(
+    scenario: str, metric: str, ours: wrk.WrkResult, baseline: wrk.WrkResult, target: float
+) -> Row:
+    clean = ours.error_count == 0 and baseline.error_count == 0
+    return make_row(
+        scenario,
+        metric,
+        ours=ours.rate,
+        baseline=baseline.rate,
+        unit="req/s",
+        target=target,
+        higher_is_better=True,
+        note=_note(ours, baseline),
+        valid=clean,
+    )
+
+
+async def api_overhead(targets: Targets, profile: Profile) -> list[Row]:
+    """`GET /health/live` through the production middleware stack vs the bare app."""
+    ours, baseline = await _median_pair(
+        f"{targets.api}/health/live", f"{targets.bare}/health/live", profile
+    )
+    return [_throughput_row("API overhead", "GET /health/live", ours, baseline, 0.85)]
+
+
+async def authenticated_read(targets: Targets, profile: Profile) -> list[Row]:
+    """`GET /v1/jobs/{id}` with a JWT (auth, rate limit, one row) vs a raw asyncpg lookup."""
+    user = targets.users[0]
+    async with httpx.AsyncClient(base_url=targets.api, timeout=30) as client:
+        answer = await client.post(
+            "/v1/jobs", json=NOOP_JOB, headers={"Authorization": f"Bearer {user.token}"}
+        )
+        answer.raise_for_status()
+    path = f"/v1/jobs/{answer.json()['id']}"
+    ours, baseline = await _median_pair(
+        f"{targets.api}{path}", f"{targets.bare}{path}", profile, tokens=(user.token,)
+    )
+    return [_throughput_row("Authenticated read", "GET /v1/jobs/{id}", ours, baseline, 0.5)]
+
+
+async def _send_rate(stack: Stack, seconds: float) -> float:
+    """Messages per second of bench/baselines/celery_send.py on this run's broker."""
+    script = stack.start(
+        "celery-send",
+        [str(PYTHON), "-m", "bench.baselines.celery_send", str(seconds)],
+    )
+    code = await script.wait_exit(seconds + 60)
+    await stack.stop(script)
+    lines = script.log().strip().splitlines()
+    if code != 0 or not lines:
+        raise RuntimeError(f"celery_send failed ({code}):\n{script.log()}")
+    result = json.loads(lines[-1])
+    return float(result["sent"]) / float(result["seconds"])
+
+
+async def job_intake(targets: Targets, stack: Stack, profile: Profile) -> list[Row]:
+    """`POST /v1/jobs` from several users vs the bare Celery send rate; no worker consumes."""
+    request: dict[str, Any] = {
+        "method": "POST",
+        "body": json.dumps(NOOP_JOB),
+        "content_type": JSON,
+        "tokens": tuple(user.token for user in targets.users),
+    }
+    url = f"{targets.api}/v1/jobs"
+    await wrk.run(url, replace(profile.wrk, seconds=profile.warmup_seconds), **request)
+    runs, send_rates = [], []
+    for _ in range(profile.rounds):
+        runs.append(await wrk.run(url, profile.wrk, **request))
+        await asyncio.to_thread(stack.purge_jobs_queue)
+        send_rates.append(await _send_rate(stack, profile.wrk.seconds))
+        await asyncio.to_thread(stack.purge_jobs_queue)
+    ours = _median(runs)
+    accepted = (ours.requests - ours.errors["status"]) / ours.seconds
+    return [
+        make_row(
+            "Job intake",
+            "POST /v1/jobs (2 API workers)",
+            ours=accepted,
+            baseline=statistics.median(send_rates),
+            unit="jobs/s",
+            target=0.8,
+            higher_is_better=True,
+            note=f"p99 {ours.latency_ms['p99']:.1f} ms; errors {ours.error_count}; "
+            "baseline: one process calling common.broker.send_job in a loop",
+            valid=ours.error_count == 0,
+        )
+    ]
+
+
+async def login_storm(targets: Targets, profile: Profile) -> tuple[list[Row], dict[str, Any]]:
+    """`/health/live` latency on one connection, alone and during a storm of logins."""
+    probe = replace(profile.wrk, connections=1)
+    health = f"{targets.api}/health/live"
+    user = targets.users[0]
+    storm_request: dict[str, Any] = {
+        "method": "POST",
+        "body": urlencode({"username": user.email, "password": PASSWORD}),
+        "content_type": FORM,
+    }
+    storm_settings = replace(
+        profile.wrk,
+        connections=profile.storm_connections,
+        seconds=profile.wrk.seconds + 2 * STORM_LEAD_SECONDS,
+    )
+    await wrk.run(health, replace(probe, seconds=profile.warmup_seconds))
+    idle = await wrk.run(health, probe)
+    storm_task = asyncio.create_task(
+        wrk.run(f"{targets.api}/v1/auth/token", storm_settings, **storm_request)
+    )
+    await asyncio.sleep(STORM_LEAD_SECONDS)
+    loaded = await wrk.run(health, probe)
+    storm = await storm_task
+    note = (
+        f"{storm.rate:.1f} logins/s on {profile.storm_connections} connections "
+        f"(errors {storm.error_count}); p50 {idle.latency_ms['p50']:.2f} -> "
+        f"{loaded.latency_ms['p50']:.2f} ms"
+    )
+    row = make_row(
+        "Login storm",
+        "GET /health/live p99: during logins vs idle",
+        ours=loaded.latency_ms["p99"],
+        baseline=idle.latency_ms["p99"],
+        unit="ms",
+        target=2.0,
+        higher_is_better=False,
+        note=note,
+        valid=loaded.error_count == 0 and storm.errors["status"] == 0,
+    )
+    detail = {
+        "idle_ms": idle.latency_ms,
+        "loaded_ms": loaded.latency_ms,
+        "logins_per_second": storm.rate,
+    }
+    return [row], detail
