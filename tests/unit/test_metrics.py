@@ -14,7 +14,8 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from common.metrics import UNMATCHED_ROUTE, HttpMetricsMiddleware, create_metrics_router
+from common.metrics import UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
+from common.middleware import AccessLogMiddleware
 from common.multiproc import ENV_VAR
 from tests.support.metrics import Scrape, local_sample
 
@@ -27,7 +28,7 @@ def _app(token: str | None = None) -> FastAPI:
         return {"id": item_id}
 
     app.include_router(create_metrics_router(token=SecretStr(token) if token else None))
-    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=HttpMetrics())
     return app
 
 
@@ -39,7 +40,7 @@ def _requests(method: str, route: str, status: str) -> float:
     return local_sample("http_requests_total", method=method, route=route, status=status)
 
 
-class TestHttpMetricsMiddleware:
+class TestHttpMetrics:
     """Requests are counted and timed by route template, never by raw path."""
 
     async def test_a_request_is_labelled_with_its_route_template(self) -> None:

@@ -9,7 +9,8 @@ lease in Postgres expires and the sweep requeues it.
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
 from celery import Celery
 
@@ -71,6 +72,33 @@ def create_celery(settings: CommonSettings, *, main: str) -> Celery:
     app = Celery(main, set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+class QueuedJob(Protocol):
+    """What sending a job's message needs of it: a Job, or a row of the jobs table."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def traceparent(self) -> str | None: ...
+
+
+def send_queued_job(celery: Celery, job: QueuedJob) -> None:
+    """`send_job` for a job as stored, with the request id and traceparent it was created with."""
+    send_job(
+        celery,
+        job_id=str(job.id),
+        kind=job.kind,
+        params=job.params,
+        request_id=job.request_id,
+        traceparent=job.traceparent,
+    )
 
 
 def send_job(

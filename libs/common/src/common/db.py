@@ -107,13 +107,13 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
-    """`engine` (same pool) without transactions: a single read needs no BEGIN/COMMIT."""
+    """`engine` (same pool) without transactions: one statement alone needs no BEGIN/COMMIT."""
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def get_reader(request: Request) -> AsyncIterator[AsyncConnection]:
     """A pooled connection in autocommit mode, for endpoints that only run one SELECT."""
-    engine: AsyncEngine = request.state.read_engine
+    engine: AsyncEngine = request.state.autocommit_engine
     async with engine.connect() as connection:
         yield connection
 

@@ -14,7 +14,6 @@ file store only at `worker_init`, after this module created the unlabelled ones.
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -32,7 +31,7 @@ from pydantic import SecretStr
 from sqlalchemy import event
 from sqlalchemy.pool import Pool
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from common.errors import problem
 from common.multiproc import is_multiprocess
@@ -139,49 +138,37 @@ def track_pool(pool: Pool, *, size: int) -> None:
     event.listen(pool, "checkin", on_checkin)
 
 
-class HttpMetricsMiddleware:
-    """Count and time each HTTP request by method, route template and status.
+class HttpMetrics:
+    """Counts and times each HTTP request by method, route template and status.
 
-    The route comes from the router (`scope["route"]`), after the app ran, so a
-    request to `/v1/jobs/<uuid>` is labelled `/v1/jobs/{job_id}` with no
-    pattern matching here. Label children are cached per (method, route,
-    status), so the hot path is a few dict lookups and five sample writes
-    (in-flight up and down, the counter, the histogram's bucket and sum).
+    `AccessLogMiddleware` calls it, since it already times every request (one
+    middleware layer, not two). The route comes from the router
+    (`scope["route"]`), after the app ran, so a request to `/v1/jobs/<uuid>`
+    is labelled `/v1/jobs/{job_id}` with no pattern matching here. Label
+    children are cached per (method, route, status), so the hot path is a few
+    dict lookups and five sample writes (in-flight up and down, the counter,
+    the histogram's bucket and sum).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+    def started(self) -> None:
         HTTP_IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            HTTP_IN_FLIGHT.dec()
-            method = scope["method"]
-            # A made-up method would add a label value (and a cache entry) per request.
-            if method not in _METHODS:
-                method = "OTHER"
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-            key = (method, route, status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = _children(*key)
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
+
+    def finished(self, scope: Scope, status: int, seconds: float) -> None:
+        HTTP_IN_FLIGHT.dec()
+        method = scope["method"]
+        # A made-up method would add a label value (and a cache entry) per request.
+        if method not in _METHODS:
+            method = "OTHER"
+        route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = _children(*key)
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def _children(method: str, route: str, status: int) -> tuple[Any, Any]:

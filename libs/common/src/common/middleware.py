@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -20,6 +21,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import problem
+
+if TYPE_CHECKING:
+    from common.metrics import HttpMetrics
 from common.request_context import reset_request_id, set_request_id, valid_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -64,11 +68,17 @@ class RequestIdMiddleware:
 
 
 class AccessLogMiddleware:
-    """One JSON access-log line per request with status and duration; adds Server-Timing."""
+    """One JSON access-log line per request with status and duration; adds Server-Timing.
 
-    def __init__(self, app: ASGIApp, *, skip_paths: Iterable[str] = ()) -> None:
+    With `metrics`, the same timing also feeds the HTTP metrics.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, skip_paths: Iterable[str] = (), metrics: HttpMetrics | None = None
+    ) -> None:
         self.app = app
         self.skip_paths = frozenset(skip_paths)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,9 +96,14 @@ class AccessLogMiddleware:
                 message["headers"] = [*message.get("headers", ()), timing]
             await send(message)
 
+        if self.metrics is not None:
+            self.metrics.started()
         try:
             await self.app(scope, receive, send_timed)
         finally:
+            seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.finished(scope, status, seconds)
             if scope["path"] not in self.skip_paths or status >= 400:
                 client = scope.get("client")
                 _access_logger.info(
@@ -100,7 +115,7 @@ class AccessLogMiddleware:
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(seconds * 1000, 2),
                         "client": client[0] if client else None,
                         "http_version": scope.get("http_version"),
                     },

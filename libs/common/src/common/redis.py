@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from common.settings import CommonSettings
 
 
 def create_redis(settings: CommonSettings) -> Redis:
-    """Build the process's client; call it in `lifespan` and `aclose()` it there."""
-    return Redis.from_url(
+    """Build the process's client; call it in `lifespan` and `aclose()` it there.
+
+    The pool holds at most `redis_max_connections`; beyond that a command
+    waits for a free connection (up to `redis_socket_timeout`) instead of
+    failing at once, as redis-py's default pool does: a burst (thousands of
+    sockets reconnecting after a deploy) queues rather than erroring.
+    """
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         decode_responses=False,
     )
+    return Redis.from_pool(pool)

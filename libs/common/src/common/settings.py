@@ -107,6 +107,8 @@ class CommonSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_socket_timeout: float = Field(default=5.0, gt=0)
+    # Per process; a command beyond it waits for a free connection.
+    redis_max_connections: int = Field(default=100, ge=1)
     # Prepended to every key and channel we create, so deployments (or test
     # runs) can share one Redis without seeing each other's data.
     redis_key_prefix: str = ""

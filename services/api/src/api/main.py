@@ -21,7 +21,7 @@ from common.db import autocommit_engine, create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
 from common.logging import configure_logging
-from common.metrics import HttpMetricsMiddleware, create_metrics_router
+from common.metrics import HttpMetrics, create_metrics_router
 from common.middleware import (
     AccessLogMiddleware,
     BodySizeLimitMiddleware,
@@ -63,16 +63,17 @@ def _lifespan(settings: ApiSettings) -> Any:
         redis = create_redis(settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
         celery = create_celery(settings, main="api")
+        password_hasher = PasswordHasher(concurrency=settings.password_hash_concurrency)
         lifecycle.install()
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
-                "read_engine": autocommit_engine(engine),
+                "autocommit_engine": autocommit_engine(engine),
                 "session_factory": create_session_factory(engine),
                 "redis": redis,
                 "lifecycle": lifecycle,
-                "password_hasher": PasswordHasher(concurrency=settings.password_hash_concurrency),
+                "password_hasher": password_hasher,
                 "celery": celery,
                 "rate_limiter": RateLimiter(
                     redis,
@@ -84,6 +85,7 @@ def _lifespan(settings: ApiSettings) -> Any:
         finally:
             lifecycle.uninstall()
             celery.close()
+            password_hasher.close()
             await redis.aclose()
             await engine.dispose()
             shutdown_tracing()
@@ -135,9 +137,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         hsts=settings.is_production,
     )
     app.add_middleware(
-        AccessLogMiddleware, skip_paths={"/health/live", "/health/ready", "/metrics"}
+        AccessLogMiddleware,
+        skip_paths={"/health/live", "/health/ready", "/metrics"},
+        metrics=HttpMetrics(),
     )
-    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     instrument_app(app)

@@ -11,7 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.health import Lifecycle, create_health_router, redis_check
 from common.logging import configure_logging
-from common.metrics import HttpMetricsMiddleware, create_metrics_router
+from common.metrics import HttpMetrics, create_metrics_router
 from common.middleware import (
     AccessLogMiddleware,
     HostCheckMiddleware,
@@ -90,9 +90,10 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
         hsts=settings.is_production,
     )
     app.add_middleware(
-        AccessLogMiddleware, skip_paths={"/health/live", "/health/ready", "/metrics"}
+        AccessLogMiddleware,
+        skip_paths={"/health/live", "/health/ready", "/metrics"},
+        metrics=HttpMetrics(),
     )
-    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     instrument_app(app)

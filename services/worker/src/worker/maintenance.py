@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy import Engine, text
 
-from common.broker import send_job
+from common.broker import send_queued_job
 from common.contracts import events
 from worker.resources import Resources
 
@@ -92,14 +92,7 @@ def relay(
         ).all()
     for sent, row in enumerate(rows):
         try:
-            send_job(
-                celery,
-                job_id=str(row.id),
-                kind=row.kind,
-                params=row.params,
-                request_id=row.request_id,
-                traceparent=row.traceparent,
-            )
+            send_queued_job(celery, row)
         except Exception as exc:
             _logger.warning("relay: broker unreachable (%s); will retry", type(exc).__name__)
             unsent = [r.id for r in rows[sent:]]

@@ -63,7 +63,7 @@ async def create_job(
         JOBS_ACCEPTED.labels(job.kind).inc()
         await jobs_service.dispatch_job(
             celery,
-            connection.state.session_factory,
+            connection.state.autocommit_engine,
             connection.state.redis,
             job=job,
             key_prefix=settings.redis_key_prefix,

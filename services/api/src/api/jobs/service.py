@@ -14,8 +14,8 @@ import anyio.to_thread
 from celery import Celery
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, func, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy import bindparam, func, insert, literal, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from api.jobs.errors import (
     IdempotencyKeyReused,
@@ -25,7 +25,7 @@ from api.jobs.errors import (
     TooManyActiveJobs,
 )
 from api.jobs.schemas import JobRead
-from common.broker import send_job
+from common.broker import send_queued_job
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES, Job, JobState
 from common.contracts.kinds import JOB_KINDS
@@ -58,6 +58,18 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 def _request_hash(kind: str, params: dict[str, Any]) -> str:
     canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_ACTIVE_COUNT = (
+    select(func.count())
+    .select_from(Job)
+    .where(Job.state.in_([state.value for state in ACTIVE_STATES]))
+)
+_MARK_SENT = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.sent_at.is_(None))
+    .values(sent_at=func.now())
+)
 
 
 async def create_job(
@@ -97,29 +109,30 @@ async def create_job(
                     "This Idempotency-Key was used with a different kind or params."
                 )
             return existing, False
-    active = await session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.owner_id == owner_id, Job.state.in_([s.value for s in ACTIVE_STATES]))
-    )
-    if (active or 0) >= max_active:
+    values = {
+        "id": uuid.uuid4(),
+        "owner_id": owner_id,
+        "kind": kind,
+        "params": params,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "request_id": request_id,
+        "traceparent": traceparent,
+        "state": JobState.QUEUED.value,
+        "progress": 0,
+    }
+    # The limit check and the insert in one statement (after the lock, so its
+    # snapshot sees every job committed before); RETURNING fills in the defaults.
+    columns = Job.__table__.c
+    below_limit = _ACTIVE_COUNT.where(Job.owner_id == owner_id).scalar_subquery() < max_active
+    source = select(
+        *(literal(value, columns[name].type).label(name) for name, value in values.items())
+    ).where(below_limit)
+    job = await session.scalar(insert(Job).from_select(list(values), source).returning(Job))
+    if job is None:
         raise TooManyActiveJobs(
             f"At most {max_active} jobs may be queued or running at once.", retry_after=5
         )
-    job = Job(
-        owner_id=owner_id,
-        kind=kind,
-        params=params,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        request_id=request_id,
-        traceparent=traceparent,
-        state=JobState.QUEUED.value,
-        progress=0,
-    )
-    session.add(job)
-    await session.flush()
-    await session.refresh(job)
     # Committed before any message leaves: the worker must find the row.
     await session.commit()
     return job, True
@@ -127,7 +140,7 @@ async def create_job(
 
 async def dispatch_job(
     celery: Celery,
-    session_factory: async_sessionmaker[AsyncSession],
+    autocommit: AsyncEngine,
     redis: Redis,
     *,
     job: Job,
@@ -152,26 +165,15 @@ async def dispatch_job(
         prefix=key_prefix,
     )
     try:
-        await anyio.to_thread.run_sync(
-            lambda: send_job(
-                celery,
-                job_id=str(job.id),
-                kind=job.kind,
-                params=job.params,
-                request_id=job.request_id,
-                traceparent=job.traceparent,
-            )
-        )
+        await anyio.to_thread.run_sync(send_queued_job, celery, job)
     except Exception as exc:
         _logger.warning(
             "broker unreachable, job %s left for the relay: %s", job.id, type(exc).__name__
         )
         return
-    async with session_factory() as session:
-        await session.execute(
-            update(Job).where(Job.id == job.id, Job.sent_at.is_(None)).values(sent_at=func.now())
-        )
-        await session.commit()
+    # One statement: no transaction around it (one round trip, not three).
+    async with autocommit.connect() as connection:
+        await connection.execute(_MARK_SENT, {"job_id": job.id})
 
 
 async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
