@@ -60,6 +60,7 @@ P99_LIMIT = 0.100
 RATIO_TARGET = 1.5
 MEMORY_TARGET_KIB = 20.0
 SERVER_CPU = 0
+REFINE_STEPS = 2
 PRIORITY = -10  # niceness of the servers, clients and publisher (see _raise_priority)
 LOAD_CPU = 1
 _BUCKETS_PER_SECOND = 10_000  # as bench.fanout_client
@@ -129,7 +130,7 @@ class Outcome:
     @property
     def saturated(self) -> bool:
         """Whether the ladder found a rate this server failed (else `best` is a lower bound)."""
-        return bool(self.steps) and not self.steps[-1].passed
+        return any(not step.passed for step in self.steps)
 
     @property
     def cpu_per_frame(self) -> float:
@@ -449,6 +450,23 @@ async def _ladder(
         if not step.passed:
             break
         rate *= profile.growth
+    else:
+        rate = 0.0  # never failed: the top of the ladder is a lower bound
+    # Between the last rate that passed and the first that failed, halve the gap
+    # (geometrically) twice, so the result is not just a power of the growth factor.
+    passed = [step.rate for step in outcome.steps if step.passed]
+    low, high = (max(passed) if passed else 0.0), rate
+    for _ in range(REFINE_STEPS if low and high else 0):
+        middle = (low * high) ** 0.5
+        step = await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
+                           rate=middle, seconds=profile.step_seconds)  # fmt: skip
+        outcome.steps.append(step)
+        print(
+            f"  {outcome.server:8} refine {middle:>9,.0f}/s  p99 {step.p99 * 1000:7.1f} ms  "
+            f"{'ok' if step.passed else 'FAIL'}",
+            flush=True,
+        )
+        low, high = (middle, high) if step.passed else (low, middle)
     cpu_after = sum(proc.cpu_times().user + proc.cpu_times().system for proc in client_procs)
     outcome.client_cpu = (cpu_after - cpu_before) / busy if busy else 0.0
 
@@ -510,8 +528,9 @@ def _plot(outcomes: dict[tuple[str, int], Outcome], out_dir: Path) -> None:
     for (kind, count), outcome in sorted(outcomes.items()):
         if not outcome.steps:
             continue
-        xs = [step.delivered_rate for step in outcome.steps]
-        ys = [min(step.p99, 5.0) * 1000 for step in outcome.steps]
+        steps = sorted(outcome.steps, key=lambda step: step.delivered_rate)
+        xs = [step.delivered_rate for step in steps]
+        ys = [min(step.p99, 5.0) * 1000 for step in steps]
         ax.plot(xs, ys, styles[kind], label=f"{kind}, {count:,} clients")
     ax.axhline(P99_LIMIT * 1000, color="grey", linewidth=1, linestyle=":")
     ax.set_yscale("log")
