@@ -428,7 +428,8 @@ async def _ladder(
     await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
                 rate=rate, seconds=1.0)  # fmt: skip
     retried = False
-    for _ in range(profile.max_steps):
+    # A retry does not use up a rung: the ladder ends on a confirmed failure or its top.
+    while len(outcome.steps) < profile.max_steps:
         started = time.monotonic()
         step = await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
                            rate=rate, seconds=profile.step_seconds)  # fmt: skip
