@@ -2,55 +2,20 @@
 
 `gunicorn -c services/api/gunicorn.conf.py api.main:app`. Follows the
 deployment guide: uvicorn workers, recycled after `max_requests` with jitter,
-graceful shutdown, preloaded app, real client IPs behind the proxy.
+graceful shutdown, preloaded app, real client IPs behind the proxy (the shared
+settings: `common.gunicorn`).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+from common.gunicorn import gunicorn_settings
 
-from common.logging import logging_config
-from common.multiproc import gunicorn_child_exit, gunicorn_on_exit, prepare_multiprocess_dir
-
-_env = os.environ.get
-
-bind = f"0.0.0.0:{_env('PORT', '8000')}"
-# uvicorn_worker.UvicornWorker, minus resetting just-accepted requests on stop (api.serving).
-worker_class = "api.serving.UvicornWorker"
-# Async workers: one per core serves thousands of connections each.
-workers = int(_env("WEB_CONCURRENCY") or multiprocessing.cpu_count())
-max_requests = int(_env("GUNICORN_MAX_REQUESTS", "1000"))
-max_requests_jitter = int(_env("GUNICORN_MAX_REQUESTS_JITTER", "50"))
-timeout = int(_env("GUNICORN_TIMEOUT", "60"))
-# After SIGTERM a worker keeps serving SHUTDOWN_DRAIN_SECONDS (readiness 503)
-# before it stops; the master must not kill it before in-flight requests end.
-graceful_timeout = max(
-    int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30")),
-    int(float(_env("SHUTDOWN_DRAIN_SECONDS", "0"))) + 10,
+globals().update(
+    gunicorn_settings(
+        default_port=8000,
+        # uvicorn_worker.UvicornWorker, minus resetting just-accepted requests on stop.
+        worker_class="api.serving.UvicornWorker",
+        max_requests=1000,
+        max_requests_jitter=50,
+    )
 )
-keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
-# Safe to preload: create_app() builds no engine, client or loop; the lifespan
-# does, in each worker after the fork.
-preload_app = _env("GUNICORN_PRELOAD", "true").lower() == "true"
-forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
-proxy_allow_ips = forwarded_allow_ips
-
-# JSON logs for gunicorn's own lines. The access log comes from the app's
-# AccessLogMiddleware (JSON with duration_ms and request_id): under uvicorn
-# workers gunicorn's access_log_format (%(D)s) is never applied, so it is off.
-accesslog = None
-_log_level = _env("LOG_LEVEL", "INFO").upper()
-logconfig_dict = logging_config(_log_level)
-loglevel = _log_level.lower()
-# One gunicorn per service and test on a machine: no shared control socket.
-control_socket_disable = True
-
-# Prometheus multiprocess mode: each worker writes its samples to files that
-# /metrics sums. Set here, before the preloaded app imports prometheus_client,
-# and once per master (a HUP reload keeps the directory and the live files).
-prepare_multiprocess_dir()
-# A reaped worker's live gauges (in-flight, pool, connections) leave the sum;
-# its counters stay. The master removes the directory it made when it exits.
-child_exit = gunicorn_child_exit
-on_exit = gunicorn_on_exit

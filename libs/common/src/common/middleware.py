@@ -12,19 +12,19 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.errors import problem
-
-if TYPE_CHECKING:
-    from common.metrics import HttpMetrics
+from common.metrics import HttpMetrics
 from common.request_context import reset_request_id, set_request_id, valid_request_id
+from common.settings import CommonSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _access_logger = logging.getLogger("access")
@@ -324,3 +324,23 @@ class ProblemCORSMiddleware(CORSMiddleware):
             return response
         reason = bytes(response.body).decode(errors="replace")
         return problem(response.status_code, title="CORS preflight rejected", detail=reason)
+
+
+def add_edge_middleware(app: Starlette, settings: CommonSettings, *, csp: str) -> None:
+    """The outer layers every web service shares, added after the service's own.
+
+    From the outside in: proxy headers (the real client address), request id,
+    access log with the HTTP metrics, security headers, host check. Starlette
+    wraps the last added outermost, so a service adds its inner layers first.
+    """
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(
+        SecurityHeadersMiddleware, content_security_policy=csp, hsts=settings.is_production
+    )
+    app.add_middleware(
+        AccessLogMiddleware,
+        skip_paths={"/health/live", "/health/ready", "/metrics"},
+        metrics=HttpMetrics(),
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

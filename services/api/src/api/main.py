@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import docs
 from api.auth.passwords import PasswordHasher
@@ -21,15 +20,12 @@ from common.db import autocommit_engine, create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
 from common.logging import configure_logging
-from common.metrics import HttpMetrics, create_metrics_router
+from common.metrics import create_metrics_router
 from common.middleware import (
-    AccessLogMiddleware,
     BodySizeLimitMiddleware,
-    HostCheckMiddleware,
     ProblemCORSMiddleware,
-    RequestIdMiddleware,
-    SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
+    add_edge_middleware,
 )
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
@@ -130,19 +126,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         expose_headers=["Location", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
         max_age=settings.cors_max_age,
     )
-    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(
-        SecurityHeadersMiddleware,
-        content_security_policy=docs.CONTENT_SECURITY_POLICY,
-        hsts=settings.is_production,
-    )
-    app.add_middleware(
-        AccessLogMiddleware,
-        skip_paths={"/health/live", "/health/ready", "/metrics"},
-        metrics=HttpMetrics(),
-    )
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    add_edge_middleware(app, settings, csp=docs.CONTENT_SECURITY_POLICY)
     instrument_app(app)
     return app
 

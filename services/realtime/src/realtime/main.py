@@ -7,17 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.health import Lifecycle, create_health_router, redis_check
 from common.logging import configure_logging
-from common.metrics import HttpMetrics, create_metrics_router
+from common.metrics import create_metrics_router
 from common.middleware import (
-    AccessLogMiddleware,
-    HostCheckMiddleware,
-    RequestIdMiddleware,
-    SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
+    add_edge_middleware,
 )
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
@@ -83,19 +79,7 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
 
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(
-        SecurityHeadersMiddleware,
-        content_security_policy=CONTENT_SECURITY_POLICY,
-        hsts=settings.is_production,
-    )
-    app.add_middleware(
-        AccessLogMiddleware,
-        skip_paths={"/health/live", "/health/ready", "/metrics"},
-        metrics=HttpMetrics(),
-    )
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    add_edge_middleware(app, settings, csp=CONTENT_SECURITY_POLICY)
     instrument_app(app)
     return app
 
