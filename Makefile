@@ -6,8 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-WORKSPACE_PACKAGES := -e libs/common -e libs/devservices -e services/api -e services/worker -e services/realtime
+# uv on PATH, else the one `make install` put into .venv (never `python -m uv`, which
+# acts on the interpreter that runs it, not on .venv).
+UV := $(shell command -v uv 2>/dev/null || echo $(BIN)/uv)
 PORT ?= 8000
 REALTIME_PORT ?= $(if $(filter command line environment,$(origin PORT)),$(PORT),8001)
 
@@ -15,18 +16,15 @@ REALTIME_PORT ?= $(if $(filter command line environment,$(origin PORT)),$(PORT),
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-.PHONY: uv
-uv:
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
-
 .PHONY: install
-install: uv ## create .venv from the hash-pinned lock, plus the workspace packages (editable)
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.txt
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps --no-build-isolation $(WORKSPACE_PACKAGES)
+install: ## create .venv from the hash-pinned lock (uv bootstrapped inside .venv if not on PATH)
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make install: $(PYTHON) not found; install Python 3.11+ or pass PYTHON=/path/to/python3" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null \
+	  || { echo "make install: Python 3.11 or newer is required; $(PYTHON) is $$($(PYTHON) --version 2>&1). Pass PYTHON=python3.11 (or newer)." >&2; exit 1; }
+	$(PYTHON) scripts/install.py --venv $(VENV)
 
 .PHONY: lock
-lock: uv ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
+lock: ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
 	$(UV) lock --upgrade
 	$(UV) export --quiet --frozen --no-header --no-annotate --package api --no-dev --no-emit-workspace -o requirements/api.txt
 	$(UV) export --quiet --frozen --no-header --no-annotate --package worker --no-dev --no-emit-workspace -o requirements/worker.txt
