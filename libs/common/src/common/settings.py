@@ -85,58 +85,107 @@ StrList = Annotated[list[str], NoDecode]
 class CommonSettings(BaseSettings):
     """What every service reads: environment, Postgres, Redis, JWT, logging, HTTP edge."""
 
+    # Each field's docstring is its description: the settings reference in the
+    # docs (docs/hooks/settings_reference.py) is generated from them.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        use_attribute_docstrings=True,
     )
 
     environment: Environment = Environment.DEVELOPMENT
+    """`development`, `test` or `production`; production turns on the safety checks (an unsafe
+    configuration refuses to start) and HSTS."""
     debug: bool = False
+    """Debug mode. Refused in production."""
     log_level: str = "INFO"
+    """Root log level (`DEBUG`, `INFO`, `WARNING`, `ERROR`)."""
     service_name: str = "app"
+    """The process's name for Postgres (`application_name`) and OpenTelemetry (`service.name`)."""
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    """PostgreSQL URL. `postgres://`, `postgresql://` and libpq's `sslmode=` (as Render and Heroku
+    give it) are converted for asyncpg (and for psycopg in the worker). Set it in production."""
     db_pool_size: int = Field(default=10, ge=1)
+    """SQLAlchemy pool size per process. Keep instances * processes * (`DB_POOL_SIZE` +
+    `DB_MAX_OVERFLOW`) under Postgres' `max_connections`."""
     db_max_overflow: int = Field(default=20, ge=0)
-    # A pooled connection idle longer than this is pinged before use (one
-    # round trip, so a server restart costs no request); 0 pings on every
-    # checkout, as SQLAlchemy's pool_pre_ping does (several round trips each).
+    """Connections a process may open beyond `DB_POOL_SIZE` under load."""
     db_pool_ping_after_seconds: float = Field(default=2.0, ge=0)
+    """A pooled connection idle longer than this is pinged (one round trip) before use, so a
+    server restart costs no request; `0` pings on every checkout, as SQLAlchemy's
+    `pool_pre_ping` does (several round trips each)."""
     db_pool_recycle: int = Field(default=3600, ge=-1)
+    """Replace a pooled connection older than this many seconds (`-1`: never)."""
     db_pool_timeout: float = Field(default=30.0, gt=0)
+    """Seconds to wait for a free pooled connection before the request fails."""
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    """Postgres `statement_timeout` of our sessions, in milliseconds (`0`: none)."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL: broker (unless `BROKER_URL`), pub/sub, event streams, rate limits, tickets.
+    Set it in production."""
     redis_socket_timeout: float = Field(default=5.0, gt=0)
-    # Per process; a command beyond it waits for a free connection.
+    """Redis connect and read timeout, seconds."""
     redis_max_connections: int = Field(default=100, ge=1)
-    # Prepended to every key and channel we create, so deployments (or test
-    # runs) can share one Redis without seeing each other's data.
+    """Redis connections per process; a command beyond it waits (up to `REDIS_SOCKET_TIMEOUT`)
+    for a free one instead of failing."""
     redis_key_prefix: str = ""
-    # Celery's broker; the same Redis by default (Key Value with noeviction).
+    """Prepended to every Redis key and channel we create, so deployments (or test runs) can
+    share one Redis without seeing each other's data."""
     broker_url: str | None = None
+    """Celery's broker; `REDIS_URL` when unset. It must be a Redis with `maxmemory-policy
+    noeviction`: an evicted key is a lost message."""
 
     jwt_secret: SecretStr | None = None
+    """HMAC key of the access tokens. Required in production: 32 or more characters, not a
+    placeholder. Elsewhere a missing one becomes a random key per process tree, so tokens do
+    not survive a restart."""
     jwt_algorithm: str = "HS256"
+    """`HS256`, `HS384` or `HS512`: the only algorithm a token may carry."""
     jwt_issuer: str = "fastapi-microservices"
+    """`iss` written into access tokens and required on verification; set one per deployment."""
     jwt_audience: str = "fastapi-microservices"
+    """`aud` written into access tokens and required on verification; set one per deployment."""
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
+    """Clock skew allowed on `exp`, `nbf` and `iat`, seconds."""
     access_token_ttl_seconds: int = Field(default=900, ge=30)
+    """Access token lifetime, seconds."""
 
     cors_origins: StrList = Field(default_factory=list)
+    """Browser origins allowed to call the API; on realtime, the `Origin` allow-list of the
+    WebSocket handshake. `*` with credentials is refused in production."""
     cors_allow_credentials: bool = True
+    """Allow cookies and `Authorization` headers on cross-origin requests."""
     cors_max_age: int = Field(default=600, ge=0)
+    """Seconds a browser may cache a preflight answer."""
     allowed_hosts: StrList = Field(default_factory=lambda: ["*"])
+    """Accepted `Host` headers (`*.example.com` allowed); other hosts get 400. Set it in
+    production."""
     forwarded_allow_ips: StrList = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Proxies whose `X-Forwarded-For` is believed; the client is the right-most entry that is
+    not one of them. In production, the proxy's addresses or network (Render's proxy connects
+    from a private range, e.g. `10.0.0.0/8`). `*` is refused: uvicorn would then take the
+    left-most entry, which the client writes."""
     docs_enabled: bool = True
+    """Serve `/docs`, `/redoc` and `/openapi.json`."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body, bytes; 413 beyond."""
     health_check_timeout: float = Field(default=2.0, gt=0)
+    """Timeout of each dependency check of `/health/ready`, seconds."""
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=60)
-    # When set, GET /metrics answers only `Authorization: Bearer <token>` (401 otherwise).
+    """After SIGTERM, keep serving this long with readiness answering 503 before shutting down
+    (e.g. `5` behind a balancer that polls readiness)."""
     metrics_token: SecretStr | None = None
-    # Rate-limit policies that refuse (503) rather than allow when Redis cannot count.
+    """When set, `GET /metrics` answers only `Authorization: Bearer <token>` (401 otherwise).
+    Unset, `/metrics` is open: set it wherever `/metrics` can be reached from the internet."""
     rate_limit_fail_closed: StrList = Field(
         default_factory=lambda: ["auth", "login_account", "login_ip"]
     )
+    """Rate-limit policies that answer 503 (rather than serve the request uncounted) when
+    Redis cannot count."""
 
     @field_validator(
         "cors_origins",

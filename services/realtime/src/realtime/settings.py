@@ -14,27 +14,35 @@ class RealtimeSettings(CommonSettings):
     """Settings of the WebSocket process."""
 
     service_name: str = "realtime"
-    # Frames waiting for one socket; a client that lets it fill is closed with 1013.
     ws_send_queue_size: int = Field(default=256, ge=1, le=100_000)
-    # The largest message a client may send (uvicorn's ws_max_size and our own check).
+    """Frames waiting for one socket; a client that lets it fill is closed with 1013."""
     ws_max_message_bytes: int = Field(default=4096, ge=128, le=1_048_576)
-    # Protocol pings: sent every interval, the socket dropped if no pong within the timeout.
+    """Largest message a client may send (uvicorn's `ws_max_size` and our own check); 1009
+    beyond."""
     ws_heartbeat_seconds: float = Field(default=20.0, gt=0, le=3600)
+    """Interval of the protocol pings, seconds."""
     ws_heartbeat_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
-    # A client that sends nothing (not even a `ping`) for this long is closed with 1001.
+    """Pong deadline before the socket is dropped, seconds."""
     ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
-    # How long a close frame may wait behind a client's unread data before we give up.
+    """A client that sends nothing (not even a `ping`) for this long is closed with 1001,
+    seconds."""
     ws_close_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    # Stream entries read per XRANGE while replaying missed events.
+    """How long a close frame may wait behind a client's unread data before we give up,
+    seconds."""
     ws_replay_batch: int = Field(default=100, ge=1, le=10_000)
-    # Reconnect backoff of the Redis subscription: doubles from the first to the cap, jittered.
+    """Stream entries read per `XRANGE` while replaying missed events."""
     pubsub_backoff_seconds: float = Field(default=0.1, gt=0, le=60)
+    """First reconnect delay of the Redis subscription, seconds; it doubles up to
+    `PUBSUB_BACKOFF_MAX_SECONDS`, jittered."""
     pubsub_backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
-    # Handshakes per client IP (before authentication) and per user (after), in Redis;
-    # messages a client may send on one connection (counted in the process). 1008 beyond.
+    """Longest reconnect delay of the Redis subscription, seconds."""
+    # Connect limits in Redis; the message limit in the process (a socket lives in one).
     rate_limit_ws_connect_ip: LimitSpec = "60/minute"
+    """Handshakes per client IP, counted before authentication; 1008 beyond."""
     rate_limit_ws_connect_user: LimitSpec = "30/minute"
+    """Handshakes per user, counted after authentication; 1008 beyond."""
     rate_limit_ws_messages: LimitSpec = "120/minute"
+    """Messages a client may send on one connection; beyond it the socket closes with 1008."""
 
     def rate_limit_specs(self) -> dict[str, str]:
         """The Redis-backed policies' names and limits."""

@@ -14,22 +14,34 @@ class WorkerSettings(CommonSettings):
 
     service_name: str = "worker"
     worker_concurrency: int | None = Field(default=None, ge=1)
-    # Prometheus metrics of the worker and its pool processes (0: none).
+    """Celery worker processes; the CPU count when unset."""
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    """Port of the worker's `/metrics`, served by the Celery main process; `0` turns it off."""
     # All interfaces, like the web processes: Prometheus scrapes from another host.
     worker_metrics_host: str = "0.0.0.0"
-    # A running job's lease: renewed every heartbeat and at every progress step.
-    # A job whose lease lapses (its worker died) is requeued by the sweep.
+    """Interface of the worker's `/metrics`. It has no token: serve it on a private network."""
     job_lease_seconds: float = Field(default=30, gt=0)
+    """A running job's lease, renewed every heartbeat and at every progress step. A job whose
+    lease lapses (its worker died) is requeued by the sweep."""
     job_heartbeat_seconds: float = Field(default=5, gt=0)
+    """Lease renewal interval; keep it well under `JOB_LEASE_SECONDS`."""
     job_max_attempts: int = Field(default=5, ge=1)
+    """Runs of one job (lost workers and transient errors) before it fails."""
     job_retry_backoff_seconds: float = Field(default=2, ge=0)
+    """First delay of a transient-error retry, seconds; it doubles per attempt, with jitter."""
     job_retry_backoff_max_seconds: float = Field(default=120, ge=0)
-    # Scheduled work: how often, and what counts as stuck or old.
+    """Longest delay of a transient-error retry, seconds."""
     scheduler_interval_seconds: float = Field(default=5, gt=0)
+    """How often the scheduler loop (`python -m worker.scheduler`) runs a round, seconds; the
+    cron form (`--once`) runs one round and exits."""
     relay_grace_seconds: float = Field(default=5, ge=0)
+    """A queued job unsent for this long is sent by the relay, seconds."""
     job_resend_after_seconds: float = Field(default=300, gt=0)
+    """A queued job sent this long ago but never claimed (a lost message) is sent again,
+    seconds."""
     job_retention_days: float = Field(default=30, gt=0)
+    """Finished jobs older than this are deleted by the purge, days."""
+    # A prefork process runs one job at a time: a small pool per process.
     db_pool_size: int = Field(default=2, ge=1)
     db_max_overflow: int = Field(default=2, ge=0)
 
