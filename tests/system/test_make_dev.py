@@ -11,80 +11,36 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devservices import free_port
 from devservices._ports import is_listening
-from tests.support.processes import ManagedProcess, start_process
+from tests.support.devstack import dev_environment, get_when_up, wait_ready
+from tests.support.processes import start_process
 from tests.support.services import ROOT
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"
 
 
-async def _wait_ready(client: httpx.AsyncClient, dev: ManagedProcess, *, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if (await client.get("/health/ready")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert dev.is_running(), f"make dev exited early:\n{dev.log()}"
-        assert time.monotonic() < deadline, f"make dev not ready in {within:g}s:\n{dev.log()}"
-        await dev.wait_exit(0.2)  # poll interval that also notices an early exit
-
-
-async def _get_when_up(
-    client: httpx.AsyncClient, url: str, dev: ManagedProcess, *, within: float
-) -> httpx.Response:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            response = await client.get(url)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass
-        assert dev.is_running(), f"make dev exited early:\n{dev.log()}"
-        assert time.monotonic() < deadline, f"{url} not up in {within:g}s:\n{dev.log()}"
-        await dev.wait_exit(0.1)  # poll interval that also notices an early exit
-
-
 class TestMakeDev:
     """`make dev` brings up the whole stack on embedded services and serves a job end to end."""
 
     async def test_countdown_job_succeeds_and_ctrl_c_stops_everything(self, tmp_path: Path) -> None:
-        ports = {name: free_port() for name in ("postgres", "redis", "api", "realtime", "console")}
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT"}
-        }
-        env.update(
-            DEV_RUN_DIR=str(tmp_path / "run"),
-            DEV_POSTGRES_PORT=str(ports["postgres"]),
-            DEV_REDIS_PORT=str(ports["redis"]),
-            API_PORT=str(ports["api"]),
-            REALTIME_PORT=str(ports["realtime"]),
-            CONSOLE_PORT=str(ports["console"]),
-            WORKER_CONCURRENCY="1",
-            SCHEDULER_INTERVAL_SECONDS="1",
-        )
+        env, ports = dev_environment(tmp_path / "run")
         dev = start_process(
             "make dev", ["make", "--no-print-directory", "dev"],
             env=env, cwd=ROOT, log_path=tmp_path / "dev.log",
         )  # fmt: skip
         try:
-            base = f"http://127.0.0.1:{ports['api']}"
+            base = f"http://127.0.0.1:{ports.api}"
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-                await _wait_ready(client, dev, within=120)
+                await wait_ready(client, dev, within=120)
                 docs = await client.get("/docs")
                 assert docs.status_code == 200
                 assert "/static/docs/swagger-ui-bundle.js" in docs.text
                 assert (await client.get("/static/docs/swagger-ui-bundle.js")).status_code == 200
 
                 # The job console: its own origin, pointed at this API, which allows it.
-                console = f"http://127.0.0.1:{ports['console']}"
-                config = await _get_when_up(client, f"{console}/config.js", dev, within=30)
+                console = f"http://127.0.0.1:{ports.console}"
+                config = await get_when_up(client, f"{console}/config.js", dev, within=30)
                 assert f'"apiUrl": "{base}"' in config.text
                 preflight = await client.options(
                     "/v1/jobs",
@@ -123,7 +79,7 @@ class TestMakeDev:
             # Ctrl-C: the terminal sends SIGINT to the whole foreground group.
             os.killpg(dev.pgid, signal.SIGINT)
             assert await dev.wait_exit(60) is not None, f"make dev did not stop:\n{dev.log()}"
-            assert not is_listening(ports["postgres"]), "embedded Postgres left running"
-            assert not is_listening(ports["redis"]), "embedded Redis left running"
+            assert not is_listening(ports.postgres), "embedded Postgres left running"
+            assert not is_listening(ports.redis), "embedded Redis left running"
         finally:
             await dev.stop()
