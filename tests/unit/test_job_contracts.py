@@ -19,6 +19,7 @@ from common.contracts.kinds import (
     CountdownParams,
 )
 from common.settings import normalize_database_url, to_sync_database_url
+from worker.kinds import JOB_FUNCTIONS
 
 
 class TestStateMachine:
@@ -89,6 +90,21 @@ class TestKindLimits:
     def test_countdown_rejects_failing_past_its_last_step(self) -> None:
         with pytest.raises(ValueError, match="fail_at_step"):
             CountdownParams(steps=3, interval=0, fail_at_step=4)
+
+
+class TestKindRegistry:
+    """Every kind the API accepts has a worker function that takes the same parameters."""
+
+    # --8<-- [start:kind-registry]
+    def test_every_kind_has_a_worker_function(self) -> None:
+        assert set(JOB_FUNCTIONS) == set(JOB_KINDS)
+
+    @pytest.mark.parametrize("kind", sorted(JOB_KINDS))
+    def test_worker_function_takes_the_kinds_params_model(self, kind: str) -> None:
+        _, params_model = JOB_FUNCTIONS[kind]
+        assert params_model is JOB_KINDS[kind].params_model
+
+    # --8<-- [end:kind-registry]
 
 
 class TestBrokerTimeouts:
