@@ -21,7 +21,7 @@ from tests.browser.stack import BrowserStack
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"
-# Set to a path to keep a picture of the console after the flow (docs/console.png).
+# Set to a path to keep a picture of the console after the flow (`make docs-screenshots`).
 SCREENSHOT = os.environ.get("CONSOLE_SCREENSHOT")
 
 

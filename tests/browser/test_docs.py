@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -13,6 +15,8 @@ from tests.browser.conftest import Pages
 from tests.browser.stack import BrowserStack
 
 pytestmark = pytest.mark.system
+# Set to a path to keep a picture of /docs (`make docs-screenshots`: docs/images/swagger-ui.png).
+SCREENSHOT = os.environ.get("DOCS_SCREENSHOT")
 
 
 class TestDocsPages:
@@ -48,3 +52,5 @@ class TestDocsPages:
         ]
         assert off_host == []
         assert any(url.endswith("/openapi.json") for url in log.requests)
+        if SCREENSHOT and path == "/docs":
+            await page.screenshot(path=Path(SCREENSHOT))

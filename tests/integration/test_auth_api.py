@@ -82,6 +82,7 @@ class TestBearerTokenMatrix:
 class TestRegistration:
     """Registration creates one account per email, any letter case, with a strong password."""
 
+    # --8<-- [start:domain-endpoint]
     async def test_register_answers_201_with_the_user(self, client: httpx.AsyncClient) -> None:
         email = _unique_email()
         response = await client.post(
@@ -93,6 +94,8 @@ class TestRegistration:
         assert body["email"] == email
         uuid.UUID(body["id"])
         assert datetime.fromisoformat(body["created_at"]).utcoffset() is not None
+
+    # --8<-- [end:domain-endpoint]
 
     async def test_same_email_in_other_letter_case_is_409(
         self, client: httpx.AsyncClient, make_user: MakeUser

@@ -132,6 +132,7 @@ class TestSweep:
 class TestPurge:
     """Finished jobs older than the retention are deleted; everything else stays."""
 
+    # --8<-- [start:scheduled-task]
     async def test_only_old_finished_jobs_are_deleted(
         self, resources: Resources, make_user: MakeUser
     ) -> None:
@@ -153,3 +154,5 @@ class TestPurge:
             )
         assert left == {recent_done, old_queued}
         assert not left & set(old_done)
+
+    # --8<-- [end:scheduled-task]

@@ -65,6 +65,7 @@ def _token(realtime: RunningRealtime, user_id: uuid.UUID) -> str:
     return issue_access_token(realtime.settings, subject=user_id)
 
 
+# --8<-- [start:publish-helper]
 async def _publish(
     redis: Redis, realtime: RunningRealtime, user_id: uuid.UUID, count: int, **data: Any
 ) -> list[str]:
@@ -77,6 +78,9 @@ async def _publish(
         )
         for n in range(count)
     ]
+
+
+# --8<-- [end:publish-helper]
 
 
 class TestHandshake:
@@ -207,6 +211,7 @@ class TestDelivery:
         for listener in [*alices, bobs]:
             await listener.close()
 
+    # --8<-- [start:event-on-socket]
     async def test_event_frames_are_the_design_shape(
         self, realtime: RunningRealtime, redis: Redis
     ) -> None:
@@ -218,6 +223,8 @@ class TestDelivery:
         assert event["id"] == event_id
         assert event["type"] == "job.progress"
         await listener.close()
+
+    # --8<-- [end:event-on-socket]
 
 
 class TestResume:

@@ -51,12 +51,15 @@ class TestDatabaseUrl:
         )
         assert url == "postgresql+asyncpg://u:p@h/db?ssl=verify-full&application_name=x"
 
+    # --8<-- [start:setting-from-environment]
     def test_database_url_from_the_environment_is_normalized(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("DATABASE_URL", "postgres://u:p@h:5432/db?sslmode=require")
         settings = ApiSettings(_env_file=None)
         assert settings.database_url == "postgresql+asyncpg://u:p@h:5432/db?ssl=require"
+
+    # --8<-- [end:setting-from-environment]
 
     def test_unknown_sslmode_is_rejected(self) -> None:
         with pytest.raises(ValidationError, match="sslmode"):
@@ -137,9 +140,12 @@ class TestProductionChecks:
         with pytest.raises(ValidationError, match="JWT_SECRET is a placeholder"):
             self._production(jwt_secret=secret)
 
+    # --8<-- [start:setting-refused]
     def test_short_jwt_secret_is_refused(self) -> None:
         with pytest.raises(ValidationError, match="JWT_SECRET must be at least 32"):
             self._production(jwt_secret="abcdefghij0123456789")
+
+    # --8<-- [end:setting-refused]
 
     def test_cors_wildcard_with_credentials_is_refused(self) -> None:
         with pytest.raises(ValidationError, match="CORS_ORIGINS"):

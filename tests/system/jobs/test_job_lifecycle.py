@@ -18,6 +18,7 @@ JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 class TestCountdownEndToEnd:
     """A countdown posted through the API is run by the worker and reported in order."""
 
+    # --8<-- [start:kind-end-to-end]
     async def test_countdown_succeeds_with_events_in_order_on_channel_and_stream(
         self, stack: JobsStack
     ) -> None:
@@ -43,6 +44,8 @@ class TestCountdownEndToEnd:
         assert [event["type"] for event in stream] == expected_types
         assert [event["id"] for event in stream] == [event["id"] for event in received]
         assert all(event["user_id"] == user.id for event in received)
+
+    # --8<-- [end:kind-end-to-end]
 
     async def test_queued_event_comes_before_anything_the_worker_publishes(
         self, stack: JobsStack
