@@ -33,7 +33,7 @@ lock: ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
 	$(PYTHON) scripts/lockfiles.py write
 
 .PHONY: lint
-lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
+lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift, schemas, docs
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -41,6 +41,7 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 	$(BIN)/mypy scripts
 	$(MAKE) --no-print-directory validate
+	$(MAKE) --no-print-directory docs-build
 
 .PHONY: _migration-check
 _migration-check:
@@ -104,11 +105,11 @@ clean: ## stop nothing, delete .run/ (embedded databases) and caches
 RENDER_SCHEMA ?= deploy/schemas/render-blueprint.schema.json
 
 .PHONY: validate
-validate: ## render.yaml and docker-compose.yml against their published schemas; hadolint
+validate: ## render.yaml, docker-compose.yml and the GitHub workflows against their schemas; hadolint
 	$(BIN)/check-jsonschema --schemafile $(RENDER_SCHEMA) render.yaml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/hadolint deploy/Dockerfile
-	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 .PHONY: rehearse
 rehearse: ## deploy every render.yaml service here as Render would: build, pre-deploy, start, health, SIGTERM
@@ -154,3 +155,19 @@ logs: ## follow the compose stack's logs (SERVICE=api for one)
 .PHONY: ps
 ps: ## the compose stack's containers and their health
 	$(COMPOSE) ps
+
+# --- docs: the site in docs/, configured by mkdocs.yml -------------------------
+.PHONY: docs
+docs: ## serve the documentation site at http://127.0.0.1:8003, rebuilt on every change
+	$(BIN)/mkdocs serve
+
+.PHONY: docs-build
+docs-build: ## type-check the docs hooks and build the site into site/ with --strict (broken links fail)
+	$(BIN)/mypy docs/hooks
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+.PHONY: docs-screenshots
+docs-screenshots: ## retake docs/images/console.png and swagger-ui.png from the browser tests (needs Chromium)
+	@test -x /usr/bin/chromium || { echo "make docs-screenshots: /usr/bin/chromium is missing (apt-get install chromium)" >&2; exit 2; }
+	CONSOLE_SCREENSHOT=docs/images/console.png DOCS_SCREENSHOT=docs/images/swagger-ui.png \
+	  $(BIN)/pytest -p no:cacheprovider tests/browser -k "TestConsoleFlow and report or TestDocsPages"
