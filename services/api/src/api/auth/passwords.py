@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -17,7 +18,11 @@ T = TypeVar("T")
 _HASHER = PasswordHash((Argon2Hasher(),))
 
 
-def _lower_priority() -> None:
+def _start_worker() -> None:
+    # A terminal's Ctrl-C reaches the whole process group, these processes
+    # included; the API decides when they end (`close()`), as gunicorn and
+    # Celery do for theirs, instead of each dying with a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SCHED_IDLE: the hash runs on CPU time nothing else wants, and any request
     # that wakes up preempts it at once (Linux). Elsewhere, or if refused, the
     # lowest nice value does nearly as well.
@@ -52,7 +57,7 @@ class PasswordHasher:
         self._executor = ProcessPoolExecutor(
             max_workers=concurrency,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lower_priority,
+            initializer=_start_worker,
         )
         self._dummy: str | None = None
 
