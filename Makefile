@@ -87,13 +87,14 @@ worker: ## the Celery worker in the foreground, as in production (WORKER_CONCURR
 scheduler: ## the scheduled work (relay, lease sweep, purge) as a loop; `--once` is the cron form
 	$(BIN)/python -m worker.scheduler
 
-.PHONY: dev
-dev: ## API (--reload), realtime, worker and scheduler, plus Postgres and Redis (embedded unless the URLs are set)
-	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _dev-procs
+# make dev's ports come from the environment (or .env); these are the defaults.
+DEV_URLS = --api 127.0.0.1:$${API_PORT:-8000} --realtime 127.0.0.1:$${REALTIME_PORT:-8001} \
+  --console 127.0.0.1:$${CONSOLE_PORT:-8002}
 
-.PHONY: _dev-procs
-_dev-procs: migrate
-	$(BIN)/honcho start -f Procfile.dev
+.PHONY: dev
+dev: ## migrations, then API and realtime (--reload), worker, scheduler and console on Postgres and Redis (embedded unless the URLs are set); Ctrl-C stops it all
+	@$(BIN)/python -m devservices start Procfile.dev \
+	  --announce '$(BIN)/python scripts/stack_ready.py --timeout 120 $(DEV_URLS) && echo "stop: Ctrl-C"'
 
 .PHONY: clean
 clean: ## stop nothing, delete .run/ (embedded databases) and caches
@@ -133,12 +134,11 @@ images: ## build the api, worker and realtime images from deploy/Dockerfile (PYT
 up: ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
 	$(COMPOSE) up -d --build
 	@# The published ports as compose resolved them (environment, .env or default).
-	@api=http://$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
-	if ! $(PYTHON) scripts/wait_http.py --timeout $(UP_TIMEOUT) $$api/health/ready http://$$ws/health/ready; then \
+	@api=$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
+	if ! $(PYTHON) scripts/stack_ready.py --timeout $(UP_TIMEOUT) --api $$api --realtime $$ws; then \
 	  $(COMPOSE) ps; $(COMPOSE) logs --tail 40; exit 1; \
 	fi; \
-	echo; echo "API        $$api"; echo "docs       $$api/docs"; \
-	echo "WebSocket  ws://$$ws/ws"; echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"
+	echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"
 
 .PHONY: down
 down: ## stop and remove the compose stack's containers and network (keeps the data volumes)

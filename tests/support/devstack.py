@@ -13,7 +13,7 @@ from devservices import free_port
 from tests.support.processes import ManagedProcess
 
 # What a developer's shell may hold that would point `make dev` elsewhere.
-_SCRUBBED = {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT"}
+_SCRUBBED = {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT", "MAKEFLAGS"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class DevPorts:
     api: int
     realtime: int
     console: int
+    worker_metrics: int
 
 
 def dev_environment(run_dir: Path) -> tuple[dict[str, str], DevPorts]:
@@ -32,7 +33,7 @@ def dev_environment(run_dir: Path) -> tuple[dict[str, str], DevPorts]:
 
     Test-sized: one worker process, and a scheduler round every second.
     """
-    ports = DevPorts(*(free_port() for _ in range(5)))
+    ports = DevPorts(*(free_port() for _ in range(6)))
     env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
     env.update(
         DEV_RUN_DIR=str(run_dir),
@@ -41,6 +42,7 @@ def dev_environment(run_dir: Path) -> tuple[dict[str, str], DevPorts]:
         API_PORT=str(ports.api),
         REALTIME_PORT=str(ports.realtime),
         CONSOLE_PORT=str(ports.console),
+        WORKER_METRICS_PORT=str(ports.worker_metrics),
         WORKER_CONCURRENCY="1",
         SCHEDULER_INTERVAL_SECONDS="1",
     )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+
 STOP_TIMEOUT = 15.0
 
 
@@ -116,3 +118,48 @@ def start_process(
         start_new_session=True,
     )
     return ManagedProcess(name, process, log_path, log_file)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Processes seen at one moment, by pid and start time (so a reused pid is no match)."""
+
+    processes: dict[int, tuple[float, str]]
+
+    @classmethod
+    def of_tree(cls, root: int, *others: int, include_root: bool = True) -> Snapshot:
+        """`root`, all its descendants, and `others` (daemons that left the tree, say)."""
+        found: dict[int, tuple[float, str]] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            top = psutil.Process(root)
+            for process in [top] * include_root + top.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    found[process.pid] = (process.create_time(), " ".join(process.cmdline()))
+        for pid in others:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process = psutil.Process(pid)
+                found[pid] = (process.create_time(), " ".join(process.cmdline()))
+        return cls(found)
+
+    def pid_of(self, command: str) -> int:
+        """The pid of the one process whose command line contains `command`."""
+        (pid,) = [pid for pid, (_, line) in self.processes.items() if command in line]
+        return pid
+
+    def alive(self) -> list[str]:
+        """`pid command` of each process of the snapshot still running (zombies are gone)."""
+        left = []
+        for pid, (started, command) in self.processes.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process = psutil.Process(pid)
+                if process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid} {command}")
+        return left
+
+    def kill(self) -> None:
+        """SIGKILL whatever of the snapshot still runs (a failed test's leftovers)."""
+        for pid, (started, _) in self.processes.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process = psutil.Process(pid)
+                if process.create_time() == started:
+                    process.kill()

@@ -19,6 +19,11 @@ class EmbeddedRedis:
         self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def started_here(self) -> bool:
+        """Whether `start()` started a server (rather than finding one on the port)."""
+        return self._process is not None
+
     def url(self, db: int = 0) -> str:
         """The server's URL for logical database `db`."""
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -31,25 +36,43 @@ class EmbeddedRedis:
         persistence = (
             ["--appendonly", "yes"] if self.durable else ["--save", "", "--appendonly", "no"]
         )
-        self._process = subprocess.Popen(
-            [
-                str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "server.log"),
-                "--daemonize", "no", *persistence,
-            ],
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(self._ready, timeout=15, what=f"Redis on port {self.port}")
+        # What redis-server says before its log file is open (a bad argument, say).
+        with (self.data_dir / "stderr.log").open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [
+                    str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "server.log"),
+                    "--daemonize", "no", *persistence,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                # Out of the terminal's process group: a Ctrl-C meant for `make dev`
+                # must not stop Redis under the services; its owner stops it, last.
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_until(self._ready, timeout=15, what=f"Redis on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
         return self.url()
 
     def _ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+            said = (self.data_dir / "stderr.log").read_text(errors="replace").strip()
+            raise RuntimeError(
+                f"redis-server exited with {self._process.returncode}: {said[-500:]}"
+            )
         return is_listening(self.port)
 
     def stop(self) -> None:
         """Stop the server if `start()` started it."""
         if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=15)
+            self._process.terminate()  # Redis saves (AOF) and exits on SIGTERM
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
             self._process = None
