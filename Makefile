@@ -116,8 +116,10 @@ validate: ## render.yaml, docker-compose.yml and the GitHub workflows against th
 rehearse: ## deploy every render.yaml service here as Render would: build, pre-deploy, start, health, SIGTERM
 	REHEARSE_UV="$(UV)" $(BIN)/python -m scripts.rehearse
 
-# `docker compose` (v2 plugin) where it exists, else the standalone docker-compose.
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# `docker compose` (v2) where it works, else `docker-compose` (v1); with neither,
+# scripts/compose.sh says what is missing and _compose stops the target. Found once,
+# and only when a target uses it; COMPOSE=... picks another (podman-compose, say).
+COMPOSE ?= $(eval COMPOSE := $$(shell scripts/compose.sh))$(COMPOSE)
 IMAGE_PREFIX ?= fastapi-microservices
 IMAGE_TAG ?= dev
 UP_TIMEOUT ?= 240
@@ -130,8 +132,12 @@ images: ## build the api, worker and realtime images from deploy/Dockerfile (PYT
 	    -t $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) . || exit 1; \
 	done
 
+.PHONY: _compose
+_compose:
+	@test -n "$(COMPOSE)" # else scripts/compose.sh has said what is missing
+
 .PHONY: up
-up: ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
+up: _compose ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
 	$(COMPOSE) up -d --build
 	@# The published ports as compose resolved them (environment, .env or default).
 	@api=$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
@@ -141,19 +147,19 @@ up: ## build and start the compose stack (docker-compose.yml), wait until ready,
 	echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"
 
 .PHONY: down
-down: ## stop and remove the compose stack's containers and network (keeps the data volumes)
+down: _compose ## stop and remove the compose stack's containers and network (keeps the data volumes)
 	$(COMPOSE) down --remove-orphans
 
 .PHONY: down-v
-down-v: ## stop the compose stack and delete its volumes (Postgres and Redis data) too
+down-v: _compose ## stop the compose stack and delete its volumes (Postgres and Redis data) too
 	$(COMPOSE) down --remove-orphans --volumes
 
 .PHONY: logs
-logs: ## follow the compose stack's logs (SERVICE=api for one)
+logs: _compose ## follow the compose stack's logs (SERVICE=api for one)
 	$(COMPOSE) logs --follow --tail 100 $(SERVICE)
 
 .PHONY: ps
-ps: ## the compose stack's containers and their health
+ps: _compose ## the compose stack's containers and their health
 	$(COMPOSE) ps
 
 # --- docs: the site in docs/, configured by mkdocs.yml -------------------------
