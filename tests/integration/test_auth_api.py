@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.main import create_app
 from api.settings import ApiSettings
 from api.users.models import User
-from tests.integration.conftest import PASSWORD, RegisteredUser
+from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 from tests.support import tokens
 from tests.support.polling import eventually
 from tests.support.problems import assert_problem
@@ -137,6 +138,27 @@ class TestRegistration:
         body = assert_problem(response, 422)
         assert [error["loc"] for error in body["errors"]] == [["body", "email"]]
         assert PASSWORD not in response.text
+
+
+class TestPublishedPasswordRule:
+    """The password's length rule is a setting, published in /openapi.json for clients."""
+
+    async def test_min_length_in_the_schema_is_the_setting_the_api_enforces(
+        self, settings_factory: Callable[..., ApiSettings], client_factory: ClientFactory
+    ) -> None:
+        client = await client_factory(create_app(settings_factory(password_min_length=14)))
+        schema = (await client.get("/openapi.json")).json()
+        body = schema["paths"]["/v1/auth/register"]["post"]["requestBody"]
+        name = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert schema["components"]["schemas"][name]["properties"]["password"]["minLength"] == 14
+
+        email = f"rule-{uuid.uuid4().hex[:8]}@example.com"
+        short = await client.post(
+            "/v1/auth/register", json={"email": email, "password": "x1y2z3w4v5u6t"}
+        )
+        assert "at least 14 characters" in assert_problem(short, 422)["detail"]
+        long_enough = {"email": email, "password": "x1y2z3w4v5u6t7"}
+        assert (await client.post("/v1/auth/register", json=long_enough)).status_code == 201
 
 
 class TestLogin:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import docs
 from api.auth.passwords import PasswordHasher
+from api.auth.router import publish_password_rule
 from api.auth.router import router as auth_router
 from api.jobs.router import router as jobs_router
 from api.realtime.router import router as realtime_router
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(jobs_router)
     app.include_router(realtime_router)
+    publish_password_rule(app, min_length=settings.password_min_length)
     if settings.docs_enabled:
         docs.install_docs(app)
 

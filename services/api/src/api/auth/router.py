@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.requests import HTTPConnection
 
@@ -53,6 +53,27 @@ async def register(
         min_length=settings.password_min_length,
     )
     return UserRead.model_validate(user)
+
+
+def publish_password_rule(app: FastAPI, *, min_length: int) -> None:
+    """Publish the registration password's length rule as its `minLength` in /openapi.json.
+
+    The rule is a setting (`PASSWORD_MIN_LENGTH`) that the users service
+    enforces, so the static body model cannot carry it; clients read it here
+    (the job console's hint and its check before signing up).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:  # built and published once
+            return app.openapi_schema
+        schema = generate()
+        body = schema["paths"]["/v1/auth/register"]["post"]["requestBody"]
+        name = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        schema["components"]["schemas"][name]["properties"]["password"]["minLength"] = min_length
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _record_login(connection: HTTPConnection, user_id: uuid.UUID) -> None:
