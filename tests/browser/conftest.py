@@ -121,8 +121,8 @@ class Pages:
     contexts: list[BrowserContext] = field(default_factory=list)
     pages: list[Page] = field(default_factory=list)
 
-    async def new(self) -> tuple[Page, PageLog]:
-        context = await self.browser.new_context(viewport={"width": 1000, "height": 700})
+    async def new(self, *, width: int = 1000, height: int = 700) -> tuple[Page, PageLog]:
+        context = await self.browser.new_context(viewport={"width": width, "height": height})
         self.contexts.append(context)
         page = await context.new_page()
         self.pages.append(page)

@@ -28,6 +28,8 @@ BIN = ROOT / ".venv" / "bin"
 CONSOLE_SERVER = ROOT / "services" / "console" / "serve.py"
 STARTUP_TIMEOUT = 30.0
 # Every browser request comes from 127.0.0.1; the limits are not under test here.
+# Not the default (10): the console must take the rule from the API, not know it.
+PASSWORD_MIN_LENGTH = 12
 GENEROUS_RATE_LIMITS = {
     "RATE_LIMIT_AUTH": "100000/minute",
     "RATE_LIMIT_WRITES": "100000/minute",
@@ -160,6 +162,7 @@ async def start_stack(env: dict[str, str], log_dir: Path) -> BrowserStack:
         **env,
         **GENEROUS_RATE_LIMITS,
         "CORS_ORIGINS": f"http://127.0.0.1:{console_port}",
+        "PASSWORD_MIN_LENGTH": str(PASSWORD_MIN_LENGTH),
         "PUBSUB_BACKOFF_MAX_SECONDS": "0.5",
     }
     stack = BrowserStack(env, log_dir, free_port(), free_port(), console_port, free_port())

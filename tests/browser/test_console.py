@@ -15,9 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from playwright.async_api import Locator, Page, expect
+from redis.asyncio import Redis
 
+from common.contracts.events import JOB_SUCCEEDED, apublish_event, make_event
 from tests.browser.conftest import Pages
-from tests.browser.stack import BrowserStack
+from tests.browser.stack import PASSWORD_MIN_LENGTH, BrowserStack
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"
@@ -35,6 +37,12 @@ async def sign_up(page: Page, console_url: str) -> str:
     await expect(page.get_by_role("heading", name="Start a job")).to_be_visible()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     return email
+
+
+async def page_token(page: Page) -> str:
+    """The access token the page holds (sessionStorage)."""
+    session = json.loads(await page.evaluate("sessionStorage.getItem('console.session')"))
+    return str(session["token"])
 
 
 async def start_countdown(page: Page, *, steps: int, interval: float) -> Locator:
@@ -139,8 +147,7 @@ class TestResume:
 
 async def _wait_succeeded(page: Page, api_url: str, job_id: str, *, within: float = 30) -> None:
     """Poll the API (with the page's own token) until the job has succeeded."""
-    session = json.loads(await page.evaluate("sessionStorage.getItem('console.session')"))
-    headers = {"Authorization": f"Bearer {session['token']}"}
+    headers = {"Authorization": f"Bearer {await page_token(page)}"}
     deadline = time.monotonic() + within
     async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=5) as client:
         while (await client.get(f"/v1/jobs/{job_id}")).json()["state"] != "succeeded":
@@ -181,3 +188,134 @@ async def _socket_close(page: Page, realtime_url: str) -> dict[str, Any]:
     })"""
     result: dict[str, Any] = await page.evaluate(script, f"{realtime_url}?ticket=unknown")
     return result
+
+
+class TestPasswordRule:
+    """The sign-up hint and check come from the API's published rule, not from the page."""
+
+    async def test_hint_and_check_follow_the_apis_setting(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new()
+        await page.goto(browser_stack.console_url)
+        rule = f"New accounts: at least {PASSWORD_MIN_LENGTH} characters."
+        await expect(page.locator("#password-hint")).to_have_text(rule)
+        password = page.get_by_label("Password", exact=True)
+        await expect(password).to_have_accessible_description(rule)
+
+        email = f"rule-{uuid.uuid4().hex[:8]}@example.com"
+        await page.get_by_label("Email", exact=True).fill(email)
+        short = "k7#qW2!zR9p"[: PASSWORD_MIN_LENGTH - 1]
+        await password.fill(short)
+        await page.get_by_role("button", name="Sign up").click()
+        await expect(page.get_by_role("alert")).to_have_text(
+            f"The password must be at least {PASSWORD_MIN_LENGTH} characters long."
+        )
+        await expect(password).to_have_attribute("aria-invalid", "true")
+        assert not any(url.endswith("/v1/auth/register") for url in log.requests)
+
+        await password.fill(short + "x")  # exactly the minimum: the API agrees
+        await page.get_by_role("button", name="Sign up").click()
+        await expect(page.get_by_role("heading", name="Start a job")).to_be_visible()
+        assert log.errors == []
+
+
+class TestLogout:
+    """What was typed into the form leaves the page with the session."""
+
+    async def test_logout_clears_email_and_password(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, _ = await pages.new()
+        email = await sign_up(page, browser_stack.console_url)
+        # Signed in, the password is no longer in the (hidden) form.
+        await expect(page.get_by_label("Password", exact=True)).to_have_value("")
+
+        await page.get_by_role("button", name="Log out").click()
+        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        await expect(page.get_by_label("Email", exact=True)).to_have_value("")
+        await expect(page.get_by_label("Password", exact=True)).to_have_value("")
+        assert email not in await page.locator("#auth").inner_text()
+
+
+class TestNarrowScreen:
+    """A phone-sized window (390 px) never scrolls sideways, even with the report's table."""
+
+    async def test_report_at_390px_scrolls_in_its_box_not_the_page(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new(width=390, height=844)
+        await sign_up(page, browser_stack.console_url)
+        job = await start_countdown(page, steps=1, interval=0)
+        await expect(job).to_have_attribute("data-state", "succeeded")
+        await page.get_by_role("button", name="Run report").click()
+        table = page.locator("li.job").first.get_by_role("table")
+        await expect(table.locator("caption")).to_have_text("Jobs summary: 1 other job")
+
+        widths = await page.evaluate(
+            """() => ({page: document.documentElement.scrollWidth,
+                       window: document.documentElement.clientWidth})"""
+        )
+        assert widths["page"] <= widths["window"], widths
+        region = page.get_by_role("region", name="Jobs summary: 1 other job")
+        await expect(region).to_be_visible()
+        inner = await region.evaluate("node => [node.scrollWidth, node.clientWidth]")
+        assert inner[0] > inner[1], "the table should be wider than the screen, inside its box"
+        assert log.errors == []
+
+
+class TestResults:
+    """A job's result reads as name and value, not as JSON (JSON only for deep structures)."""
+
+    async def test_a_countdowns_result_is_a_definition_list(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, _ = await pages.new()
+        await sign_up(page, browser_stack.console_url)
+        job = await start_countdown(page, steps=3, interval=0)
+        await expect(job).to_have_attribute("data-state", "succeeded")
+        result = job.locator(".result dl")
+        await expect(result).to_have_attribute(
+            "aria-label", re.compile(r"^Result of demo\.countdown ")
+        )
+        await expect(result.locator("dt")).to_have_text(["steps"])
+        await expect(result.locator("dd")).to_have_text(["3"])
+        assert "{" not in await job.locator(".result").inner_text()
+
+    async def test_a_deep_result_nests_then_falls_back_to_json(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, _ = await pages.new()
+        await sign_up(page, browser_stack.console_url)
+        job = await start_countdown(page, steps=300, interval=0.1)
+        await expect(job).to_have_attribute("data-state", "running")
+        job_id = uuid.UUID(await job.get_attribute("data-job-id") or "")
+        headers = {"Authorization": f"Bearer {await page_token(page)}"}
+        async with httpx.AsyncClient(base_url=browser_stack.api_url, timeout=5) as client:
+            user_id = uuid.UUID((await client.get("/v1/users/me", headers=headers)).json()["id"])
+            # Whatever a job kind returns reaches the page as the worker publishes it.
+            result = {
+                "rows": 2,
+                "tags": ["a", "b"],
+                "totals": {"ok": 1, "per_region": {"eu": {"ok": 1}}},
+            }
+            redis = Redis.from_url(browser_stack.env["REDIS_URL"])
+            try:
+                event = make_event(  # the shape the worker publishes (worker/app.py)
+                    JOB_SUCCEEDED, user_id=user_id, job_id=job_id,
+                    state="succeeded", progress=100, result=result,
+                )  # fmt: skip
+                await apublish_event(redis, event, prefix=browser_stack.env["REDIS_KEY_PREFIX"])
+            finally:
+                await redis.aclose()
+            await expect(job).to_have_attribute("data-state", "succeeded")
+
+            top = job.locator(".result > dl.kv")
+            await expect(top.locator(":scope > dt")).to_have_text(["rows", "tags", "totals"])
+            await expect(top.locator(":scope > dd").nth(1)).to_have_text("a, b")
+            totals = top.locator(":scope > dd").nth(2).locator(":scope > dl.kv")
+            await expect(totals.locator(":scope > dt")).to_have_text(["ok", "per_region"])
+            deep = totals.locator(":scope > dd").nth(1).locator("pre.json")
+            assert json.loads(await deep.inner_text()) == {"eu": {"ok": 1}}
+            # The real countdown would run on for half a minute: free the worker.
+            await client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)

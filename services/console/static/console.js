@@ -22,6 +22,7 @@
     retryTimer: null,
     pingTimer: null,
     connections: 0,
+    passwordMinLength: null,
   };
 
   class ApiError extends Error {}
@@ -74,12 +75,44 @@
 
   // --- sign in ----------------------------------------------------------------
 
+  // The password rule lives in the API (its PASSWORD_MIN_LENGTH setting), which
+  // publishes it as the register body's `minLength` in /openapi.json. Without
+  // it (docs turned off, API down) the hint stays general and the API decides.
+  async function loadPasswordRule() {
+    try {
+      const response = await fetch(`${API}/openapi.json`, { mode: "cors" });
+      const schema = await response.json();
+      const body = schema.paths["/v1/auth/register"].post.requestBody;
+      const name = body.content["application/json"].schema.$ref.split("/").pop();
+      const minimum = schema.components.schemas[name].properties.password.minLength;
+      if (Number.isInteger(minimum) && minimum > 0) state.passwordMinLength = minimum;
+    } catch (error) {
+      return;
+    }
+    $("password-hint").textContent =
+      `New accounts: at least ${state.passwordMinLength} characters.`;
+  }
+
+  function tooShort(password) {
+    const minimum = state.passwordMinLength;
+    return minimum !== null && password.length < minimum;
+  }
+
   async function signIn(email, password, isSignup) {
+    if (isSignup && tooShort(password)) {
+      $("password").setAttribute("aria-invalid", "true");
+      $("password").focus();
+      throw new ApiError(
+        `The password must be at least ${state.passwordMinLength} characters long.`
+      );
+    }
+    $("password").removeAttribute("aria-invalid");
     if (isSignup) await api("/v1/auth/register", { method: "POST", json: { email, password } });
     const tokens = await api("/v1/auth/token", {
       method: "POST",
       form: { username: email, password },
     });
+    $("password").value = ""; // signed in: the password has no business in the page
     state.token = tokens.access_token;
     state.email = email;
     sessionStorage.setItem(STORE, JSON.stringify({ token: state.token, email }));
@@ -108,6 +141,7 @@
     $("jobs-empty").hidden = false;
     $("workspace").hidden = true;
     $("who").hidden = true;
+    $("auth-form").reset(); // the next person at this screen sees no one's email
     $("auth").hidden = false;
     showError(message || "");
     $("email").focus();
@@ -179,9 +213,42 @@
       container.append(cell("p", `Error: ${job.error}`, "error-text"));
     } else if (job.state === "succeeded" && job.kind === "report.jobs_summary" && job.result) {
       container.append(reportTable(job.result));
-    } else if (job.state === "succeeded" && job.result) {
-      container.append(cell("p", `Result: ${JSON.stringify(job.result)}`, "muted"));
+    } else if (job.state === "succeeded" && job.result != null) {
+      const label = `Result of ${job.kind} ${short(job.id)}`;
+      container.append(valueView(job.result, 0, label));
     }
+  }
+
+  // A result for people: objects as definition lists (nested ones nested), flat
+  // lists inline; deeper than this, or large, it falls back to indented JSON.
+  const MAX_DEPTH = 2;
+  const MAX_ENTRIES = 50;
+
+  function isScalar(value) {
+    return value === null || typeof value !== "object";
+  }
+
+  function valueView(value, depth, label) {
+    if (isScalar(value)) return cell("span", value === null ? "–" : String(value), "value");
+    if (Array.isArray(value) && value.every(isScalar) && value.length <= MAX_ENTRIES) {
+      return cell("span", value.length ? value.map(String).join(", ") : "none", "value");
+    }
+    const entries = Array.isArray(value) ? [...value.entries()] : Object.entries(value);
+    if (depth >= MAX_DEPTH || entries.length > MAX_ENTRIES) {
+      const pre = cell("pre", JSON.stringify(value, null, 2), "json");
+      if (label) pre.setAttribute("aria-label", label);
+      return pre;
+    }
+    const list = document.createElement("dl");
+    list.className = "kv";
+    if (label) list.setAttribute("aria-label", label);
+    for (const [key, item] of entries) {
+      const term = cell("dt", Array.isArray(value) ? `#${Number(key) + 1}` : String(key));
+      const description = document.createElement("dd");
+      description.append(valueView(item, depth + 1));
+      list.append(term, description);
+    }
+    return list;
   }
 
   function reportTable(result) {
@@ -207,7 +274,15 @@
       }
       body.append(row);
     }
-    return table;
+    // On a narrow screen the table scrolls inside its own box, not the page;
+    // focusable so a keyboard can scroll it too.
+    const region = document.createElement("div");
+    region.className = "table-scroll";
+    region.tabIndex = 0;
+    region.setAttribute("role", "region");
+    region.setAttribute("aria-label", table.caption.textContent);
+    region.append(table);
+    return region;
   }
 
   async function startJob(kind, params) {
@@ -334,6 +409,7 @@
     guarded(() => startJob("report.jobs_summary", {}));
   });
   $("logout").addEventListener("click", () => logout());
+  loadPasswordRule();
 
   const saved = JSON.parse(sessionStorage.getItem(STORE) || "null");
   if (saved && saved.token) {
