@@ -162,13 +162,11 @@ class TestComposeStack:
             watched = subprocess.run(
                 [sys.executable, "-m", "realtime.client", "--api", stack.api, "--ws", stack.ws,
                  "--email", email, "--password", PASSWORD, "--last-event-id", "0-0",
-                 "--until-done", job_id],
+                 "--until-done", job_id, "--json"],
                 cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
             )  # fmt: skip
             assert watched.returncode == 0, f"{watched.stdout}\n{watched.stderr}"
-            events = [
-                json.loads(line) for line in watched.stdout.splitlines() if line.startswith("{")
-            ]
+            events = [json.loads(line) for line in watched.stdout.splitlines()]
             mine = [e["type"] for e in events if e.get("job_id") == job_id]
             assert "job.progress" in mine, watched.stdout
             assert mine[-1] == "job.succeeded", mine

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.terminal import Terminal
 from tests.system.conftest import PYTHON, RegisterUser, ServerFactory
 from tests.system.jobs.conftest import StackFactory
 from tests.system.realtime.conftest import RealtimeFactory
@@ -16,50 +20,100 @@ from tests.system.realtime.conftest import RealtimeFactory
 pytestmark = pytest.mark.system
 
 
+async def _countdown(
+    stack_factory: StackFactory,
+    realtime_factory: RealtimeFactory,
+    server_factory: ServerFactory,
+    register_user: RegisterUser,
+) -> tuple[list[str], str]:
+    """A user with a 5-step countdown job; the client's connection arguments and the job id."""
+    stack = await stack_factory()
+    api, realtime, _ = await asyncio.gather(
+        server_factory(REDIS_KEY_PREFIX=stack.prefix),
+        realtime_factory(prefix=stack.prefix),
+        stack.start_worker(),
+    )
+    credentials = await register_user(api)
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=10) as client:
+        token = (await client.post("/v1/auth/token", data=credentials.form)).json()
+        response = await client.post(
+            "/v1/jobs",
+            json={"kind": "demo.countdown", "params": {"steps": 5, "interval": 0.1}},
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+        )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    arguments = [
+        "--api", api.base_url, "--ws", realtime.ws_url,
+        "--email", credentials.email, "--password", credentials.password,
+        "--last-event-id", "0-0", "--until-done", job_id,
+    ]  # fmt: skip
+    return arguments, job_id
+
+
+async def _run(*arguments: str) -> tuple[int, str, str]:
+    """Run the client to its end: exit status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        str(PYTHON), "-m", "realtime.client", *arguments,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
 class TestClientCli:
     """The CLI logs in, gets a ticket, replays and follows a job until it finishes."""
 
-    async def test_until_done_exits_0_after_printing_the_succeeded_event(
+    async def test_json_prints_each_event_as_a_line_and_nothing_else(
         self,
         stack_factory: StackFactory,
         realtime_factory: RealtimeFactory,
         server_factory: ServerFactory,
         register_user: RegisterUser,
     ) -> None:
-        stack = await stack_factory()
-        api, realtime, _ = await asyncio.gather(
-            server_factory(REDIS_KEY_PREFIX=stack.prefix),
-            realtime_factory(prefix=stack.prefix),
-            stack.start_worker(),
+        arguments, job_id = await _countdown(
+            stack_factory, realtime_factory, server_factory, register_user
         )
-        credentials = await register_user(api)
-        async with httpx.AsyncClient(base_url=api.base_url, timeout=10) as client:
-            token = (await client.post("/v1/auth/token", data=credentials.form)).json()
-            response = await client.post(
-                "/v1/jobs",
-                json={"kind": "demo.countdown", "params": {"steps": 5, "interval": 0.1}},
-                headers={"Authorization": f"Bearer {token['access_token']}"},
-            )
-        assert response.status_code == 202, response.text
-        job_id = response.json()["id"]
-
-        process = await asyncio.create_subprocess_exec(
-            str(PYTHON), "-m", "realtime.client", "--api", api.base_url, "--ws", realtime.ws_url,
-            "--email", credentials.email, "--password", credentials.password,
-            "--last-event-id", "0-0", "--until-done", job_id,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            async with asyncio.timeout(60):
-                output, _ = await process.communicate()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        text = output.decode()
-        assert process.returncode == 0, text
-        printed = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        code, stdout, stderr = await _run(*arguments, "--json")
+        assert code == 0, stdout + stderr
+        printed = [json.loads(line) for line in stdout.splitlines()]  # every line is JSON
         types = [event["type"] for event in printed if event["job_id"] == job_id]
         assert types[0] == "job.queued"
         assert types[-1] == "job.succeeded"
         assert types.count("job.progress") == 5
+        assert printed[-1]["data"]["result"] == {"steps": 5}
+        assert "━" not in stdout + stderr  # no bars
+
+    async def test_default_draws_bars_and_one_line_per_finished_job(
+        self,
+        stack_factory: StackFactory,
+        realtime_factory: RealtimeFactory,
+        server_factory: ServerFactory,
+        register_user: RegisterUser,
+        tmp_path: Path,
+    ) -> None:
+        arguments, job_id = await _countdown(
+            stack_factory, realtime_factory, server_factory, register_user
+        )
+        # In a terminal, as a person runs it: bars redrawn in place, no JSON.
+        terminal = Terminal(
+            [str(PYTHON), "-m", "realtime.client", *arguments],
+            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+            cwd=tmp_path,
+        )
+        try:
+            assert await terminal.wait_exit(60) == 0, terminal.text()
+        finally:
+            terminal.close()
+        screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.text())  # colours, cursor
+        assert f"job {job_id[:8]} succeeded: steps=5" in screen
+        assert re.search(rf"job {job_id[:8]} ━+ 100%", screen), screen
+        assert "{" not in screen, "no JSON in the default output"
+        assert screen.count("succeeded") == 1

@@ -2,14 +2,17 @@
 
     python -m realtime.client --email ada@example.com --password '...' --until-done JOB_ID
     python -m realtime.client --token "$TOKEN" --last-event-id 1700000000000-0
+    python -m realtime.client --token "$TOKEN" --json | jq .   # for scripts
 
 Logs in through the API (or takes an access token), connects to the realtime
-service with a single-use ticket (or the bearer token), prints each event as a
-JSON line and draws a progress bar for each running job. A dropped connection
-is reopened with backoff and resumed from the last event id, so nothing is
-missed or printed twice. `--last-event-id 0-0` replays everything the stream
-still holds. Exit status with `--until-done`: 0 when the job succeeded, 1 when
-it failed or was cancelled; 2 when the credentials are refused.
+service with a single-use ticket (or the bearer token), and draws a progress
+bar for each job it hears about, with a one-line summary when a job finishes.
+`--json` prints each event as one JSON line instead, and nothing else on
+stdout (messages go to stderr). A dropped connection is reopened with backoff
+and resumed from the last event id, so nothing is missed or shown twice.
+`--last-event-id 0-0` replays everything the stream still holds. Exit status
+with `--until-done`: 0 when the job succeeded, 1 when it failed or was
+cancelled; 2 when the credentials are refused.
 """
 
 from __future__ import annotations
@@ -43,33 +46,76 @@ class Refused(Exception):
     """Raised when the API or the realtime service refuses our credentials."""
 
 
+SUMMARY_CHARS = 160
+
+
+def _summary(data: dict[str, Any]) -> str:
+    """A result in a few words: `steps=5`, or compact JSON for anything deeper."""
+    result = data.get("result")
+    if isinstance(result, dict) and all(not isinstance(v, dict | list) for v in result.values()):
+        text = " ".join(f"{key}={value}" for key, value in result.items())
+    elif result is None:
+        text = ""
+    else:
+        text = json.dumps(result, separators=(",", ":"))
+    return text if len(text) <= SUMMARY_CHARS else f"{text[: SUMMARY_CHARS - 1]}…"
+
+
 @dataclass
 class Watch:
-    """What the client has seen: the last event id, the bars, and the job to wait for."""
+    """What the client has seen: the last event id, the bars, and the job to wait for.
 
-    console: Console
-    progress: Progress
+    Events are drawn as progress bars (with a line per finished job) on `out`,
+    or, with `as_json`, written to stdout as JSON lines and nothing else.
+    """
+
+    out: Console
+    progress: Progress | None
     until_done: str | None
     last_event_id: str | None
     bars: dict[str, TaskID] = field(default_factory=dict)
     exit_code: int | None = None
 
     def show(self, event: dict[str, Any]) -> None:
-        """Print one event and move its job's bar."""
-        self.console.print(json.dumps(event, separators=(",", ":")), markup=False, highlight=False)
+        """Print one event, or move its job's bar."""
+        if self.progress is None:
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+        else:
+            self._draw(event, self.progress)
+        job_id = event.get("job_id")
+        if event["type"] in FINAL_EVENTS and job_id == self.until_done:
+            self.exit_code = FINAL_EVENTS[event["type"]]
+
+    def _draw(self, event: dict[str, Any], progress: Progress) -> None:
         job_id = event.get("job_id")
         if not isinstance(job_id, str):
             return
         data = event.get("data") or {}
-        if event["type"] == "job.progress" or event["type"] in FINAL_EVENTS:
-            bar = self.bars.get(job_id)
-            if bar is None:
-                bar = self.progress.add_task(f"job {job_id[:8]}", total=100)
-                self.bars[job_id] = bar
-            done = event["type"] == "job.succeeded"
-            self.progress.update(bar, completed=100 if done else int(data.get("progress", 0)))
-        if event["type"] in FINAL_EVENTS and job_id == self.until_done:
-            self.exit_code = FINAL_EVENTS[event["type"]]
+        bar = self.bars.get(job_id)
+        if bar is None:
+            bar = progress.add_task(f"job {job_id[:8]}", total=100)
+            self.bars[job_id] = bar
+        kind = event["type"]
+        if kind == "job.progress":
+            progress.update(bar, completed=int(data.get("progress", 0)))
+        elif kind == "job.succeeded":
+            progress.update(bar, completed=100)
+            summary = _summary(data)
+            progress.console.print(
+                f"job {job_id[:8]} succeeded{': ' + summary if summary else ''}",
+                markup=False,
+                highlight=False,
+            )
+        elif kind in FINAL_EVENTS:
+            error = str(data.get("error") or "")[:SUMMARY_CHARS]
+            state = kind.removeprefix("job.")
+            line = f"job {job_id[:8]} {state}{': ' + error if error else ''}"
+            progress.console.print(line, markup=False, highlight=False)
+        elif kind == "job.requeued":
+            retry = data.get("retry_in")
+            line = f"job {job_id[:8]} requeued" + (f", retry in {retry} s" if retry else "")
+            progress.console.print(line, markup=False, highlight=False)
 
 
 @dataclass
@@ -141,16 +187,16 @@ async def _session(socket: ClientConnection, watch: Watch, credentials: Credenti
                 idle = float(message["limits"]["idle_timeout_seconds"])
                 pinger = asyncio.create_task(_ping_every(socket, max(1.0, min(30.0, idle / 3))))
             elif kind == "reset":
-                watch.console.print("reset: the server no longer holds our position", style="bold")
+                watch.out.print("reset: the server no longer holds our position", style="bold")
                 watch.last_event_id = None
                 if watch.until_done:
                     state = await _job_state(credentials, watch.until_done)
                     if state in FINAL_STATES:
-                        watch.console.print(f"job {watch.until_done} is {state}")
+                        watch.out.print(f"job {watch.until_done} is {state}")
                         watch.exit_code = FINAL_STATES[state]
             elif kind in {"pong", "error"}:
                 if kind == "error":
-                    watch.console.print(f"server error: {message}", markup=False)
+                    watch.out.print(f"server error: {message}", markup=False)
             elif "id" in message:
                 watch.last_event_id = str(message["id"])
                 watch.show(message)
@@ -161,20 +207,17 @@ async def _session(socket: ClientConnection, watch: Watch, credentials: Credenti
             pinger.cancel()
 
 
-async def watch_events(args: argparse.Namespace, console: Console) -> int:
-    """Connect, resume and print until the watched job ends (or forever)."""
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        console=console,
-        transient=False,
-    )
-    watch = Watch(console, progress, args.until_done, args.last_event_id)
+async def watch_events(args: argparse.Namespace, out: Console) -> int:
+    """Connect, resume and show events until the watched job ends (or forever)."""
+    progress = None
+    if not args.json:
+        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+        progress = Progress(*columns, console=out, transient=False)
+    watch = Watch(out, progress, args.until_done, args.last_event_id)
     failures = 0
     async with httpx.AsyncClient(base_url=args.api, timeout=HTTP_TIMEOUT) as api:
         credentials = Credentials(api, args.token, args.email, args.password)
-        with progress:
+        with progress if progress is not None else contextlib.nullcontext():
             while watch.exit_code is None:
                 try:
                     url, headers = await credentials.handshake(args.ws, watch.last_event_id)
@@ -184,15 +227,15 @@ async def watch_events(args: argparse.Namespace, console: Console) -> int:
                         failures = 0
                         await _session(socket, watch, credentials)
                 except Refused as exc:
-                    console.print(str(exc), markup=False)
+                    out.print(str(exc), markup=False)
                     return EXIT_REFUSED
                 except websockets.ConnectionClosed as exc:
                     code = exc.rcvd.code if exc.rcvd is not None else None
-                    console.print(f"disconnected ({code}); reconnecting", markup=False)
+                    out.print(f"disconnected ({code}); reconnecting", markup=False)
                     if code == POLICY_VIOLATION and credentials.email is None:
                         return EXIT_REFUSED
                 except (OSError, httpx.TransportError, websockets.InvalidHandshake) as exc:
-                    console.print(f"cannot connect ({type(exc).__name__}); retrying")
+                    out.print(f"cannot connect ({type(exc).__name__}); retrying")
                 if watch.exit_code is None:
                     failures += 1
                     ceiling = min(MAX_BACKOFF, 0.2 * 2 ** min(failures, 6))
@@ -211,6 +254,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password")
     parser.add_argument("--last-event-id", help="resume after this event id (0-0: all kept)")
     parser.add_argument("--until-done", metavar="JOB_ID", help="exit when this job finishes")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print each event as a JSON line (nothing else on stdout) instead of progress bars",
+    )
     args = parser.parse_args(argv)
     if args.token is None and not (args.email and args.password):
         parser.error("give --token, or --email and --password")
@@ -219,9 +267,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(soft_wrap=True)
+    # With --json, stdout carries the events alone: every message goes to stderr.
+    out = Console(soft_wrap=True, stderr=args.json)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(watch_events(args, console))
+        return asyncio.run(watch_events(args, out))
     return 130
 
 
