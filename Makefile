@@ -109,7 +109,7 @@ RENDER_SCHEMA ?= deploy/schemas/render-blueprint.schema.json
 validate: ## render.yaml, docker-compose.yml and the GitHub workflows against their schemas; hadolint
 	$(BIN)/check-jsonschema --schemafile $(RENDER_SCHEMA) render.yaml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
-	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/hadolint deploy/Dockerfile deploy/console.Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 .PHONY: rehearse
@@ -125,12 +125,14 @@ IMAGE_TAG ?= dev
 UP_TIMEOUT ?= 240
 
 .PHONY: images
-images: ## build the api, worker and realtime images from deploy/Dockerfile (PYTHON_IMAGE: base)
+images: ## build the api, worker, realtime (deploy/Dockerfile) and console images (PYTHON_IMAGE: base)
 	for service in api worker realtime; do \
 	  docker build --force-rm -f deploy/Dockerfile --build-arg SERVICE=$$service --target $$service \
 	    $${PYTHON_IMAGE:+--build-arg PYTHON_IMAGE=$$PYTHON_IMAGE} \
 	    -t $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) . || exit 1; \
 	done
+	docker build --force-rm -f deploy/console.Dockerfile $${PYTHON_IMAGE:+--build-arg PYTHON_IMAGE=$$PYTHON_IMAGE} \
+	  -t $(IMAGE_PREFIX)/console:$(IMAGE_TAG) .
 
 .PHONY: _compose
 _compose:
@@ -141,7 +143,9 @@ up: _compose ## build and start the compose stack (docker-compose.yml), wait unt
 	$(COMPOSE) up -d --build
 	@# The published ports as compose resolved them (environment, .env or default).
 	@api=$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
-	if ! $(PYTHON) scripts/stack_ready.py --timeout $(UP_TIMEOUT) --api $$api --realtime $$ws; then \
+	console=$$($(COMPOSE) port console 8002); \
+	if ! $(PYTHON) scripts/stack_ready.py --timeout $(UP_TIMEOUT) --api $$api --realtime $$ws \
+	    --console $$console; then \
 	  $(COMPOSE) ps; $(COMPOSE) logs --tail 40; exit 1; \
 	fi; \
 	echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"

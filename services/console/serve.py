@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +81,10 @@ class ConsoleHandler(SimpleHTTPRequestHandler):
         sys.stderr.write(f"console: {self.address_string()} {format % args}\n")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("CONSOLE_HOST", "127.0.0.1"))
@@ -93,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = ThreadingHTTPServer((args.host, args.port), partial(handler, directory=STATIC_DIR))
     print(f"console: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    # SIGTERM (`docker stop`) stops it as Ctrl-C does; as a container's PID 1 it
+    # would otherwise be ignored until the SIGKILL ten seconds later.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from devservices import free_port
 from tests.support.services import ROOT
@@ -71,12 +74,16 @@ class ComposeStack:
         self.project = f"fmtest{uuid.uuid4().hex[:8]}"
         self.api_port = free_port()
         self.realtime_port = free_port()
+        self.console_port = free_port()
         self.log_path = tmp_path / "compose.log"
         self.env = {
             **os.environ,
             "COMPOSE_PROJECT_NAME": self.project,
             "API_PORT": str(self.api_port),
             "REALTIME_PORT": str(self.realtime_port),
+            "CONSOLE_PORT": str(self.console_port),
+            # A console port other than 8002 needs its origin named (the default names 8002).
+            "CORS_ORIGINS": f"{self.console},http://localhost:{self.console_port}",
             "IMAGE_TAG": "systemtest",
             "SCHEDULER_INTERVAL_SECONDS": "1",
         }
@@ -92,6 +99,10 @@ class ComposeStack:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.realtime_port}/ws"
+
+    @property
+    def console(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
 
     def make(self, target: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -137,6 +148,7 @@ class TestComposeStack:
         up_log = stack.log_path.read_text()
         assert f"API        {stack.api}" in up_log
         assert f"WebSocket  {stack.ws}" in up_log
+        assert f"console    {stack.console}" in up_log
         with httpx.Client(base_url=stack.api, timeout=10) as client:
             assert client.get("/health/ready").status_code == 200
             assert client.get("/docs").status_code == 200
@@ -148,6 +160,21 @@ class TestComposeStack:
             token = client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
             assert token.status_code == 200, token.text
             headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+            # The job console is part of the stack: served, pointed at the API, and
+            # allowed by the API (CORS) and by realtime (the Origin check).
+            assert client.get(f"{stack.console}/").status_code == 200
+            config = client.get(f"{stack.console}/config.js").text
+            assert f'"apiUrl": "{stack.api}"' in config
+            assert f'"realtimeUrl": "{stack.ws}"' in config
+            preflight = client.options(
+                "/v1/jobs",
+                headers={"Origin": stack.console, "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.headers.get("access-control-allow-origin") == stack.console
+            ticket = client.post("/v1/realtime/ticket", headers=headers).json()["ticket"]
+            with connect(f"{stack.ws}?ticket={ticket}", origin=Origin(stack.console)) as socket:
+                assert json.loads(socket.recv(timeout=10))["type"] == "hello"
             posted = client.post(
                 "/v1/jobs",
                 headers=headers,
@@ -175,3 +202,28 @@ class TestComposeStack:
             job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
             assert job["state"] == "succeeded", job
             assert job["result"] == {"steps": 5}
+
+
+class TestComposeFile:
+    """What docker-compose.yml says by default, as Compose resolves it (no engine needed)."""
+
+    def test_the_api_and_realtime_allow_the_consoles_default_origin(self, tmp_path: Path) -> None:
+        found = subprocess.run(
+            [str(ROOT / "scripts" / "compose.sh")], capture_output=True, text=True, check=False
+        )  # fmt: skip
+        if found.returncode != 0:
+            pytest.skip(f"no Compose here: {found.stderr.splitlines()[0]}")
+        settings = {"CORS_ORIGINS", "CONSOLE_PORT", "API_PORT", "REALTIME_PORT"}
+        env = {key: value for key, value in os.environ.items() if key not in settings}
+        (tmp_path / "empty.env").write_text("")  # and no developer's .env either
+        resolved = subprocess.run(
+            [*found.stdout.split(), "--env-file", str(tmp_path / "empty.env"), "config"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        services = yaml.safe_load(resolved.stdout)["services"]
+        for name in ("api", "realtime"):
+            origins = services[name]["environment"]["CORS_ORIGINS"].split(",")
+            assert {"http://127.0.0.1:8002", "http://localhost:8002"} <= set(origins), name
+        console = services["console"]["environment"]
+        assert console["CONSOLE_API_URL"] == "http://127.0.0.1:8000"
+        assert console["CONSOLE_REALTIME_URL"] == "ws://127.0.0.1:8001/ws"
