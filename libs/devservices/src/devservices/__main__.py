@@ -94,26 +94,27 @@ async def _start(
     supervisor.handle_signals()  # before anything starts: a signal now still stops it all
     output.fit(SYSTEM, *processes)
     services = EmbeddedServices(run_dir, env, say=supervisor.say)
+    problems: list[str] = []
     try:
         supervisor.env = await asyncio.to_thread(services.start)
         if not supervisor.is_stopping:
             await supervisor.serve(processes, announce=announce)
-    except Exception as exc:
-        supervisor.say(f"failed: {type(exc).__name__}: {exc}")
-        supervisor.request_stop()
-        supervisor.exited_on_its_own.append(SYSTEM)
+    except Exception as exc:  # a server or a process could not start: stop what did
+        supervisor.say(f"cannot go on: {type(exc).__name__}: {exc}")
+        problems.append("the start failed")
     finally:
         await supervisor.stop_all()
-        await asyncio.to_thread(services.stop)
+        if not await asyncio.to_thread(services.stop):
+            problems.append("a database did not stop cleanly")
     if output.dropped:
         supervisor.say(f"{output.dropped} lines were dropped: stdout was not being read")
-    if supervisor.is_clean:
-        supervisor.say("everything stopped")
-        return 0
-    problems = [f"{name} exited on its own" for name in supervisor.exited_on_its_own]
+    problems += [f"{name} exited on its own" for name in supervisor.exited_on_its_own]
     problems += [f"{name} had to be killed" for name in supervisor.killed]
-    supervisor.say(f"everything stopped; {', '.join(problems)}")
-    return 1
+    if problems or not supervisor.is_stopping:
+        supervisor.say(f"everything stopped; {', '.join(problems) or 'no stop was asked for'}")
+        return 1
+    supervisor.say("everything stopped")
+    return 0
 
 
 def start(

@@ -48,13 +48,33 @@ class EmbeddedPostgres:
         )
 
     def _running_port(self) -> int | None:
+        """The port of a server running on this data directory, else None."""
         pid_file = self.data_dir / "postmaster.pid"
         try:
             lines = pid_file.read_text().splitlines()
-            os.kill(int(lines[0]), 0)
-            return int(lines[3])
+            pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None
+        proc = Path("/proc")
+        if proc.is_dir():
+            # Linux: the pid must still be a postgres of this directory. A
+            # killed server's pid is soon another process's (pid_max is often
+            # 32768), and to pg_ctl its leftover file means "running".
+            try:
+                command = (proc / str(pid) / "cmdline").read_bytes()
+            except OSError:
+                command = b""
+            if b"postgres" not in command or str(self.data_dir).encode() not in command:
+                pid_file.unlink(missing_ok=True)
+                return None
+            return port
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return port
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -58,9 +59,17 @@ class EmbeddedServices:
             env["JWT_SECRET"] = _dev_secret(self.run_dir)
         return env
 
-    def stop(self) -> None:
-        """Stop the servers `start()` started, the last started first."""
+    def stop(self) -> bool:
+        """Stop the servers `start()` started, the last started first; False if one failed."""
+        stopped = True
         while self._started:
             name, service = self._started.pop()
-            service.stop()
-            self._say(f"embedded {name} stopped")
+            try:
+                service.stop()
+            except (OSError, subprocess.SubprocessError) as exc:
+                said = getattr(exc, "stderr", None) or exc
+                self._say(f"embedded {name} did not stop cleanly: {str(said).strip()[:300]}")
+                stopped = False
+            else:
+                self._say(f"embedded {name} stopped")
+        return stopped

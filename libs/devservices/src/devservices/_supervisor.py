@@ -90,11 +90,6 @@ class Supervisor:
     def is_stopping(self) -> bool:
         return self._stop_requested.is_set()
 
-    @property
-    def is_clean(self) -> bool:
-        """Stopped on request, and every process stopped in time by itself."""
-        return self.is_stopping and not self.exited_on_its_own and not self.killed
-
     def say(self, text: str) -> None:
         self.output.line(SYSTEM, text)
 
