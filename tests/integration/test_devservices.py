@@ -44,3 +44,23 @@ class TestRunningServer:
             assert is_listening(postgres.port)
         finally:
             postgres.stop()
+
+
+class TestStop:
+    """A server started here stops, whatever happened to the directories above its data."""
+
+    def test_stops_when_a_parent_directory_became_private(self, tmp_path: Path) -> None:
+        # As root the server runs as another user; pytest makes /tmp/pytest-of-<user>
+        # private (0700) whenever a session starts, under servers already running.
+        parent = tmp_path / "parent"
+        postgres = EmbeddedPostgres.from_template(TEMPLATE, parent / "pg", port=free_port())
+        postgres.start()
+        try:
+            parent.chmod(0o700)
+            postgres.stop()
+            assert not is_listening(postgres.port)
+        finally:
+            parent.chmod(0o755)
+            if is_listening(postgres.port):
+                postgres.started_here = True
+                postgres.stop()

@@ -37,13 +37,16 @@ class EmbeddedPostgres:
         """The server's URL for `database` (trust auth, user postgres)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, tool: str, *args: str, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(POSTGRES_BIN_PATH / tool), *args],
             check=True,
             capture_output=True,
             text=True,
             user=self._user,
+            cwd=cwd,
             timeout=60,
         )
 
@@ -153,5 +156,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server if `start()` started it."""
         if self.started_here:
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+            # From inside the directory (entered before the switch to the server's
+            # user): a parent made private meanwhile (pytest makes its
+            # /tmp/pytest-of-<user> 0700 whenever a session starts) cannot stop us.
+            self._run("pg_ctl", "-D", ".", "-m", "fast", "-w", "stop", cwd=self.data_dir)
             self.started_here = False
