@@ -93,7 +93,7 @@ DEV_URLS = --api 127.0.0.1:$${API_PORT:-8000} --realtime 127.0.0.1:$${REALTIME_P
 
 .PHONY: dev
 dev: ## migrations, then API and realtime (--reload), worker, scheduler and console on Postgres and Redis (embedded unless the URLs are set); Ctrl-C stops it all
-	@$(BIN)/python -m devservices start Procfile.dev \
+	@VENV_BIN=$(BIN) $(BIN)/python -m devservices start Procfile.dev \
 	  --announce '$(BIN)/python scripts/stack_ready.py --timeout 120 $(DEV_URLS) && echo "stop: Ctrl-C"'
 
 .PHONY: clean
