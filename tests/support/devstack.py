@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from devservices import free_port
+from devservices import free_ports
 from tests.support.processes import ManagedProcess
 
 # What a developer's shell may hold that would point `make dev` elsewhere.
@@ -33,7 +33,7 @@ def dev_environment(run_dir: Path) -> tuple[dict[str, str], DevPorts]:
 
     Test-sized: one worker process, and a scheduler round every second.
     """
-    ports = DevPorts(*(free_port() for _ in range(6)))
+    ports = DevPorts(*free_ports(6))
     env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
     env.update(
         DEV_RUN_DIR=str(run_dir),

@@ -24,7 +24,7 @@ import yaml
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from devservices import free_port
+from devservices import free_ports
 from tests.support.services import ROOT
 
 pytestmark = [pytest.mark.system, pytest.mark.docker]
@@ -72,9 +72,7 @@ class ComposeStack:
 
     def __init__(self, tmp_path: Path) -> None:
         self.project = f"fmtest{uuid.uuid4().hex[:8]}"
-        self.api_port = free_port()
-        self.realtime_port = free_port()
-        self.console_port = free_port()
+        self.api_port, self.realtime_port, self.console_port = free_ports(3)
         self.log_path = tmp_path / "compose.log"
         self.env = {
             **os.environ,

@@ -24,7 +24,7 @@ from typing import IO
 
 import pytest
 
-from devservices import free_port
+from devservices import free_ports
 from devservices._ports import is_listening
 from tests.support.processes import Snapshot
 from tests.support.services import ROOT
@@ -77,6 +77,7 @@ class Project:
 
     path: Path
     env: dict[str, str]
+    spare_ports: list[int]
     ports: dict[str, int] = field(default_factory=dict)
     snapshots: list[Snapshot] = field(default_factory=list)
 
@@ -91,7 +92,7 @@ class Project:
         lines = []
         for name, spec in processes.items():
             if " " not in spec:
-                self.ports[name] = free_port()
+                self.ports[name] = self.spare_ports.pop()
                 spec = f"exec {PYTHON} service.py {name} {self.ports[name]} {spec}"
             lines.append(f"{name}: {spec}")
         (self.path / "Procfile").write_text("\n".join(lines) + "\n")
@@ -133,12 +134,13 @@ def project(tmp_path: Path) -> Iterator[Project]:
         if key not in {"REDIS_URL", "JWT_SECRET", "ENVIRONMENT", "MAKEFLAGS"}
     }
     # No embedded Postgres (its start and stop are test_make_dev's); a real Redis.
+    redis_port, *spare_ports = free_ports(8)
     env.update(
         DATABASE_URL="postgresql://unused@127.0.0.1:1/unused",
-        DEV_REDIS_PORT=str(free_port()),
+        DEV_REDIS_PORT=str(redis_port),
         DEV_RUN_DIR=str(tmp_path / "run"),
     )
-    project = Project(tmp_path, env)
+    project = Project(tmp_path, env, spare_ports)
     yield project
     for snapshot in project.snapshots:
         snapshot.kill()
@@ -318,7 +320,7 @@ class TestEscalation:
         self, project: Project
     ) -> None:
         # `cmd &` in a non-interactive shell ignores SIGINT: an orphan in the making.
-        project.ports.update(bg=free_port(), head=free_port())
+        project.ports.update(bg=project.spare_ports.pop(), head=project.spare_ports.pop())
         project.procfile(
             family=f"{PYTHON} service.py bg {project.ports['bg']} polite & "
             f"exec {PYTHON} service.py head {project.ports['head']} polite"

@@ -6,8 +6,8 @@ with nothing but Python runs the whole stack. Production images never
 install this package.
 """
 
-from devservices._ports import free_port
+from devservices._ports import free_port, free_ports
 from devservices._postgres import EmbeddedPostgres
 from devservices._redis import EmbeddedRedis
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "free_port"]
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "free_port", "free_ports"]
