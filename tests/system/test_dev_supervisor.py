@@ -260,10 +260,16 @@ class TestTerminal:
         project.procfile(web="chatty", worker="polite")
         async with self.running(project, in_shell=True) as terminal:
             job = project.snapshot(terminal.pid, include_root=False)
-            terminal.type("\x03")  # the kernel: SIGINT to the job's group, tee included
+            terminal.type("\x03")  # SIGINT to the terminal's foreground group: the supervisor's
             await _until_gone(job)
             assert terminal.process.poll() is None, "the shell itself should survive"
             assert project.listening() == []
+            # make and tee both exit 0: the supervisor took the terminal's foreground,
+            # so make saw a clean exit rather than an interrupt, and tee read to the end.
+            terminal.type('echo "statuses=${PIPESTATUS[*]}."\n')
+            await terminal.wait_for("statuses=0 0.", within=EXIT_TIMEOUT)
+            assert "make: ***" not in terminal.text()
+            assert "everything stopped" in (project.path / "out.log").read_text()
 
     async def test_closing_a_shells_terminal_stops_everything(self, project: Project) -> None:
         project.procfile(web="polite", worker="polite")

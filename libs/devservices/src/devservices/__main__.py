@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -117,6 +119,42 @@ async def _start(
     return 0
 
 
+@contextlib.contextmanager
+def _terminal_foreground() -> Iterator[None]:
+    """Make our own process group the terminal's foreground group while we run.
+
+    A terminal sends Ctrl-C's SIGINT to its whole foreground group: under
+    `make dev | tee log` that is make, tee and us. make then re-raises the
+    signal it got and exits 130 with a `make: *** ... Interrupt` line, and tee
+    dies before the shutdown's lines reach the log. As a shell does for a job,
+    we take the terminal for our own group, so Ctrl-C (and Ctrl-\\) reach only
+    us; make then sees us exit 0 and exits 0 itself, and tee reads to the end.
+    The terminal goes back to the group that had it before we exit.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:  # no controlling terminal: CI, a service manager, a test's pipes
+        yield
+        return
+    previous_handler = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    previous: int | None = None
+    try:
+        with contextlib.suppress(OSError):  # a terminal that will not hand over: carry on
+            foreground = os.tcgetpgrp(tty)
+            # Only when we are in the foreground (not `make dev &`).
+            if foreground == os.getpgrp():
+                os.setpgid(0, 0)
+                os.tcsetpgrp(tty, os.getpgrp())
+                previous = foreground
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(OSError):  # the terminal may be gone (a hang-up)
+                os.tcsetpgrp(tty, previous)
+        signal.signal(signal.SIGTTOU, previous_handler)
+        os.close(tty)
+
+
 def start(
     procfile: Path, *, run_dir: Path, announce: str | None, grace: float, output: Output
 ) -> int:
@@ -124,11 +162,17 @@ def start(
     processes = read_procfile(procfile)
     env = _environment(Path(".env"))
     try:
-        return asyncio.run(
-            _start(
-                processes, env=env, run_dir=run_dir, announce=announce, grace=grace, output=output
+        with _terminal_foreground():
+            return asyncio.run(
+                _start(
+                    processes,
+                    env=env,
+                    run_dir=run_dir,
+                    announce=announce,
+                    grace=grace,
+                    output=output,
+                )
             )
-        )
     finally:
         for signum in STOP_SIGNALS:  # the loop is gone; the last lines still go out
             signal.signal(signum, signal.SIG_IGN)
