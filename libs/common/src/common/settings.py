@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
@@ -181,6 +181,17 @@ class CommonSettings(BaseSettings):
     metrics_token: SecretStr | None = None
     """When set, `GET /metrics` answers only `Authorization: Bearer <token>` (401 otherwise).
     Unset, `/metrics` is open: set it wherever `/metrics` can be reached from the internet."""
+    web_concurrency: int | None = Field(default=None, ge=1, le=64)
+    """Web worker processes per instance (gunicorn reads the same variable); unset: one per CPU.
+    The memory budget is shared among them."""
+    memory_limit: ByteSize | None = None
+    """The instance's memory (bytes, or a size such as `512MB` or `2GiB`). Unset: the cgroup's
+    limit (what a container or a Render instance is held to), else the host's memory, which
+    is logged as a warning. Each service sizes what grows with load (hashing processes,
+    sockets, job processes) to fit it."""
+    memory_headroom: float = Field(default=0.2, ge=0.05, le=0.9)
+    """Share of `MEMORY_LIMIT` kept free (allocator slack, page cache, kernel memory); the
+    service plans with the rest."""
     rate_limit_fail_closed: StrList = Field(
         default_factory=lambda: ["auth", "login_account", "login_ip"]
     )
@@ -216,6 +227,11 @@ class CommonSettings(BaseSettings):
     def sync_database_url(self) -> str:
         """`database_url` for the psycopg (sync) driver, with libpq's `sslmode`."""
         return to_sync_database_url(self.database_url)
+
+    @property
+    def web_workers(self) -> int:
+        """The web worker processes per instance, as gunicorn's config counts them."""
+        return self.web_concurrency or os.cpu_count() or 1
 
     @property
     def is_production(self) -> bool:
