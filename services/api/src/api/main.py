@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +14,7 @@ from api import docs
 from api.auth.passwords import PasswordHasher
 from api.auth.router import publish_password_rule
 from api.auth.router import router as auth_router
+from api.capacity import hashing_plan, memory_budget
 from api.jobs.router import router as jobs_router
 from api.realtime.router import router as realtime_router
 from api.settings import ApiSettings, get_settings
@@ -40,6 +43,7 @@ with a `request_id`; every response carries `X-Request-ID`.
 
 Authorize with **Authorize** (OAuth2 password flow) after registering.
 """
+_logger = logging.getLogger("api")
 TAGS = [
     {"name": "auth", "description": "Register, log in, rotate and revoke tokens."},
     {"name": "users", "description": "The signed-in user."},
@@ -60,7 +64,11 @@ def _lifespan(settings: ApiSettings) -> Any:
         redis = create_redis(settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
         celery = create_celery(settings, main="api")
-        password_hasher = PasswordHasher(concurrency=settings.password_hash_concurrency)
+        budget = memory_budget(settings)
+        plan = hashing_plan(settings, budget)
+        _logger.info("worker %d: %s; %s", os.getpid(), budget.describe(), plan.describe())
+        # Its hashing server starts on the first login: a worker starts fast.
+        password_hasher = PasswordHasher(plan, wait_seconds=settings.password_hash_wait_seconds)
         lifecycle.install()
         try:
             yield {
@@ -82,7 +90,7 @@ def _lifespan(settings: ApiSettings) -> Any:
         finally:
             lifecycle.uninstall()
             celery.close()
-            password_hasher.close()
+            await password_hasher.aclose()
             await redis.aclose()
             await engine.dispose()
             shutdown_tracing()

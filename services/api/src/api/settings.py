@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from api.auth.passwords import OWASP_ARGON2ID, Argon2Params
 from common.contracts.realtime import TICKET_TTL_SECONDS
 from common.ratelimit import LimitSpec
 from common.settings import CommonSettings, load_settings
@@ -19,9 +20,22 @@ class ApiSettings(CommonSettings):
     """Refresh token lifetime, seconds (30 days)."""
     password_min_length: int = Field(default=10, ge=8, le=64)
     """Shortest password accepted at registration."""
-    password_hash_concurrency: int = Field(default=4, ge=1, le=64)
-    """Argon2 hashes at once per API worker, each in a child process at the lowest CPU
-    priority, started on demand (memory-hard: 64 MiB each)."""
+    password_hash_memory_kib: int = Field(default=19456, ge=1024, le=4 * 1024 * 1024)
+    """Argon2id memory cost of new hashes, KiB. With `PASSWORD_HASH_TIME_COST` it must be at
+    least one of OWASP's equally strong settings (19456 with 2 iterations, 47104 with 1, 12288
+    with 3, 9216 with 4, 7168 with 5); weaker ones are refused. Hashes made with other costs
+    still verify and are replaced at the next login. Left unset, it steps down OWASP's list
+    when the memory budget cannot hold one hash per worker."""
+    password_hash_time_cost: int = Field(default=2, ge=1, le=100)
+    """Argon2id iterations of new hashes."""
+    password_hash_parallelism: int = Field(default=1, ge=1, le=16)
+    """Argon2id lanes (threads) of new hashes."""
+    password_hash_concurrency: int | None = Field(default=None, ge=1, le=64)
+    """Hashes at once per instance, split among the workers; unset: one per CPU the instance
+    may use. The memory budget may allow fewer (each hash holds its memory cost)."""
+    password_hash_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long a login or registration waits for room to hash before it gets a 503 with
+    `Retry-After`."""
     jobs_max_active_per_user: int = Field(default=20, ge=1)
     """Queued plus running jobs one user may have; 429 beyond."""
     # The API issues the tickets, so it owns their lifetime; the realtime
@@ -41,6 +55,25 @@ class ApiSettings(CommonSettings):
     rate_limit_login_account: LimitSpec = "5/15 minutes"
     """Failed logins per account before it is locked for the rest of the window; a successful
     login resets the count."""
+
+    @property
+    def argon2_params(self) -> Argon2Params:
+        """The Argon2id parameters of new hashes."""
+        return Argon2Params(
+            self.password_hash_memory_kib,
+            self.password_hash_time_cost,
+            self.password_hash_parallelism,
+        )
+
+    @model_validator(mode="after")
+    def _owasp_minimum(self) -> ApiSettings:
+        if not self.argon2_params.meets_owasp():
+            options = ", ".join(f"m={kib} t={iterations}" for kib, iterations in OWASP_ARGON2ID)
+            raise ValueError(
+                "PASSWORD_HASH_MEMORY_KIB and PASSWORD_HASH_TIME_COST are weaker than OWASP's "
+                f"Argon2id minimum; use at least one of: {options}"
+            )
+        return self
 
     def rate_limit_specs(self) -> dict[str, str]:
         """Each rate-limit policy's name and limit."""

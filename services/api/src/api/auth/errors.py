@@ -4,11 +4,13 @@ Unauthorized (401, WWW-Authenticate: Bearer)
 ├── InvalidCredentials     wrong email or password (same answer for both)
 ├── InvalidRefreshToken    unknown, expired, revoked or reused refresh token
 └── InactiveUser           the account behind a valid token is disabled or gone
+HashingBusy (503, Retry-After)  the password hashing budget stayed full for the whole wait
+└── HashingFailed               the hashing process ended before it answered
 """
 
 from __future__ import annotations
 
-from common.errors import Unauthorized
+from common.errors import AppError, Unauthorized
 
 
 class InvalidCredentials(Unauthorized):
@@ -27,3 +29,19 @@ class InactiveUser(Unauthorized):
     """Raised when the token's user no longer exists or is disabled."""
 
     title = "Inactive user"
+
+
+class HashingBusy(AppError):
+    """Raised when no password hash can start within the wait: the memory budget is full."""
+
+    status = 503
+    title = "Service busy"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class HashingFailed(HashingBusy):
+    """Raised when the hashing process ended before it answered (the request can be retried)."""
+
+    title = "Service unavailable"

@@ -61,11 +61,19 @@ async def login(
     password: str,
     hasher: PasswordHasher,
 ) -> tuple[User, TokenPair]:
-    """Check the credentials and start a new token family; one error for every failure."""
+    """Check the credentials and start a new token family; one error for every failure.
+
+    A hash made with other Argon2 parameters than the current ones is replaced,
+    in the same transaction, by the one the check computed.
+    """
     user = await users_service.get_user_by_email(session, email)
-    is_valid = await hasher.verify(password, user.password_hash if user else None)
+    is_valid, rehashed = await hasher.verify_and_update(
+        password, user.password_hash if user else None
+    )
     if user is None or not is_valid or not user.is_active:
         raise InvalidCredentials("Incorrect email or password.")
+    if rehashed is not None:
+        user.password_hash = rehashed
     return user, await _issue_pair(session, settings, user_id=user.id, family_id=uuid.uuid4())
 
 

@@ -1,0 +1,140 @@
+"""The hashing server: `python -m api.auth._hash_server`, one per API worker, started by it.
+
+A small fork server. It imports only what Argon2 needs (the argon2-cffi
+binding, about 7 MiB of memory in all), lowers its CPU priority, and then, for
+each request line read on stdin, forks a child that hashes or verifies and
+writes one answer line to stdout. A child is a copy-on-write copy of this
+small process, so it costs the Argon2 memory of its hash and little more, and
+gives all of it back when it exits; a fresh interpreter per process would
+cost tens of MiB each. The worker decides how many run at once.
+
+Protocol, one JSON object per line:
+
+    -> {"id": 7, "op": "hash", "password": "...", "params": [19456, 2, 1]}
+    <- {"id": 7, "hash": "$argon2id$v=19$m=19456,t=2,p=1$..."}
+    -> {"id": 8, "op": "verify", "password": "...", "hash": "...", "params": [...]}
+    <- {"id": 8, "valid": true, "rehash": null}     (a new hash when params changed)
+    <- {"id": 9, "error": "..."}                    (bad request, or the child died)
+
+Every answer is written with one `write` shorter than PIPE_BUF, so answers of
+concurrent children never interleave. The server exits when stdin closes (its
+worker is gone); children in flight finish first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+# Longer request lines are refused (the API bounds passwords far below this).
+MAX_LINE = 64 * 1024
+_OUT = sys.stdout.fileno()
+# Children in flight: pid -> request id, to answer for one that dies without answering.
+_pending: dict[int, int] = {}
+
+
+def _lower_priority() -> None:
+    # SCHED_IDLE: a hash runs on CPU time nothing else in the instance wants, and
+    # a request that wakes up preempts it at once (Linux); children inherit it.
+    # Elsewhere, or if refused, the lowest nice value does nearly as well.
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+
+
+def _write(answer: dict[str, Any]) -> None:
+    line = (json.dumps(answer, separators=(",", ":")) + "\n").encode()
+    os.write(_OUT, line[:4000])
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """The answer to one request (run in a child)."""
+    memory_cost, time_cost, parallelism = request["params"]
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    # surrogatepass: a form may carry a lone surrogate; it must not crash the child.
+    password = str(request["password"]).encode("utf-8", "surrogatepass")
+    if request["op"] == "hash":
+        return {"id": request["id"], "hash": hasher.hash(password)}
+    stored = str(request["hash"])
+    try:
+        hasher.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return {"id": request["id"], "valid": False, "rehash": None}
+    rehash = hasher.hash(password) if hasher.check_needs_rehash(stored) else None
+    return {"id": request["id"], "valid": True, "rehash": rehash}
+
+
+def _serve_one(request: dict[str, Any]) -> None:
+    try:
+        result = answer(request)
+    except Exception as exc:
+        result = {"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"[:500]}
+    _write(result)
+
+
+def _reap(signum: int = 0, frame: object = None) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        request_id = _pending.pop(pid, None)
+        if request_id is not None and os.waitstatus_to_exitcode(status) != 0:
+            code = os.waitstatus_to_exitcode(status)
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            _write({"id": request_id, "error": f"hashing process ended by {how}"})
+
+
+def main() -> None:
+    """Serve requests from stdin until it closes."""
+    _lower_priority()
+    signal.signal(signal.SIGCHLD, _reap)
+    # The worker stops us by closing stdin; its SIGINT/SIGTERM are not ours to act on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stdin = sys.stdin.buffer
+    while line := stdin.readline(MAX_LINE):
+        if not line.endswith(b"\n"):  # too long: never sent by our worker; skip it whole
+            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                pass
+            continue
+        try:
+            request = json.loads(line)
+            request_id = int(request["id"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not from our worker; nothing to answer
+        # SIGCHLD held until the child is on record, so an early death is still answered.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                try:
+                    _serve_one(request)
+                finally:
+                    os._exit(0)
+            _pending[pid] = request_id
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    while _pending:  # stdin closed: let the children in flight finish
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        _reap()
+        if _pending:
+            signal.sigwait({signal.SIGCHLD})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+if __name__ == "__main__":
+    main()

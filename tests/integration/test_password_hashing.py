@@ -1,0 +1,160 @@
+"""Password hashing in the worker's hashing server: old hashes upgraded, a full budget a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+
+import argon2
+import httpx
+import psutil
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.auth.passwords import Argon2Params
+from api.main import create_app
+from api.settings import ApiSettings
+from tests.support.polling import eventually
+from tests.support.problems import assert_problem
+
+PASSWORD = "correct horse battery staple"
+ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
+
+
+async def _register(client: httpx.AsyncClient) -> str:
+    email = f"hash-{uuid.uuid4().hex[:10]}@example.com"
+    answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    assert answer.status_code == 201, answer.text
+    return email
+
+
+async def _stored_hash(engine: AsyncEngine, email: str) -> str:
+    async with engine.connect() as connection:
+        return str(
+            await connection.scalar(
+                text("SELECT password_hash FROM users WHERE email = :email"), {"email": email}
+            )
+        )
+
+
+def _login(client: httpx.AsyncClient, email: str) -> Awaitable[httpx.Response]:
+    return client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+
+
+def _hash_servers() -> set[int]:
+    """The pids of this test process's hashing servers (one per app whose lifespan runs)."""
+    return {
+        child.pid
+        for child in psutil.Process().children()
+        if "api.auth._hash_server" in " ".join(child.cmdline())
+    }
+
+
+def _hashing_children(known: set[int]) -> Callable[[], Awaitable[list[psutil.Process] | None]]:
+    """A probe: the children (hashes in flight) of a hashing server not in `known`."""
+
+    async def probe() -> list[psutil.Process] | None:
+        for pid in _hash_servers() - known:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                children = psutil.Process(pid).children()
+                if children:
+                    return children
+        return None
+
+    return probe
+
+
+class TestParameters:
+    """New hashes use the configured cost; hashes made with another cost are replaced at login."""
+
+    async def test_a_new_hash_has_owasps_parameters(
+        self, client: httpx.AsyncClient, db_engine: AsyncEngine
+    ) -> None:
+        email = await _register(client)
+        stored = await _stored_hash(db_engine, email)
+        assert Argon2Params.of_hash(stored) == Argon2Params(19456, 2, 1)
+
+    async def test_an_old_hash_verifies_and_is_replaced_on_login(
+        self, client: httpx.AsyncClient, db_engine: AsyncEngine
+    ) -> None:
+        email = await _register(client)
+        # What earlier releases stored: argon2-cffi's defaults (64 MiB, 3 iterations, 4 lanes).
+        legacy = argon2.PasswordHasher(memory_cost=65536, time_cost=3, parallelism=4)
+        async with db_engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE users SET password_hash = :hash WHERE email = :email"),
+                {"hash": legacy.hash(PASSWORD), "email": email},
+            )
+        assert (await _login(client, email)).status_code == 200
+        upgraded = await _stored_hash(db_engine, email)
+        assert Argon2Params.of_hash(upgraded) == Argon2Params(19456, 2, 1)
+        # The new hash is the same password's, and the next login keeps it.
+        assert (await _login(client, email)).status_code == 200
+        assert await _stored_hash(db_engine, email) == upgraded
+
+    async def test_a_wrong_password_changes_nothing(
+        self, client: httpx.AsyncClient, db_engine: AsyncEngine
+    ) -> None:
+        email = await _register(client)
+        before = await _stored_hash(db_engine, email)
+        answer = await client.post("/v1/auth/token", data={"username": email, "password": "x" * 12})
+        assert_problem(answer, 401)
+        assert await _stored_hash(db_engine, email) == before
+
+
+class TestFullBudget:
+    """When no hash can start within the wait, a 503 with Retry-After; the worker goes on."""
+
+    async def test_a_login_beyond_the_budget_waits_then_gets_503(
+        self,
+        settings_factory: Callable[..., ApiSettings],
+        client_factory: ClientFactory,
+    ) -> None:
+        # One hash at a time, slow enough to overlap, and no waiting.
+        settings = settings_factory(
+            password_hash_concurrency=1,
+            web_concurrency=1,
+            password_hash_time_cost=100,
+            password_hash_wait_seconds=0,
+        )
+        known = _hash_servers()
+        client = await client_factory(create_app(settings))
+        email = f"busy-{uuid.uuid4().hex[:10]}@example.com"
+        first = asyncio.create_task(
+            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        )
+        await eventually(_hashing_children(known), within=10)
+        answer = await client.post(
+            "/v1/auth/register", json={"email": f"x{email}", "password": PASSWORD}
+        )
+        body = assert_problem(answer, 503)
+        assert body["title"] == "Service busy"
+        assert answer.headers["retry-after"] == "1"
+        # The first hash finishes and its request succeeds.
+        assert (await first).status_code == 201
+
+    async def test_a_killed_hashing_process_is_a_503_and_the_next_login_works(
+        self,
+        settings_factory: Callable[..., ApiSettings],
+        client_factory: ClientFactory,
+    ) -> None:
+        settings = settings_factory(web_concurrency=1, password_hash_time_cost=100)
+        known = _hash_servers()
+        client = await client_factory(create_app(settings))
+        email = f"kill-{uuid.uuid4().hex[:10]}@example.com"
+        pending = asyncio.create_task(
+            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        )
+        children = await eventually(_hashing_children(known), within=10)
+        os.kill(children[0].pid, signal.SIGKILL)  # what the OOM killer would do
+        body = assert_problem(await pending, 503)
+        assert "ended by signal 9" in body["detail"]
+        # The server lives on; so does the worker: the same registration now succeeds.
+        answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        assert answer.status_code == 201, answer.text
+
