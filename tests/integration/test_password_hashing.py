@@ -158,3 +158,34 @@ class TestFullBudget:
         answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
         assert answer.status_code == 201, answer.text
 
+
+class TestConnections:
+    """A request that waits for its hash holds no database connection meanwhile."""
+
+    async def test_logins_and_registrations_hashing_leave_the_pool_free(
+        self,
+        settings_factory: Callable[..., ApiSettings],
+        client_factory: ClientFactory,
+    ) -> None:
+        # One pooled connection in all, a short wait for it, and hashes of about a second.
+        settings = settings_factory(
+            web_concurrency=1,
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_pool_timeout=0.5,
+            password_hash_time_cost=100,
+        )
+        known = _hash_servers()
+        client = await client_factory(create_app(settings))
+        email = await _register(client)
+        token = (await _login(client, email)).json()["access_token"]
+        for hashing in (
+            _login(client, email),
+            client.post("/v1/auth/register", json={"email": f"y{email}", "password": PASSWORD}),
+        ):
+            pending = asyncio.ensure_future(hashing)
+            await eventually(_hashing_children(known), within=10)
+            # While that hash runs, a request needing the database gets the connection.
+            listed = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+            assert listed.status_code == 200, listed.text
+            assert (await pending).status_code in {200, 201}

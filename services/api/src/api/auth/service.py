@@ -67,6 +67,9 @@ async def login(
     in the same transaction, by the one the check computed.
     """
     user = await users_service.get_user_by_email(session, email)
+    # The connection goes back to the pool while the hash waits and runs (up to
+    # PASSWORD_HASH_WAIT_SECONDS and more): a burst of logins must not hold them all.
+    await session.commit()
     is_valid, rehashed = await hasher.verify_and_update(
         password, user.password_hash if user else None
     )

@@ -48,9 +48,12 @@ async def create_user(
 ) -> User:
     """Register a user; `EmailTaken` when the email exists in any letter case."""
     check_password_strength(password, email=email, min_length=min_length)
+    # Hashed before the first query, so no pooled connection is held while the hash
+    # waits for room and runs (a taken email costs a hash; the answer is the same).
+    password_hash = await hasher.hash(password)
     if await get_user_by_email(session, email) is not None:
         raise EmailTaken(f"{email} is already registered.")
-    user = User(email=email, password_hash=await hasher.hash(password))
+    user = User(email=email, password_hash=password_hash)
     session.add(user)
     try:
         # A savepoint so a lost race to the unique index leaves the session usable.
