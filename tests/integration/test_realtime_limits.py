@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import websockets
 
 from common.auth import issue_access_token
+from realtime import capacity
 from realtime.settings import RealtimeSettings
 from tests.support.jobs import new_prefix
-from tests.support.realtime import listen, refusal
+from tests.support.polling import eventually
+from tests.support.realtime import Listener, listen, refusal
 from tests.support.realtime_server import RunningRealtime, serve_realtime
 
 RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
@@ -85,3 +88,46 @@ class TestMessageLimit:
         assert await listener.wait_closed() == 1008
         assert listener.close_reason == "too many messages: at most 5 per 60s"
         assert [m["type"] for m in listener.others] == ["pong"] * 5
+
+
+class TestConnectionLimit:
+    """Sockets beyond the worker's memory share are refused with 1013; the open ones are served."""
+
+    async def test_a_socket_beyond_the_limit_is_refused_with_1013(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        realtime = await realtime_factory(ws_max_connections=2)
+        first = await listen(realtime.ws_url, token=_token(realtime))
+        second = await listen(realtime.ws_url, token=_token(realtime))
+        code, reason = await refusal(realtime.ws_url, token=_token(realtime))
+        assert (code, reason) == (1013, "server full; try again later")
+        # Closing one frees its place for the next (once the server has seen the close).
+        await first.close()
+
+        async def admitted() -> Listener | None:
+            with contextlib.suppress(AssertionError, websockets.ConnectionClosed):
+                return await listen(realtime.ws_url, token=_token(realtime))
+            return None
+
+        third = await eventually(admitted)
+        await third.close()
+        await second.close()
+
+    async def test_the_limit_follows_the_memory_budget(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        # A limit whose budget holds the fixed part (master, 2 workers) and 2 sockets
+        # per worker, at 1 MiB a socket.
+        socket_bytes = 1024 * 1024
+        fixed = capacity.MASTER_BYTES + 2 * capacity.WORKER_BYTES
+        realtime = await realtime_factory(
+            memory_limit=int((fixed + 4.5 * socket_bytes) / 0.8),
+            memory_headroom=0.2,
+            web_concurrency=2,
+            ws_connection_bytes=socket_bytes,
+        )
+        sockets = [await listen(realtime.ws_url, token=_token(realtime)) for _ in range(2)]
+        code, _ = await refusal(realtime.ws_url, token=_token(realtime))
+        assert code == 1013
+        for socket in sockets:
+            await socket.close()

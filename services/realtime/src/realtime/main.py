@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,11 +19,13 @@ from common.middleware import (
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
+from realtime import capacity
 from realtime.endpoint import router as socket_router
 from realtime.hub import Hub, create_pubsub_redis
 from realtime.settings import RealtimeSettings, get_settings
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
+_logger = logging.getLogger("realtime")
 
 
 def _lifespan(settings: RealtimeSettings) -> Any:
@@ -81,6 +84,11 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrorMiddleware)
     add_edge_middleware(app, settings, csp=CONTENT_SECURITY_POLICY)
     instrument_app(app)
+    # Outermost: a socket beyond the memory budget costs nothing further.
+    budget = capacity.memory_budget(settings)
+    limit = capacity.connection_limit(settings, budget)
+    _logger.info("%s", capacity.describe(settings, budget, limit))
+    app.add_middleware(capacity.ConnectionLimit, limit=limit)
     return app
 
 
