@@ -20,6 +20,7 @@ from celery.signals import (
     task_received,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
 )
 from celery.worker.request import Request
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -38,6 +39,7 @@ from common.tracing import (
     shutdown_tracing,
     valid_traceparent,
 )
+from worker import capacity
 from worker import metrics as worker_metrics
 from worker.kinds import JOB_FUNCTIONS
 from worker.resources import get_resources
@@ -195,8 +197,15 @@ def create_worker_app(settings: WorkerSettings | None = None) -> Celery:
     """The worker's Celery app with the `jobs.run` task registered."""
     settings = settings or get_settings()
     app = create_celery(settings, main="worker")
-    if settings.worker_concurrency:
-        app.conf.worker_concurrency = settings.worker_concurrency
+    # A --concurrency on the command line overrides this (and the budget with it).
+    budget = capacity.memory_budget(settings)
+    processes, sizing = capacity.concurrency(settings, budget)
+    app.conf.worker_concurrency = processes
+
+    @worker_ready.connect(weak=False)
+    def _log_budget(**_: Any) -> None:
+        # Logging is configured by now (not yet when the app is built).
+        _logger.info("%s; %s", budget.describe(), sizing)
 
     @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, Request=CorrelatedRequest)
     def run_job(self: Task[Any, Any], job_id: str) -> None:
