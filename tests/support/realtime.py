@@ -126,3 +126,50 @@ async def refusal(
     finally:
         await socket.close()
     raise AssertionError(f"expected a refusal, got {message!r}")
+
+
+async def _hold_socket(url: str, token: str) -> tuple[str, ClientConnection | None]:
+    try:
+        socket = await websockets.connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            open_timeout=60,
+            ping_interval=None,  # the server's heartbeat pings are still answered
+            compression=None,
+            max_queue=4,
+        )
+    except websockets.InvalidStatus as exc:
+        return f"HTTP {exc.response.status_code}", None
+    try:
+        async with asyncio.timeout(60):
+            await socket.recv()
+    except websockets.ConnectionClosed as exc:
+        return (f"close {exc.rcvd.code}" if exc.rcvd else "closed"), None
+    return "open", socket
+
+
+async def open_idle_sockets(
+    url: str, tokens: list[str], *, at_once: int = 50
+) -> tuple[dict[str, int], list[ClientConnection]]:
+    """Open one socket per bearer token, `at_once` handshakes at a time, and keep them open.
+
+    Returns how each attempt ended ("open" once the hello arrived, "close 1013",
+    "HTTP 503", an exception's name) and the open sockets; abort their
+    transports when done (`socket.transport.abort()`).
+    """
+    gate = asyncio.Semaphore(at_once)
+    outcomes: dict[str, int] = {}
+    sockets: list[ClientConnection] = []
+
+    async def one(token: str) -> None:
+        async with gate:
+            try:
+                outcome, socket = await _hold_socket(url, token)
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                outcome, socket = type(exc).__name__, None
+        if socket is not None:
+            sockets.append(socket)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    await asyncio.gather(*(one(token) for token in tokens))
+    return outcomes, sockets
