@@ -21,7 +21,7 @@ from bench.report import Row
 from bench.stack import REALTIME_CONFIG, Stack, open_stack
 from tests.support.services import ServiceUrls
 
-SCENARIOS = ("overhead", "read", "intake", "e2e", "login", "fanout")
+SCENARIOS = ("overhead", "read", "intake", "e2e", "login", "memory", "fanout")
 
 
 _STARTED = time.monotonic()
@@ -144,6 +144,10 @@ async def run(
             work = _http_scenarios(stack, profile, chosen, rows, details)
             await _guarded("HTTP scenarios", _none(work), rows)
         await stack.stop_all()
+        if "memory" in chosen:
+            from bench.memory import run_memory
+
+            await _guarded("Memory", run_memory(stack, profile), rows)
         if "fanout" in chosen:
             await _fanout(stack, profile, out_dir, rows)
     return rows, details

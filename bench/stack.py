@@ -76,6 +76,9 @@ class Stack:
     jwt_secret: str
     run_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
+    # By process name: a command prefix and environment start() adds (bench/memory.py
+    # runs a service inside a cgroup holding it to its Render plan's memory).
+    confinement: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
     @property
     def jwt_env(self) -> dict[str, str]:
@@ -106,9 +109,14 @@ class Stack:
     def start(self, name: str, command: list[str], **overrides: str) -> ManagedProcess:
         """Start `command` in its own process group with `env(**overrides)`; log to run_dir."""
         log_path = self.run_dir / f"{name}-{len(self.processes)}.log"
+        prefix, confined_env = self.confinement.get(name, ([], {}))
         # cwd outside the repository: no developer's .env is read.
         process = start_process(
-            name, command, env=self.env(**overrides), cwd=self.run_dir, log_path=log_path
+            name,
+            [*prefix, *command],
+            env=self.env(**{**overrides, **confined_env}),
+            cwd=self.run_dir,
+            log_path=log_path,
         )
         self.processes.append(process)
         return process
