@@ -98,6 +98,9 @@ async def _http_scenarios(
     if "login" in chosen:
         work = _with_detail(scenarios.login_storm(targets, profile), details, "login_storm")
         await _guarded("Login storm", work, rows)
+        from bench.floor import login_floor
+
+        await _guarded("Login storm floor", login_floor(profile, stack.run_dir), rows)
 
 
 async def _none(work: Awaitable[None]) -> list[Row]:
