@@ -11,13 +11,13 @@ from api.auth.passwords import PasswordHasher
 from api.settings import ApiSettings
 
 
-def get_api_settings(connection: HTTPConnection) -> ApiSettings:
+async def get_api_settings(connection: HTTPConnection) -> ApiSettings:
     """The settings the app was created with (from the lifespan state)."""
     settings: ApiSettings = connection.state.settings
     return settings
 
 
-def get_password_hasher(connection: HTTPConnection) -> PasswordHasher:
+async def get_password_hasher(connection: HTTPConnection) -> PasswordHasher:
     """The process's password hasher (from the lifespan state)."""
     hasher: PasswordHasher = connection.state.password_hasher
     return hasher
