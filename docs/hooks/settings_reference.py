@@ -18,7 +18,7 @@ from typing import Any, Union, get_args, get_origin
 
 import annotated_types
 from mkdocs.exceptions import PluginError
-from pydantic import SecretStr
+from pydantic import ByteSize, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
@@ -90,6 +90,8 @@ def type_name(field: FieldInfo) -> str:
         return "rate limit (`N/period`)"
     if isinstance(base, type) and issubclass(base, enum.Enum):
         return ", ".join(f"`{member.value}`" for member in base)
+    if isinstance(base, type) and issubclass(base, ByteSize):
+        return "size (bytes, or `512MB`, `2GiB`)"
     names = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if base in names:
         return names[base]
