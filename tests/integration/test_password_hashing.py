@@ -8,6 +8,7 @@ import os
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import argon2
 import httpx
@@ -69,6 +70,16 @@ def _hashing_children(known: set[int]) -> Callable[[], Awaitable[list[psutil.Pro
     return probe
 
 
+async def _slow_hashing(
+    settings_factory: Callable[..., ApiSettings], client_factory: ClientFactory, **overrides: Any
+) -> tuple[httpx.AsyncClient, set[int]]:
+    """A client of one worker whose hashes take about a second (100 iterations), and the
+    hashing servers that ran before it (so its own can be told apart)."""
+    known = _hash_servers()
+    settings = settings_factory(web_concurrency=1, password_hash_time_cost=100, **overrides)
+    return await client_factory(create_app(settings)), known
+
+
 class TestParameters:
     """New hashes use the configured cost; hashes made with another cost are replaced at login."""
 
@@ -116,14 +127,12 @@ class TestFullBudget:
         client_factory: ClientFactory,
     ) -> None:
         # One hash at a time, slow enough to overlap, and no waiting.
-        settings = settings_factory(
+        client, known = await _slow_hashing(
+            settings_factory,
+            client_factory,
             password_hash_concurrency=1,
-            web_concurrency=1,
-            password_hash_time_cost=100,
             password_hash_wait_seconds=0,
         )
-        known = _hash_servers()
-        client = await client_factory(create_app(settings))
         email = f"busy-{uuid.uuid4().hex[:10]}@example.com"
         first = asyncio.create_task(
             client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
@@ -143,9 +152,7 @@ class TestFullBudget:
         settings_factory: Callable[..., ApiSettings],
         client_factory: ClientFactory,
     ) -> None:
-        settings = settings_factory(web_concurrency=1, password_hash_time_cost=100)
-        known = _hash_servers()
-        client = await client_factory(create_app(settings))
+        client, known = await _slow_hashing(settings_factory, client_factory)
         email = f"kill-{uuid.uuid4().hex[:10]}@example.com"
         pending = asyncio.create_task(
             client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
@@ -167,16 +174,10 @@ class TestConnections:
         settings_factory: Callable[..., ApiSettings],
         client_factory: ClientFactory,
     ) -> None:
-        # One pooled connection in all, a short wait for it, and hashes of about a second.
-        settings = settings_factory(
-            web_concurrency=1,
-            db_pool_size=1,
-            db_max_overflow=0,
-            db_pool_timeout=0.5,
-            password_hash_time_cost=100,
+        # One pooled connection in all and a short wait for it.
+        client, known = await _slow_hashing(
+            settings_factory, client_factory, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5
         )
-        known = _hash_servers()
-        client = await client_factory(create_app(settings))
         email = await _register(client)
         token = (await _login(client, email)).json()["access_token"]
         for hashing in (
