@@ -165,6 +165,28 @@ class TestFullBudget:
         answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
         assert answer.status_code == 201, answer.text
 
+    async def test_a_killed_hashing_server_is_replaced(
+        self,
+        settings_factory: Callable[..., ApiSettings],
+        client_factory: ClientFactory,
+    ) -> None:
+        client, known = await _slow_hashing(settings_factory, client_factory)
+        email = f"server-{uuid.uuid4().hex[:10]}@example.com"
+        pending = asyncio.create_task(
+            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        )
+        await eventually(_hashing_children(known), within=10)
+        (server,) = _hash_servers() - known
+        os.kill(server, signal.SIGKILL)
+        # The hash in flight lives in its own process and still answers.
+        assert (await pending).status_code == 201
+        # The next hash starts a new server and succeeds too.
+        answer = await client.post(
+            "/v1/auth/register", json={"email": f"x{email}", "password": PASSWORD}
+        )
+        assert answer.status_code == 201, answer.text
+        assert len(_hash_servers() - known - {server}) == 1
+
 
 class TestConnections:
     """A request that waits for its hash holds no database connection meanwhile."""

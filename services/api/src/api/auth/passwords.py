@@ -26,7 +26,7 @@ import logging
 import re
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from api.auth.errors import HashingBusy, HashingFailed
@@ -185,72 +185,90 @@ class _Slots:
             raise
 
 
+@dataclass(eq=False)
+class _Server:
+    """One hashing server process and the requests it has not answered yet."""
+
+    process: asyncio.subprocess.Process
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    reader: asyncio.Task[None] | None = None
+
+
 class _HashServer:
-    """The worker's hashing server process and its requests in flight."""
+    """The worker's hashing server, started when first needed and again when it has died."""
 
     def __init__(self) -> None:
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._current: _Server | None = None
         self._ids = itertools.count(1)
         self._starting = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._current.process.pid if self._current else None
 
-    async def _running(self) -> asyncio.subprocess.Process:
+    async def _running(self) -> _Server:
         async with self._starting:
-            if self._process is None or self._process.returncode is not None:
-                self._process = await asyncio.create_subprocess_exec(
+            current = self._current
+            if current is None or current.process.returncode is not None:
+                process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "api.auth._hash_server",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                 )
-                self._reader = asyncio.create_task(self._read(self._process))
-            return self._process
+                current = self._current = _Server(process)
+                current.reader = asyncio.create_task(self._read(current))
+            return current
 
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
+    async def _read(self, server: _Server) -> None:
+        stdout = server.process.stdout
+        assert stdout is not None
+        # Children of a server that died still answer: they hold the pipe until they exit.
+        async for line in stdout:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 answer = json.loads(line)
-                future = self._pending.pop(int(answer["id"]), None)
+                future = server.pending.pop(int(answer["id"]), None)
                 if future is not None and not future.done():
                     future.set_result(answer)
-        # The server ended: whatever it was doing is lost.
-        pending, self._pending = self._pending, {}
+        # The server and all its children are gone: what is still unanswered is lost.
+        if self._current is server:
+            self._current = None
+        if server.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                server.process.kill()
+        pending, server.pending = server.pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(HashingFailed("The hashing process ended; try again."))
 
     async def submit(self, request: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """Send `request`; the future of its answer."""
-        process = await self._running()
+        server = await self._running()
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        server.pending[request_id] = future
         line = json.dumps({**request, "id": request_id}, separators=(",", ":")) + "\n"
-        assert process.stdin is not None
-        process.stdin.write(line.encode())
+        stdin = server.process.stdin
+        assert stdin is not None
+        stdin.write(line.encode())
         return future
 
     async def aclose(self) -> None:
         """Close the server's stdin (it exits once its children finish) and wait a little."""
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        server, self._current = self._current, None
+        if server is None:
             return
-        assert process.stdin is not None
-        process.stdin.close()
+        stdin = server.process.stdin
+        assert stdin is not None
+        stdin.close()
         try:
             async with asyncio.timeout(5):
-                await process.wait()
+                await server.process.wait()
         except TimeoutError:
-            process.kill()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+            server.process.kill()
+        if server.reader is not None:
+            await asyncio.gather(server.reader, return_exceptions=True)
 
 
 class PasswordHasher:
