@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     facts["wall_seconds"] = round(time.monotonic() - started)
+    facts["overrides"] = details.pop("overrides", {})
     write_results(rows, facts, details, args.out)
     print(markdown(rows, facts))
     print(f"bench: results in {args.out}")

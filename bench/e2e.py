@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -23,6 +24,7 @@ import websockets
 from bench.profiles import Profile
 from bench.report import Row, make_row
 from bench.scenarios import NOOP_JOB, User
+from bench.stack import Web
 from common.contracts.events import JOB_SUCCEEDED
 
 WARMUP_JOBS = 25
@@ -103,17 +105,25 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ranked[min(len(ranked) - 1, int(fraction * len(ranked)))]
 
 
+def _ws_connect(realtime: Web, ticket: str) -> websockets.connect:
+    """Connect to `realtime` over loopback, naming its Host as a client would."""
+    port = urlsplit(realtime.url).port
+    url = f"ws://{realtime.host}:{port}/ws?ticket={ticket}"
+    return websockets.connect(url, host="127.0.0.1", port=port, open_timeout=10)
+
+
 async def end_to_end(
-    api: str, realtime: str, user: User, profile: Profile
+    api: Web, realtime: Web, user: User, profile: Profile
 ) -> tuple[list[Row], dict[str, Any]]:
     """Drive a steady rate of no-op jobs for the profile's duration; the latency rows."""
     headers = {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=api, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=api.url, headers=api.headers, timeout=30, limits=limits
+    ) as client:
         ticket = await client.post("/v1/realtime/ticket", headers=headers)
         ticket.raise_for_status()
-        ws_url = f"{realtime.replace('http', 'ws', 1)}/ws?ticket={ticket.json()['ticket']}"
-        async with websockets.connect(ws_url, open_timeout=10) as socket:
+        async with _ws_connect(realtime, ticket.json()["ticket"]) as socket:
             hello = orjson.loads(await asyncio.wait_for(socket.recv(), 10))
             assert hello.get("type") == "hello", hello
             warmup, run = _Run(), _Run()

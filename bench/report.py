@@ -126,8 +126,19 @@ def markdown(rows: list[Row], facts: dict[str, Any]) -> str:
         cells += [row["ratio"], row["target"], row["met"], row["note"]]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     met = sum(1 for row in rows if row["met"])
-    lines += ["", f"{met} of {len(rows)} targets met.", "", "## Machine", ""]
-    lines += [f"- {name.replace('_', ' ')}: {_cell(value)}" for name, value in facts.items()]
+    lines += ["", f"{met} of {len(rows)} targets met.", "", "## Configuration", ""]
+    lines.append(
+        "Every service ran its render.yaml `startCommand` with its env vars resolved as "
+        "`make rehearse` resolves them; these differed:"
+    )
+    overrides = facts.get("overrides") or {}
+    lines += [""] + ([f"- `{key}`: {why}" for key, why in overrides.items()] or ["- none"])
+    lines += ["", "## Machine", ""]
+    lines += [
+        f"- {name.replace('_', ' ')}: {_cell(value)}"
+        for name, value in facts.items()
+        if name != "overrides"
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from bench import scenarios
 from bench.e2e import end_to_end
 from bench.profiles import Profile
 from bench.report import Row
-from bench.stack import REALTIME_CONFIG, Stack, open_stack
+from bench.stack import Stack, open_stack
 from tests.support.services import ServiceUrls
 
 SCENARIOS = ("overhead", "read", "intake", "e2e", "login", "memory", "fanout")
@@ -70,11 +70,12 @@ async def _with_detail(
 async def _http_scenarios(
     stack: Stack, profile: Profile, chosen: set[str], rows: list[Row], details: dict[str, Any]
 ) -> None:
-    # Started side by side: on a busy 2-core machine each start takes seconds.
+    # Started side by side: on a busy 2-core machine each start takes seconds. The
+    # baseline runs under the API's startCommand and env, with its own app.
     api, bare, realtime = await asyncio.gather(
-        stack.start_gunicorn("api", "api.main:app"),
-        stack.start_gunicorn("bare", "bench.baselines.bare:app"),
-        stack.start_gunicorn("realtime", "realtime.main:app", config=REALTIME_CONFIG, workers=1),
+        stack.start_web("api"),
+        stack.start_web("api", app="bench.baselines.bare:app", name="bare"),
+        stack.start_web("realtime"),
     )
     _say("api, baseline and realtime ready")
     *users, e2e_user = await scenarios.register(api, profile.intake_users + 1)
@@ -142,7 +143,11 @@ async def run(
     rows: list[Row] = []
     details: dict[str, Any] = {}
     async with open_stack(urls, database_url, run_dir) as stack:
+        details["overrides"] = stack.overrides
         _say(f"services: {stack.source}; logs in {run_dir}")
+        _say("configuration: render.yaml's startCommand and env vars; overrides:")
+        for key, why in stack.overrides.items():
+            _say(f"  {key}={why}")
         if chosen & {"overhead", "read", "intake", "e2e", "login"}:
             work = _http_scenarios(stack, profile, chosen, rows, details)
             await _guarded("HTTP scenarios", _none(work), rows)

@@ -1,4 +1,18 @@
-"""The processes a benchmark run starts, on its own database and Redis key prefix.
+"""The processes a benchmark run starts: render.yaml's services, as a deploy starts them.
+
+Every service runs its Blueprint `startCommand`, from the repository root, with
+its env vars resolved as `make rehearse` resolves them (scripts/blueprint.py):
+`fromDatabase` is this run's fresh database, `fromService` this run's Redis,
+`generateValue` a random secret, `sync: false` the rehearsal's value (so the
+API answers only `Host: api.onrender.com`, and the clients send it). Log level,
+access log, worker recycling, pool sizes and worker counts are the shipped
+ones. The overrides, all named in the report (`Stack.overrides`):
+
+- the rate limits and the per-user active-job limit are lifted: every request
+  comes from 127.0.0.1 and from a few users;
+- on a Redis shared with others (`REDIS_URL` set), a key prefix of this run's own;
+- whatever a `.env` in the repository root sets that the Blueprint does not
+  (the services read it, as they would in a checkout).
 
 Postgres and Redis are the ones `DATABASE_URL` / `REDIS_URL` name, else
 embedded servers started as the tests start theirs. Every process runs in a
@@ -11,21 +25,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
+import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from celery import Celery
+from dotenv import dotenv_values
 from redis.asyncio import Redis
 
 from common.broker import create_celery
 from common.contracts.tasks import JOBS_QUEUE
 from common.settings import CommonSettings
 from devservices import free_port
+from scripts import blueprint
 from tests.support.database import migrated_database
 from tests.support.processes import ManagedProcess, start_process
 from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
@@ -33,20 +50,16 @@ from tests.support.services import ROOT, ServiceUrls, provide_services
 
 BIN = ROOT / ".venv" / "bin"
 PYTHON = BIN / "python"
-API_CONFIG = ROOT / "services" / "api" / "gunicorn.conf.py"
-REALTIME_CONFIG = ROOT / "services" / "realtime" / "gunicorn.conf.py"
 STARTUP_TIMEOUT = 60.0
 PASSWORD = "correct horse battery staple"  # noqa: S105 (the bench users' password)
-# Limits no benchmark reaches: every request comes from 127.0.0.1 and a few users.
-BENCH_LIMITS_ENV = dict.fromkeys(GENEROUS_RATE_LIMIT_ENV, "100000000/minute")
-# Settings a developer's shell may hold that would change what the processes do.
-_SCRUBBED = (
-    "WEB_CONCURRENCY",
-    "SHUTDOWN_DRAIN_SECONDS",
-    "GUNICORN_CMD_ARGS",
-    "PORT",
-    "PYTHONPATH",
-)
+# Limits no benchmark reaches: every request comes from 127.0.0.1 and a few users
+# (the intake posts thousands of jobs that no worker takes).
+LIFTED_LIMITS = {
+    **dict.fromkeys(GENEROUS_RATE_LIMIT_ENV, "100000000/minute"),
+    "JOBS_MAX_ACTIVE_PER_USER": "1000000000",
+}
+# What the worker logs (at INFO, as shipped) once it consumes.
+WORKER_READY = " ready."
 
 
 @contextlib.contextmanager
@@ -65,96 +78,116 @@ def services() -> Iterator[ServiceUrls]:
         )
 
 
+def _render_style(database_url: str) -> str:
+    """A database URL as Render's `connectionString` gives it (no SQLAlchemy driver)."""
+    scheme, _, rest = database_url.partition("://")
+    return f"{scheme.split('+')[0]}://{rest}"
+
+
+@dataclass(frozen=True)
+class Web:
+    """A started web service: where the bench reaches it, and the Host it must send."""
+
+    url: str
+    host: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Host": self.host}
+
+
 @dataclass
 class Stack:
-    """This run's services, settings and the processes started so far."""
+    """This run's services, the Blueprint they come from, and the processes started so far."""
 
     database_url: str
     redis_url: str
     source: str
-    prefix: str
-    jwt_secret: str
     run_dir: Path
+    # A key prefix only when the Redis is shared with others (see the module docstring).
+    prefix: str = ""
+    spec: dict[str, Any] = field(default_factory=blueprint.load)
+    generated: dict[str, str] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
     # By process name: a command prefix and environment start() adds (bench/memory.py
     # runs a service inside a cgroup holding it to its Render plan's memory).
     confinement: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
+    def resolved(self, name: str) -> dict[str, str]:
+        """The env vars render.yaml gives service `name`, resolved as `make rehearse` does."""
+        backing = blueprint.Backing(_render_style(self.database_url), self.redis_url)
+        return blueprint.resolve_env(
+            blueprint.service(self.spec, name),
+            blueprint=self.spec,
+            backing=backing,
+            peers={},
+            generated=self.generated,
+        )
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """Every env var that differs from what render.yaml gives the services, with why."""
+        named = {key: f"{value} (limits lifted)" for key, value in LIFTED_LIMITS.items()}
+        if self.prefix:
+            named["REDIS_KEY_PREFIX"] = f"{self.prefix} (a Redis shared with others)"
+        dotenv = ROOT / ".env"
+        if dotenv.exists():
+            for key in dotenv_values(dotenv):
+                if key.upper() not in self.resolved("api"):
+                    named.setdefault(key.upper(), f"from {dotenv} (read by the services)")
+        return named
+
     @property
     def jwt_env(self) -> dict[str, str]:
         """What a process needs to verify (or issue) this run's tokens."""
-        return {"JWT_SECRET": self.jwt_secret}
+        env = self.resolved("api")
+        return {key: env[key] for key in ("JWT_SECRET", "JWT_ISSUER", "JWT_AUDIENCE")}
 
-    def env(self, **overrides: str) -> dict[str, str]:
-        """The environment of a service process: production mode, quiet logs, this run's data."""
-        env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
-        env.update(
-            ENVIRONMENT="production",
-            DATABASE_URL=self.database_url,
-            REDIS_URL=self.redis_url,
-            REDIS_KEY_PREFIX=self.prefix,
-            JWT_SECRET=self.jwt_secret,
-            LOG_LEVEL="WARNING",
-            PYTHONUNBUFFERED="1",
-            # The bench package (baselines) is importable from any working directory.
-            PYTHONPATH=str(ROOT),
-            JOBS_MAX_ACTIVE_PER_USER="1000000000",
-            # Recycling a worker every 1,000 requests would measure restarts, not the stack.
-            GUNICORN_MAX_REQUESTS="0",
-            **BENCH_LIMITS_ENV,
-        )
-        env.update(overrides)
+    def service_env(self, name: str, *, port: int | None = None) -> dict[str, str]:
+        """The whole environment of service `name`'s process (the Blueprint's, plus overrides)."""
+        env = blueprint.base_env(BIN)
+        env.update(self.resolved(name))
+        env.update(blueprint.render_env(blueprint.service(self.spec, name), port=port))
+        env.update(LIFTED_LIMITS)
+        if self.prefix:
+            env["REDIS_KEY_PREFIX"] = self.prefix
         return env
 
-    def start(self, name: str, command: list[str], **overrides: str) -> ManagedProcess:
-        """Start `command` in its own process group with `env(**overrides)`; log to run_dir."""
+    def start(
+        self, name: str, command: list[str], *, service: str = "api", port: int | None = None
+    ) -> ManagedProcess:
+        """Start `command` with service `service`'s environment, from the repository root."""
         log_path = self.run_dir / f"{name}-{len(self.processes)}.log"
+        env = self.service_env(service, port=port)
         prefix, confined_env = self.confinement.get(name, ([], {}))
-        # cwd outside the repository: no developer's .env is read.
-        process = start_process(
-            name,
-            [*prefix, *command],
-            env=self.env(**{**overrides, **confined_env}),
-            cwd=self.run_dir,
-            log_path=log_path,
-        )
+        env.update(confined_env)
+        process = start_process(name, [*prefix, *command], env=env, cwd=ROOT, log_path=log_path)
         self.processes.append(process)
         return process
 
-    async def start_gunicorn(
-        self, name: str, app: str, *, config: Path = API_CONFIG, workers: int = 2
-    ) -> str:
-        """`gunicorn -c <config> <app>` on a free loopback port; its base URL once ready."""
+    def command(self, service: str, *, app: str | None = None) -> list[str]:
+        """Service `service`'s startCommand; `app` replaces its ASGI app (for a baseline)."""
+        words = shlex.split(blueprint.service(self.spec, service)["startCommand"])
+        if app is not None:
+            words = [app if word.endswith(":app") else word for word in words]
+        return words
+
+    async def start_web(self, service: str, *, app: str | None = None, name: str = "") -> Web:
+        """Service `service` (or `app` under its command and env) on a free port, once ready."""
+        spec = blueprint.service(self.spec, service)
         port = free_port()
-        command = [str(BIN / "gunicorn"), "-c", str(config), "--bind", f"127.0.0.1:{port}", app]
-        process = self.start(name, command, PORT=str(port), WEB_CONCURRENCY=str(workers))
-        base_url = f"http://127.0.0.1:{port}"
-        await wait_ready(process, f"{base_url}/health/ready")
-        return base_url
+        process = self.start(name or service, self.command(service, app=app), service=service,
+                             port=port)  # fmt: skip
+        host = self.resolved(service)["ALLOWED_HOSTS"].split(",")[0]
+        web = Web(f"http://127.0.0.1:{port}", host)
+        await wait_ready(process, f"{web.url}{spec['healthCheckPath']}", web.headers)
+        return web
 
-    async def start_worker(self, *, concurrency: int = 2) -> ManagedProcess:
-        """`celery -A worker.app worker` (prefork); returns once it consumes."""
-        command = [
-            str(BIN / "celery"), "-A", "worker.app", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
-            "--loglevel", "INFO", "--hostname", f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1",
-        ]  # fmt: skip
-        process = self.start(
-            "worker", command, WORKER_METRICS_HOST="127.0.0.1", WORKER_METRICS_PORT=str(free_port())
-        )
-        await self._wait_consuming(process)
+    async def start_worker(self) -> ManagedProcess:
+        """The Celery worker (its startCommand); returns once it consumes."""
+        process = self.start("worker", self.command("worker"), service="worker")
+        await process.wait_for_log(WORKER_READY, within=STARTUP_TIMEOUT)
         return process
-
-    async def _wait_consuming(self, process: ManagedProcess) -> None:
-        # At LOG_LEVEL=WARNING the worker logs no " ready."; a control ping answers once it is.
-        celery = self.celery()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        try:
-            while not await asyncio.to_thread(celery.control.ping, timeout=0.5):
-                if not process.is_running() or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker not consuming:\n{process.log()}")
-        finally:
-            celery.close()
 
     def celery(self) -> Celery:
         """A Celery app on this run's broker and key prefix, configured as the API's."""
@@ -170,8 +203,9 @@ class Stack:
 
     async def stop_named(self, name: str) -> None:
         """Stop every process started under `name`."""
-        for process in [process for process in self.processes if process.name == name]:
-            await self.stop(process)
+        await asyncio.gather(
+            *(self.stop(process) for process in self.processes if process.name == name)
+        )
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(process.stop() for process in self.processes))
@@ -189,6 +223,8 @@ class Stack:
 
     async def delete_keys(self) -> None:
         """Delete this run's Redis keys (a shared Redis keeps nothing of ours)."""
+        if not self.prefix:
+            return
         redis = Redis.from_url(self.redis_url, socket_timeout=10)
         try:
             batch = [key async for key in redis.scan_iter(match=f"{self.prefix}*", count=1000)]
@@ -198,10 +234,10 @@ class Stack:
             await redis.aclose()
 
 
-async def wait_ready(process: ManagedProcess, url: str) -> None:
+async def wait_ready(process: ManagedProcess, url: str, headers: dict[str, str]) -> None:
     """Return once `url` answers 200; raise with the log if the process exits or hangs."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    async with httpx.AsyncClient(timeout=2.0) as client:
+    async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
         while time.monotonic() < deadline:
             if not process.is_running():
                 raise RuntimeError(f"{process.name} exited while starting:\n{process.log()}")
@@ -214,14 +250,16 @@ async def wait_ready(process: ManagedProcess, url: str) -> None:
 
 @contextlib.asynccontextmanager
 async def open_stack(urls: ServiceUrls, database_url: str, run_dir: Path) -> AsyncIterator[Stack]:
-    """A stack on `database_url` with a fresh key prefix; every process stopped on exit."""
+    """A stack on `database_url`; every process stopped on exit."""
+    shared_redis = urls.source == "docker" or any(
+        os.environ.get(name) for name in ("REDIS_URL", "TEST_REDIS_URL")
+    )
     stack = Stack(
         database_url=database_url,
         redis_url=urls.redis,
         source=urls.source,
-        prefix=f"bench-{uuid.uuid4().hex[:8]}:",
-        jwt_secret=secrets.token_hex(32),
         run_dir=run_dir,
+        prefix=f"bench-{uuid.uuid4().hex[:8]}:" if shared_redis else "",
     )
     try:
         yield stack

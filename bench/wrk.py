@@ -80,8 +80,9 @@ def command(
     body: str = "",
     content_type: str = "",
     tokens: tuple[str, ...] = (),
+    host: str = "",
 ) -> list[str]:
-    """The wrk command line for one run."""
+    """The wrk command line for one run; `host` is sent as the Host header (else the URL's)."""
     return [
         wrk_path(),
         f"--threads={settings.threads}",
@@ -89,6 +90,7 @@ def command(
         f"--duration={max(1, round(settings.seconds))}s",
         "--timeout=5s",
         f"--script={SCRIPT}",
+        *([f"--header=Host: {host}"] if host else []),
         url,
         "--",
         method,

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import os
 import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -40,12 +39,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-import yaml
 
 from devservices import free_port
+from scripts.blueprint import ROOT, Backing, BlueprintError, base_env, load, render_env, resolve_env
 from tests.support.services import provide_services
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT = 600.0
 PRE_DEPLOY_TIMEOUT = 300.0
 HEALTH_TIMEOUT = 120.0
@@ -53,20 +51,9 @@ READY_TIMEOUT = 90.0
 CRON_TIMEOUT = 300.0
 DEFAULT_SHUTDOWN_DELAY = 30.0  # Render's default maxShutdownDelaySeconds
 WORKER_READY = re.compile(r"celery@\S+ ready\.")
-# Values for `sync: false` variables (entered in Render's dashboard), safe for a rehearsal.
-SYNC_FALSE_VALUES = {
-    "ALLOWED_HOSTS": "{name}.onrender.com",
-    "CORS_ORIGINS": "https://app.example.com",
-}
-# Only these reach the rehearsed commands from our own environment: the
-# package tooling's configuration (indexes, certificates, proxies, caches).
-_PASSED_THROUGH = re.compile(
-    r"^(HOME|LANG|LC_ALL|TMPDIR|TERM|USER|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE"
-    r"|PIP_.*|UV_.*|XDG_CACHE_HOME|(http|https|no|all)_proxy|(HTTP|HTTPS|NO|ALL)_PROXY)$"
-)
 
 
-class RehearsalFailed(Exception):
+class RehearsalFailed(BlueprintError):
     """A step did not do what Render needs; the message says which and shows the log."""
 
 
@@ -96,14 +83,6 @@ class Service:
         return self.work_dir / f"{step}.log"
 
 
-@dataclass(frozen=True)
-class Backing:
-    """The local stand-ins for the Blueprint's database and Key Value."""
-
-    database_url: str
-    redis_url: str
-
-
 def _log(message: str) -> None:
     print(f"rehearse: {message}", flush=True)
 
@@ -111,15 +90,6 @@ def _log(message: str) -> None:
 def _tail(path: Path, lines: int = 60) -> str:
     text = path.read_text(errors="replace") if path.exists() else "(no log)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _base_env() -> dict[str, str]:
-    repo_bin = str(ROOT / ".venv" / "bin")
-    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != repo_bin]
-    env = {k: v for k, v in os.environ.items() if _PASSED_THROUGH.match(k)}
-    env["PATH"] = os.pathsep.join(path)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _python_version(blueprint_env: dict[str, str]) -> str:
@@ -130,111 +100,15 @@ def _python_version(blueprint_env: dict[str, str]) -> str:
     return ".".join(pinned.split(".")[:2])
 
 
-# --- env var resolution ----------------------------------------------------
-
-
-def _database_property(url: str, prop: str) -> str:
-    parts = urlsplit(url)
-    values = {
-        "connectionString": url,
-        "host": parts.hostname or "",
-        "port": str(parts.port or 5432),
-        "user": parts.username or "",
-        "password": parts.password or "",
-        "database": parts.path.lstrip("/"),
-    }
-    if prop not in values:
-        raise RehearsalFailed(f"fromDatabase property {prop!r} is not rehearsed")
-    return values[prop]
-
-
-def _resolve_env(
-    service: Service,
-    *,
-    blueprint: dict[str, Any],
-    backing: Backing,
-    services: dict[str, Service],
-    generated: dict[str, str],
-) -> dict[str, str]:
-    groups = {g["name"]: g["envVars"] for g in blueprint.get("envVarGroups", [])}
-    env: dict[str, str] = {}
-
-    def plain(var: dict[str, Any], scope: str) -> str:
-        if "value" in var:
-            return str(var["value"])
-        if var.get("generateValue"):
-            # A group's generated value is one value shared by all its services.
-            return generated.setdefault(f"{scope}:{var['key']}", secrets.token_urlsafe(32))
-        if var.get("sync") is False:
-            template = SYNC_FALSE_VALUES.get(var["key"])
-            if template is None:
-                raise RehearsalFailed(
-                    f"{service.name}: no rehearsal value for sync:false {var['key']}; "
-                    "add one to SYNC_FALSE_VALUES"
-                )
-            return template.format(name=service.name)
-        raise RehearsalFailed(f"{service.name}: env var {var} is not understood")
-
-    for var in service.spec.get("envVars", []):
-        if "fromGroup" in var:
-            if var["fromGroup"] not in groups:
-                raise RehearsalFailed(f"{service.name}: no envVarGroup {var['fromGroup']!r}")
-            for group_var in groups[var["fromGroup"]]:
-                env[group_var["key"]] = plain(group_var, f"group:{var['fromGroup']}")
-        elif "fromDatabase" in var:
-            ref = var["fromDatabase"]
-            names = {d["name"] for d in blueprint.get("databases", [])}
-            if ref["name"] not in names:
-                raise RehearsalFailed(f"{service.name}: no database {ref['name']!r}")
-            env[var["key"]] = _database_property(backing.database_url, ref["property"])
-        elif "fromService" in var:
-            env[var["key"]] = _from_service(service, var["fromService"], backing, services)
-        else:
-            env[var["key"]] = plain(var, f"service:{service.name}")
-    return env
-
-
-def _from_service(
-    service: Service, ref: dict[str, Any], backing: Backing, services: dict[str, Service]
-) -> str:
-    if ref["type"] in {"keyvalue", "redis"}:
-        parts = urlsplit(backing.redis_url)
-        values = {
-            "connectionString": backing.redis_url,
-            "host": parts.hostname or "",
-            "port": str(parts.port or 6379),
-            "hostport": parts.netloc,
-        }
-        if ref.get("property") not in values:
-            raise RehearsalFailed(f"{service.name}: Key Value property {ref} is not rehearsed")
-        return values[ref["property"]]
-    other = services.get(ref["name"])
-    if other is None:
-        raise RehearsalFailed(f"{service.name}: fromService names unknown service {ref['name']}")
-    if "envVarKey" in ref:
-        return other.env[ref["envVarKey"]]
-    values = {"host": "127.0.0.1", "port": str(other.port), "hostport": f"127.0.0.1:{other.port}"}
-    if ref.get("property") not in values:
-        raise RehearsalFailed(f"{service.name}: fromService property {ref} is not rehearsed")
-    return values[ref["property"]]
-
-
 # --- steps -------------------------------------------------------------------
 
 
 def _command_env(service: Service) -> dict[str, str]:
     """Ours (tooling only) + the Blueprint's + what Render sets, the venv first on PATH."""
-    env = _base_env()
+    env = base_env(service.venv / "bin")
     env.update(service.env)
-    env.update(
-        VIRTUAL_ENV=str(service.venv),
-        PATH=f"{service.venv / 'bin'}{os.pathsep}{env['PATH']}",
-        RENDER="true",
-        RENDER_SERVICE_NAME=service.name,
-        RENDER_SERVICE_TYPE=service.type,
-    )
-    if service.port is not None:
-        env["PORT"] = str(service.port)
+    env.update(render_env(service.spec, port=service.port))
+    env["VIRTUAL_ENV"] = str(service.venv)
     return env
 
 
@@ -433,7 +307,7 @@ def _deploy_order(services: list[Service]) -> list[Service]:
 
 def rehearse(blueprint_path: Path, *, only: set[str] | None, work_root: Path) -> list[Service]:
     """Build every service (in parallel), then deploy each in turn; raise on the first failure."""
-    blueprint = yaml.safe_load(blueprint_path.read_text())
+    blueprint = load(blueprint_path)
     specs = [
         s for s in blueprint.get("services", []) if s["type"] in {"web", "pserv", "worker", "cron"}
     ]
@@ -452,8 +326,12 @@ def rehearse(blueprint_path: Path, *, only: set[str] | None, work_root: Path) ->
             if service.type in {"web", "pserv"}:
                 service.port = free_port()
         for service in services:
-            service.env = _resolve_env(
-                service, blueprint=blueprint, backing=backing, services=by_name, generated=generated
+            service.env = resolve_env(
+                service.spec,
+                blueprint=blueprint,
+                backing=backing,
+                peers=by_name,
+                generated=generated,
             )
         _log(f"building {', '.join(s.name for s in services)} (fresh venvs, in parallel)")
         with ThreadPoolExecutor(max_workers=len(services)) as pool:
@@ -482,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         services = rehearse(args.blueprint, only=only, work_root=args.work_dir)
-    except RehearsalFailed as exc:
+    except BlueprintError as exc:
         print(f"rehearse: FAILED: {exc}", file=sys.stderr, flush=True)
         print(f"rehearse: logs kept in {args.work_dir}", file=sys.stderr)
         return 1

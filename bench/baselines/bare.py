@@ -25,7 +25,9 @@ _JOB = (
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    dsn = os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+    # As Render gives it (postgres://...) or with a SQLAlchemy driver: asyncpg wants neither.
+    _, _, rest = os.environ["DATABASE_URL"].partition("://")
+    dsn = f"postgresql://{rest}"
     # The same pool size as the API's engine (DB_POOL_SIZE, 10 by default).
     pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
     try:

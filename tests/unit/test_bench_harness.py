@@ -86,6 +86,11 @@ class TestWrkRun:
         seen = {headers["authorization"] for _, headers, _ in recorder.requests}
         assert seen == {"Bearer alice", "Bearer bob"}
 
+    async def test_host_header_names_the_service_not_the_address(self, recorder: _Recorder) -> None:
+        await wrk.run(f"{recorder.url}/live", ONE_SECOND, host="api.onrender.com")
+
+        assert {headers["host"] for _, headers, _ in recorder.requests} == {"api.onrender.com"}
+
     async def test_error_statuses_are_counted(self, recorder: _Recorder) -> None:
         result = await wrk.run(f"{recorder.url}/fail", ONE_SECOND)
 
@@ -146,12 +151,17 @@ class TestReport:
                 "logins_per_second": 20,
             },
         }
-        facts = {"cpu": "test", "profile": "quick"}
+        facts = {
+            "cpu": "test",
+            "profile": "quick",
+            "overrides": {"RATE_LIMIT_AUTH": "100000000/minute (limits lifted)"},
+        }
 
         write_results(rows, facts, details, tmp_path)
 
         text = (tmp_path / "results.md").read_text()
         assert text == markdown(rows, facts)
+        assert "- `RATE_LIMIT_AUTH`: 100000000/minute (limits lifted)" in text
         assert "| B | y | 3.00 | 1.00 | ms | 3.00 | <= 2x | **no** |" in text
         assert "1 of 2 targets met." in text
         assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows

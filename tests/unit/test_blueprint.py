@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.rehearse import Backing, RehearsalFailed, Service, _resolve_env
+from scripts.blueprint import Backing, BlueprintError, resolve_env
+from scripts.rehearse import Service
 from tests.support.services import ROOT
 
 BLUEPRINT: dict[str, Any] = yaml.safe_load((ROOT / "render.yaml").read_text())
@@ -28,8 +29,8 @@ def _resolve_all() -> dict[str, dict[str, str]]:
     generated: dict[str, str] = {}
     services = {s["name"]: Service(spec=s, work_dir=Path("/nonexistent")) for s in RUNNABLE}
     return {
-        name: _resolve_env(
-            service, blueprint=BLUEPRINT, backing=BACKING, services=services, generated=generated
+        name: resolve_env(
+            service.spec, blueprint=BLUEPRINT, backing=BACKING, peers=services, generated=generated
         )
         for name, service in services.items()
     }
@@ -99,8 +100,5 @@ class TestResolveEnv:
 
     def test_an_unknown_sync_false_variable_is_an_error_not_a_guess(self) -> None:
         spec = {"name": "x", "type": "web", "envVars": [{"key": "STRIPE_KEY", "sync": False}]}
-        with pytest.raises(RehearsalFailed, match="STRIPE_KEY"):
-            _resolve_env(
-                Service(spec=spec, work_dir=Path("/nonexistent")),
-                blueprint=BLUEPRINT, backing=BACKING, services={}, generated={},
-            )  # fmt: skip
+        with pytest.raises(BlueprintError, match="STRIPE_KEY"):
+            resolve_env(spec, blueprint=BLUEPRINT, backing=BACKING, peers={}, generated={})
