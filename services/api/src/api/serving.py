@@ -1,58 +1,259 @@
-"""The gunicorn worker class: uvicorn's, minus resetting requests when a worker stops.
+"""The API's gunicorn worker class: uvicorn's, retiring without dropping a request.
 
-uvicorn's `Server.shutdown()` stops listening and, in the same event-loop
-iteration, closes every connection that has not parsed a request yet. A
-connection accepted a moment earlier, whose request is still in the socket
-buffer or on the wire, is closed unread and its client sees a reset
-(Kludex/uvicorn discussion 2315, PR 3124, unfixed in 0.54). Gunicorn stops
-workers on every SIGHUP reload and every `max_requests` recycle, so under load
-each of those dropped requests. This worker stops accepting first, gives
-just-accepted connections a moment to deliver their request, and then shuts
-down as uvicorn does, which lets every started request finish.
+A worker retires (it ends, and the master forks a fresh one) on SIGTERM and
+SIGHUP, and by itself, to contain a slow leak:
+
+- when its resident memory grew `GUNICORN_MAX_MEMORY_GROWTH_MB` (default
+  `MAX_MEMORY_GROWTH_MB`; 0: never) over its warm baseline, the RSS once it
+  has served `WARM_REQUESTS` requests or run `WARM_SECONDS`; read from /proc
+  once a second, a few microseconds;
+- after gunicorn's `max_requests` (+ jitter) requests, a backstop.
+
+Retiring by itself, a worker waits its turn: one worker of a server at a time,
+and not within `RETIRE_SPACING` seconds of the last one's end, so that the
+others serve while its replacement starts (a lock file in the master's
+scratch directory, which the kernel releases if the worker dies).
+
+Retiring drops nothing. uvicorn's own shutdown closes every idle keep-alive
+connection at once, so a request its client sends at that moment is lost
+(the client sees a reset or an empty reply; a connection accepted a moment
+before, whose request is still on its way, is closed unread the same way).
+Here the worker stops accepting, and then:
+
+- a request in progress finishes; its response says `Connection: close`
+  unless its head went out already;
+- an idle or just-accepted connection stays open: the next request on it is
+  answered with `Connection: close` and the connection ends after that
+  response; one that stays idle is closed by the keep-alive timeout, as at
+  any other time;
+- after the keep-alive timeout (and a second more) whatever is still open is
+  closed as uvicorn would, in-flight requests finish, and the lifespan ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import contextlib
+import fcntl
+import logging
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
 
 import uvicorn
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
-# How long a just-accepted connection may take to send its request once the
-# worker is stopping; a client sends right after connecting, so this is ample.
-FRESH_CONNECTION_GRACE = 0.5
-_STEP = 0.005
+from common.multiproc import ENV_VAR as SCRATCH_DIR_ENV_VAR
+
+MAX_MEMORY_GROWTH_MB = 128
+WARM_REQUESTS = 1000
+WARM_SECONDS = 60.0
+RETIRE_SPACING = 2.0
+# After the keep-alive timeout, how long a retiring worker still waits for its connections.
+CLOSE_GRACE = 1.0
+_TICKS_PER_CHECK = 10  # uvicorn ticks every 0.1 s: check once a second
 _WORKER_BOOT_ERROR = 3  # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR
+_LOCK_FILE = "api-retiring.lock"
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_STATM = Path("/proc/self/statm")
+_logger = logging.getLogger("api.serving")
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size, or None where /proc is not there."""
+    try:
+        return int(_STATM.read_bytes().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _State(ServerState):
+    """uvicorn's server state, plus whether the server retires, and an event for its last close."""
+
+    retiring = False
+    closed_all: asyncio.Event | None = None
+
+
+class RetiringHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol: once its server retires, each response ends its connection."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        state = self.server_state
+        if isinstance(state, _State) and state.retiring and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        state = self.server_state
+        if isinstance(state, _State) and state.closed_all is not None and not state.connections:
+            state.closed_all.set()
+
+
+class Recycling:
+    """When a worker should retire by itself: memory growth first, a request count as backstop."""
+
+    def __init__(self, *, max_requests: int, max_growth_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_growth_bytes = max_growth_bytes
+        self.started = time.monotonic()
+        self.baseline: int | None = None
+
+    def reason(self, requests: int, *, check_memory: bool = True) -> str | None:
+        """Why the worker should retire now, or None; memory is read only if `check_memory`."""
+        if requests >= self.max_requests:
+            return f"served {requests} requests (max_requests {self.max_requests})"
+        if not (check_memory and self.max_growth_bytes):
+            return None
+        rss = resident_bytes()
+        if rss is None:
+            return None
+        if self.baseline is None:
+            warm = time.monotonic() - self.started >= WARM_SECONDS
+            if warm or requests >= WARM_REQUESTS:
+                self.baseline = rss
+            return None
+        if rss - self.baseline > self.max_growth_bytes:
+            return (
+                f"resident memory {rss / 2**20:.0f} MiB grew over "
+                f"{self.max_growth_bytes / 2**20:.0f} MiB above its warm baseline "
+                f"({self.baseline / 2**20:.0f} MiB)"
+            )
+        return None
+
+
+class RetirementTurn:
+    """One retiring worker at a time per server, spaced: an flock on a file in `directory`.
+
+    The file's mtime is when the last retiree finished; a worker whose lock
+    dies with it leaves the mtime as it was.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.path = directory / _LOCK_FILE if directory is not None else None
+        self._fd: int | None = None
+
+    @classmethod
+    def from_env(cls) -> RetirementTurn:
+        """The turn kept in the master's scratch directory (none outside gunicorn)."""
+        directory = os.environ.get(SCRATCH_DIR_ENV_VAR)
+        return cls(Path(directory) if directory else None)
+
+    def take(self) -> bool:
+        """True, holding the turn until `give_back`, if no other worker retires or just did."""
+        if self.path is None or self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.utime(fd, (0, 0))  # never retired yet
+        except FileExistsError:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return True  # no scratch directory to coordinate in: retire alone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        if time.time() - os.fstat(fd).st_mtime < RETIRE_SPACING:
+            os.close(fd)  # unlocks
+            return False
+        self._fd = fd
+        return True
+
+    def give_back(self) -> None:
+        """Stamp the end of this retirement and release the turn."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Server(uvicorn.Server):
-    def _has_fresh_connections(self) -> bool:
-        # An HTTP protocol's `cycle` stays None until its first request is parsed.
-        return any(
-            getattr(connection, "cycle", False) is None
-            for connection in self.server_state.connections
-        )
+    def __init__(self, config: Config, *, recycling: Recycling, turn: RetirementTurn) -> None:
+        super().__init__(config)
+        self.server_state = _State()
+        self.recycling = recycling
+        self.turn = turn
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        reason = self.recycling.reason(
+            self.server_state.total_requests, check_memory=counter % _TICKS_PER_CHECK == 0
+        )
+        if reason is None or not self.turn.take():
+            return False
+        _logger.info("worker %d retiring: %s", os.getpid(), reason)
+        return True
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        state = self.server_state
+        assert isinstance(state, _State)
         for server in self.servers:
-            server.close()  # no new connections; uvicorn's own close() below is a no-op then
-        # Nothing signals "request parsed", so look every few milliseconds.
-        for _ in range(round(FRESH_CONNECTION_GRACE / _STEP)):
-            if not self._has_fresh_connections():
-                break
-            await asyncio.sleep(_STEP)
-        await super().shutdown(sockets)
+            server.close()  # no new connections (their sockets close with them)
+        state.retiring = True
+        state.closed_all = asyncio.Event()
+        for connection in list(state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False
+        if state.connections and not self.force_exit:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    state.closed_all.wait(), self.config.timeout_keep_alive + CLOSE_GRACE
+                )
+        try:
+            # Closes what is left, waits for in-flight requests, ends the lifespan.
+            await super().shutdown(sockets=None)
+        finally:
+            self.turn.give_back()
+
+
+def max_memory_growth_bytes() -> int:
+    """`GUNICORN_MAX_MEMORY_GROWTH_MB` in bytes (0: memory never retires a worker)."""
+    return int(float(os.environ.get("GUNICORN_MAX_MEMORY_GROWTH_MB", MAX_MEMORY_GROWTH_MB)) * 2**20)
 
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
-    """`uvicorn_worker.UvicornWorker` serving with `_Server`."""
+    """`uvicorn_worker.UvicornWorker` serving with `_Server` and `RetiringHttpToolsProtocol`."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        **_UvicornWorker.CONFIG_KWARGS,
+        "http": RetiringHttpToolsProtocol,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request count is checked by `Recycling`, with the memory, in turn.
+        self.config.limit_max_requests = None
+
+    def run(self) -> None:
+        super().run()
+        # Served and shut down: the lifespan closed every pool, client and
+        # process. Python's own teardown (atexit, freeing the preloaded app's
+        # heap) would now take 0.5-1 s before the master notices the exit and
+        # forks the replacement, so end here (gunicorn's `worker_exit` hook,
+        # which we do not set, is skipped with it).
+        self.log.info("Worker exiting (pid: %s)", self.pid)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     async def _serve(self) -> None:
         # As uvicorn_worker 0.4's `_serve`, with our server class.
         self.config.app = self.wsgi
-        server = _Server(config=self.config)
+        recycling = Recycling(
+            max_requests=self.max_requests, max_growth_bytes=max_memory_growth_bytes()
+        )
+        server = _Server(config=self.config, recycling=recycling, turn=RetirementTurn.from_env())
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

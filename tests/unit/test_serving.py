@@ -1,0 +1,85 @@
+"""The API worker's recycling decisions: when a worker retires, and that only one does at once."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from api import serving
+from api.serving import Recycling, RetirementTurn, resident_bytes
+
+
+class TestRecycling:
+    """Memory growth over the warm baseline retires a worker; so does the request backstop."""
+
+    def test_request_count_backstop(self) -> None:
+        recycling = Recycling(max_requests=100, max_growth_bytes=0)
+
+        assert recycling.reason(99) is None
+        assert "served 100 requests" in (recycling.reason(100) or "")
+
+    def test_memory_growth_over_the_warm_baseline(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        rss = [300 * 2**20]
+        monkeypatch.setattr(serving, "resident_bytes", lambda: rss[0])
+        recycling = Recycling(max_requests=10**9, max_growth_bytes=64 * 2**20)
+
+        assert recycling.reason(10) is None, "not warm yet: no baseline"
+        assert recycling.baseline is None
+        assert recycling.reason(serving.WARM_REQUESTS) is None
+        assert recycling.baseline == 300 * 2**20
+        rss[0] += 64 * 2**20
+        assert recycling.reason(serving.WARM_REQUESTS + 1) is None, "growth at the limit is fine"
+        rss[0] += 1
+        reason = recycling.reason(serving.WARM_REQUESTS + 2)
+        assert reason is not None
+        assert "above its warm baseline (300 MiB)" in reason
+
+    def test_memory_is_read_only_when_asked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        reads: list[int] = []
+
+        def read() -> int:
+            reads.append(1)
+            return 2**30
+
+        monkeypatch.setattr(serving, "resident_bytes", read)
+        recycling = Recycling(max_requests=10**9, max_growth_bytes=1)
+
+        recycling.reason(5000, check_memory=False)
+
+        assert reads == []
+        recycling.reason(5000)
+        assert reads == [1]
+
+    def test_resident_bytes_reads_this_process(self) -> None:
+        rss = resident_bytes()
+
+        assert rss is not None
+        assert 10 * 2**20 < rss < 4 * 2**30
+
+
+class TestRetirementTurn:
+    """One worker retires at a time, and the next waits until the spacing has passed."""
+
+    def test_a_second_worker_waits_while_one_retires(self, tmp_path: Path) -> None:
+        first, second = RetirementTurn(tmp_path), RetirementTurn(tmp_path)
+
+        assert first.take()
+        assert not second.take()
+
+    def test_the_next_waits_for_the_spacing_after_the_last_end(self, tmp_path: Path) -> None:
+        first, second = RetirementTurn(tmp_path), RetirementTurn(tmp_path)
+        assert first.take()
+
+        first.give_back()
+
+        assert not second.take(), "the replacement is still starting"
+        assert first.path is not None
+        ended_long_ago = time.time() - serving.RETIRE_SPACING - 1
+        os.utime(first.path, (ended_long_ago, ended_long_ago))
+        assert second.take()
+
+    def test_without_a_scratch_directory_a_worker_retires_alone(self) -> None:
+        assert RetirementTurn(None).take()
