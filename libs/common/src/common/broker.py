@@ -10,6 +10,7 @@ lease in Postgres expires and the sweep requeues it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -67,10 +68,18 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
     }
 
 
-def create_celery(settings: CommonSettings, *, main: str) -> Celery:
-    """A Celery app for `settings`; connects lazily, on first send or on worker start."""
+def create_celery(settings: CommonSettings, *, main: str, sender: bool = False) -> Celery:
+    """A Celery app for `settings`; connects lazily, on first send or on worker start.
+
+    A `sender` (the API) does not retry a send that timed out: the job row is
+    the outbox and the relay resends, and without the retry kombu can send
+    many messages in one pipeline (`send_queued_jobs`).
+    """
     app = Celery(main, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    if sender:
+        config["broker_transport_options"]["retry_on_timeout"] = False
+    app.conf.update(config)
     return app
 
 
@@ -89,7 +98,7 @@ class QueuedJob(Protocol):
     def traceparent(self) -> str | None: ...
 
 
-def send_queued_job(celery: Celery, job: QueuedJob) -> None:
+def send_queued_job(celery: Celery, job: QueuedJob, *, producer: Any = None) -> None:
     """`send_job` for a job as stored, with the request id and traceparent it was created with."""
     send_job(
         celery,
@@ -98,7 +107,19 @@ def send_queued_job(celery: Celery, job: QueuedJob) -> None:
         params=job.params,
         request_id=job.request_id,
         traceparent=job.traceparent,
+        producer=producer,
     )
+
+
+def send_queued_jobs(celery: Celery, jobs: Sequence[QueuedJob]) -> None:
+    """`send_queued_job` for each of `jobs`, in one round trip to the broker when it can.
+
+    kombu buffers the messages of a producer's batch in a Redis pipeline (for a
+    `create_celery(..., sender=True)` app); raises if the broker is unreachable.
+    """
+    with celery.producer_or_acquire() as producer, producer.batch():
+        for job in jobs:
+            send_queued_job(celery, job, producer=producer)
 
 
 def send_job(
@@ -109,6 +130,7 @@ def send_job(
     params: dict[str, Any],
     request_id: str | None = None,
     traceparent: str | None = None,
+    producer: Any = None,
 ) -> None:
     """Send the message that runs job `job_id`; raises if the broker is unreachable.
 
@@ -130,4 +152,5 @@ def send_job(
             headers={name: value for name, value in headers.items() if value is not None},
             # Fail fast: the job row is the outbox, and the relay retries for us.
             retry=False,
+            producer=producer,
         )

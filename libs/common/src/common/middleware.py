@@ -27,9 +27,21 @@ from common.request_context import reset_request_id, set_request_id, valid_reque
 from common.settings import CommonSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Where a request's scope keeps the headers decided after its handler returned.
+_LATE_HEADERS = "common.late_headers"
 _access_logger = logging.getLogger("access")
 _LENGTH_FRAMED = frozenset({"1.0", "1.1"})
 _error_logger = logging.getLogger("common.errors")
+
+
+def add_late_headers(scope: Scope, headers: dict[str, str]) -> None:
+    """Have this request's response carry `headers`, though its handler already built it.
+
+    For what is known only once the handler returned (a rate limit counted
+    alongside it); `RequestIdMiddleware` adds them as the response starts.
+    """
+    late = scope.setdefault(_LATE_HEADERS, [])
+    late.extend((name.lower().encode(), value.encode()) for name, value in headers.items())
 
 
 def header_value(scope: Scope, name: bytes) -> str | None:
@@ -41,7 +53,10 @@ def header_value(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestIdMiddleware:
-    """Accept a well-formed incoming X-Request-ID or make one; echo it; expose it to logs."""
+    """Accept a well-formed incoming X-Request-ID or make one; echo it; expose it to logs.
+
+    It also adds the response headers decided late (`add_late_headers`).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -57,7 +72,8 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), id_header]
+                late = scope.get(_LATE_HEADERS, ())
+                message["headers"] = [*message.get("headers", ()), id_header, *late]
             await send(message)
 
         token = set_request_id(request_id)

@@ -1,10 +1,14 @@
 """Rate limits counted in Redis, shared by every worker process and instance.
 
-The `limits` library's moving window: each hit is one Lua script that reads the
-window and records the hit atomically, so N allowed per window means exactly N
-across all processes (no read-then-write race). A route takes a limit as a
-dependency, `rate_limit("auth")`; the key is the verified token's user, or
-else the client address as uvicorn's ProxyHeadersMiddleware resolved it.
+A moving window (a sliding log): each hit is one Lua script that drops the
+entries older than the window, counts the rest, records the hit if it fits,
+and answers the verdict with the numbers the `RateLimit` headers need. So N
+allowed per window means exactly N across all processes (no read-then-write
+race), at one round trip per hit, timed by Redis's own clock (the same for
+every host). A route takes a limit as a dependency, `rate_limit("auth")`; the
+key is the verified token's user, or else the client address as uvicorn's
+ProxyHeadersMiddleware resolved it. Limits are written as the `limits` library
+parses them (`10/minute`, `5/15 minutes`).
 
 AppError
 ├── TooManyRequests (429)   a limit is exhausted; Retry-After and RateLimit headers
@@ -13,11 +17,13 @@ AppError
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import logging
 import math
-import time
-from collections.abc import Mapping
+import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,8 +31,6 @@ import limits
 from fastapi import Depends
 from fastapi.params import Depends as DependsParam
 from limits import RateLimitItem
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import AfterValidator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -36,6 +40,7 @@ from starlette.responses import Response
 from common.auth import InvalidToken, authenticate, bearer_token
 from common.errors import AppError, TooManyRequests
 from common.metrics import RATE_LIMIT_BACKEND_FAILURES, RATE_LIMIT_REJECTIONS
+from common.middleware import add_late_headers
 from common.settings import CommonSettings
 
 _logger = logging.getLogger("common.ratelimit")
@@ -100,31 +105,60 @@ class Decision:
         return headers
 
 
+# KEYS: the window's sorted set (member: a unique hit id, score: its time in µs).
+# ARGV: limit, window in µs, this hit's id. Returns {allowed 0|1, remaining, µs
+# until the oldest hit in the window leaves it (the window, if none)}.
+_HIT_LUA = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  count, allowed = count + 1, 1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = window
+if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+return {allowed, limit - count, reset}
+"""
+
+
 class RateLimiter:
     """Counts hits per (policy, key) in Redis; one per process, built in `lifespan`."""
 
     def __init__(self, redis: Redis, *, key_prefix: str, policies: Mapping[str, Policy]) -> None:
-        # The process's own pool (and its timeouts), not a second one.
-        options: dict[str, Any] = {"connection_pool": redis.connection_pool}
-        storage = RedisStorage(
-            "async+redis://",
-            implementation="redispy",
-            key_prefix=f"{key_prefix}ratelimit",
-            **options,
-        )
-        self._limiter = MovingWindowRateLimiter(storage)
+        # The process's own client and pool (and its timeouts), not a second one.
+        self._redis = redis
+        self._script = redis.register_script(_HIT_LUA)
+        self._key_prefix = f"{key_prefix}ratelimit:mw"
         self.policies = dict(policies)
+        # Hit ids, unique across processes (a random prefix) and hits (a counter).
+        self._hit_prefix = os.urandom(6).hex()
+        self._hits = itertools.count()
+
+    def _hit_id(self) -> str:
+        return f"{self._hit_prefix}{next(self._hits):x}"
+
+    def _key(self, policy: Policy, key: str) -> str:
+        # The limit is part of the key: a changed limit starts a fresh window.
+        return f"{self._key_prefix}/{policy.name}/{key}/{policy.item.amount}/{policy.window}"
 
     async def hit(self, name: str, key: str) -> Decision | None:
-        """Count one hit of `key` under policy `name`.
+        """Count one hit of `key` under policy `name` (one round trip).
 
         None when Redis failed and the policy fails open; `RateLimitUnavailable`
         when it fails closed.
         """
         policy = self.policies[name]
         try:
-            allowed = await self._limiter.hit(policy.item, name, key)
-            stats = await self._limiter.get_window_stats(policy.item, name, key)
+            allowed, remaining, reset_us = await self._script(
+                keys=[self._key(policy, key)],
+                args=[policy.item.amount, policy.window * 1_000_000, self._hit_id()],
+            )
         except (RedisError, OSError) as exc:
             self._note_unavailable(policy, exc)
             if policy.fail_open:
@@ -135,14 +169,14 @@ class RateLimiter:
             ) from exc
         if not allowed:
             RATE_LIMIT_REJECTIONS.labels(name).inc()
-        reset_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(policy, allowed, max(0, stats.remaining), reset_after)
+        reset_after = max(1, math.ceil(int(reset_us) / 1_000_000))
+        return Decision(policy, bool(allowed), max(0, int(remaining)), reset_after)
 
     async def clear(self, name: str, key: str) -> None:
         """Forget every hit of `key` under policy `name` (best effort)."""
         policy = self.policies[name]
         try:
-            await self._limiter.clear(policy.item, name, key)
+            await self._redis.delete(self._key(policy, key))
         except (RedisError, OSError) as exc:
             self._note_unavailable(policy, exc)
 
@@ -186,8 +220,14 @@ def client_key(connection: HTTPConnection) -> str:
     return f"ip:{client_ip(connection)}"
 
 
-def rate_limit(name: str) -> Any:
-    """A route dependency counting each request under policy `name`; 429 beyond it."""
+def rate_limit(name: str, *, concurrent: bool = False) -> Any:
+    """A route dependency counting each request under policy `name`; 429 beyond it.
+
+    With `concurrent`, for handlers without side effects only (a read), the
+    hit is counted while the handler runs, which takes the limiter's round
+    trip off the request's path; a denied request still gets its 429 (the
+    handler's answer is dropped), and its headers are added as it is sent.
+    """
 
     async def check_rate_limit(connection: HTTPConnection, response: Response) -> None:
         limiter: RateLimiter = connection.state.rate_limiter
@@ -198,6 +238,30 @@ def rate_limit(name: str) -> Any:
             raise rate_limited(decision)
         response.headers.update(decision.headers())
 
-    check_rate_limit.__name__ = f"rate_limit_{name}"
-    dependency: DependsParam = Depends(check_rate_limit)
+    async def count_alongside(connection: HTTPConnection) -> AsyncIterator[None]:
+        limiter: RateLimiter = connection.state.rate_limiter
+        pending = asyncio.ensure_future(limiter.hit(name, client_key(connection)))
+        try:
+            try:
+                yield
+            except Exception:
+                _settle(connection, await pending)
+                raise
+            _settle(connection, await pending)
+        finally:
+            pending.cancel()  # a no-op once settled
+
+    check: Any = count_alongside if concurrent else check_rate_limit
+    check.__name__ = f"rate_limit_{name}"
+    # scope="function": settled before the response is sent, so a 429 replaces it.
+    dependency: DependsParam = Depends(check, scope="function" if concurrent else None)
     return dependency
+
+
+def _settle(connection: HTTPConnection, decision: Decision | None) -> None:
+    """Raise the 429 of a denied hit, or have the response carry the allowed one's headers."""
+    if decision is None:
+        return
+    if not decision.allowed:
+        raise rate_limited(decision)
+    add_late_headers(connection.scope, decision.headers())

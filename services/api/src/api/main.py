@@ -15,6 +15,7 @@ from api.auth.passwords import PasswordHasher
 from api.auth.router import publish_password_rule
 from api.auth.router import router as auth_router
 from api.capacity import hashing_plan, memory_budget
+from api.jobs.intake import JobIntake
 from api.jobs.router import router as jobs_router
 from api.realtime.router import router as realtime_router
 from api.settings import ApiSettings, get_settings
@@ -63,7 +64,14 @@ def _lifespan(settings: ApiSettings) -> Any:
         instrument_engine(engine.sync_engine)
         redis = create_redis(settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
-        celery = create_celery(settings, main="api")
+        celery = create_celery(settings, main="api", sender=True)
+        intake = JobIntake(
+            engine,
+            redis,
+            celery,
+            key_prefix=settings.redis_key_prefix,
+            max_active=settings.jobs_max_active_per_user,
+        )
         budget = memory_budget(settings)
         plan = hashing_plan(settings, budget)
         _logger.info("worker %d: %s; %s", os.getpid(), budget.describe(), plan.describe())
@@ -80,6 +88,7 @@ def _lifespan(settings: ApiSettings) -> Any:
                 "lifecycle": lifecycle,
                 "password_hasher": password_hasher,
                 "celery": celery,
+                "job_intake": intake,
                 "rate_limiter": RateLimiter(
                     redis,
                     key_prefix=settings.redis_key_prefix,
@@ -89,6 +98,7 @@ def _lifespan(settings: ApiSettings) -> Any:
             }
         finally:
             lifecycle.uninstall()
+            await intake.close()
             celery.close()
             await password_hasher.aclose()
             await redis.aclose()

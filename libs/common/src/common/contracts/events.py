@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 
 JOB_QUEUED = "job.queued"
 JOB_STARTED = "job.started"
@@ -98,6 +99,14 @@ def publish_event(redis: Redis, event: Event, *, prefix: str = "") -> str:
     keys = [user_stream(prefix, event.user_id), user_channel(prefix, event.user_id)]
     event_id = redis.register_script(_PUBLISH_LUA)(keys=keys, args=[STREAM_MAXLEN, _body(event)])
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+async def queue_publish(pipeline: AsyncPipeline, event: Event, *, prefix: str = "") -> None:
+    """Queue `publish_event` on an asyncio pipeline (nothing is sent until it executes)."""
+    keys = [user_stream(prefix, event.user_id), user_channel(prefix, event.user_id)]
+    await pipeline.register_script(_PUBLISH_LUA)(
+        keys=keys, args=[STREAM_MAXLEN, _body(event)], client=pipeline
+    )
 
 
 async def apublish_event(redis: AsyncRedis, event: Event, *, prefix: str = "") -> str:

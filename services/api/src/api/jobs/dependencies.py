@@ -1,4 +1,4 @@
-"""Jobs dependencies: the Celery sender and the Idempotency-Key header."""
+"""Jobs dependencies: the job intake, the Celery sender and the Idempotency-Key header."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Header
 from starlette.requests import HTTPConnection
+
+from api.jobs.intake import JobIntake
+
+
+async def get_intake(connection: HTTPConnection) -> JobIntake:
+    """The process's job intake (group commit), from the lifespan state."""
+    intake: JobIntake = connection.state.job_intake
+    return intake
 
 
 def get_celery(connection: HTTPConnection) -> Celery:
@@ -26,3 +34,4 @@ IdempotencyKey = Annotated[
     ),
 ]
 CeleryApp = Annotated[Celery, Depends(get_celery)]
+Intake = Annotated[JobIntake, Depends(get_intake)]

@@ -10,13 +10,13 @@ from starlette.requests import HTTPConnection
 
 from api.dependencies import Settings
 from api.jobs import service as jobs_service
-from api.jobs.dependencies import CeleryApp, IdempotencyKey
+from api.jobs.dependencies import IdempotencyKey, Intake
 from api.jobs.schemas import JobCreate, JobKindRead, JobPage, JobRead
 from common.auth import CurrentPrincipal
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.contracts.kinds import JOB_KINDS
-from common.db import DbReader, DbSession
+from common.db import DbEngine, DbSession
 from common.metrics import JOBS_ACCEPTED
 from common.openapi import problem_responses
 from common.ratelimit import rate_limit
@@ -24,7 +24,8 @@ from common.request_context import get_request_id
 from common.tracing import current_traceparent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(429))
-_READS = [rate_limit("reads")]
+# Reads change nothing: their limit is counted while they run.
+_READS = [rate_limit("reads", concurrent=True)]
 _WRITES = [rate_limit("writes")]
 
 
@@ -42,32 +43,22 @@ _WRITES = [rate_limit("writes")]
 async def create_job(
     body: JobCreate,
     principal: CurrentPrincipal,
-    session: DbSession,
-    settings: Settings,
-    celery: CeleryApp,
+    intake: Intake,
     connection: HTTPConnection,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     job, created = await jobs_service.create_job(
-        session,
+        intake,
         owner_id=principal.user_id,
         kind=body.kind,
         params=body.params,
         idempotency_key=idempotency_key,
-        max_active=settings.jobs_max_active_per_user,
         request_id=get_request_id(),
         traceparent=current_traceparent(connection.headers.get("traceparent")),
     )
     if created:
         JOBS_ACCEPTED.labels(job.kind).inc()
-        await jobs_service.dispatch_job(
-            celery,
-            connection.state.autocommit_engine,
-            connection.state.redis,
-            job=job,
-            key_prefix=settings.redis_key_prefix,
-        )
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -114,8 +105,8 @@ async def list_kinds() -> list[JobKindRead]:
     dependencies=_READS,
     responses=problem_responses(401, 404, 422),
 )
-async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, reader: DbReader) -> JobRead:
-    return await jobs_service.read_job(reader, owner_id=principal.user_id, job_id=job_id)
+async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, engine: DbEngine) -> JobRead:
+    return await jobs_service.read_job(engine, owner_id=principal.user_id, job_id=job_id)
 
 
 @router.post(

@@ -10,25 +10,22 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio.to_thread
-from celery import Celery
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, func, insert, literal, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.jobs.errors import (
-    IdempotencyKeyReused,
     InvalidJob,
     JobNotCancellable,
     JobNotFound,
-    TooManyActiveJobs,
 )
+from api.jobs.intake import JobIntake, JobRow, NewJob
 from api.jobs.schemas import JobRead
-from common.broker import send_queued_job
 from common.contracts import events
-from common.contracts.jobs import ACTIVE_STATES, Job, JobState
+from common.contracts.jobs import Job, JobState
 from common.contracts.kinds import JOB_KINDS
+from common.db import driver_connection, driver_sql
 from common.errors import field_errors
 
 _logger = logging.getLogger("api.jobs")
@@ -55,125 +52,41 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
 
-def _request_hash(kind: str, params: dict[str, Any]) -> str:
+def request_hash(kind: str, params: dict[str, Any]) -> str:
+    """What an Idempotency-Key's body is compared by: a digest of the kind and params."""
     canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_ACTIVE_COUNT = (
-    select(func.count())
-    .select_from(Job)
-    .where(Job.state.in_([state.value for state in ACTIVE_STATES]))
-)
-_MARK_SENT = (
-    update(Job)
-    .where(Job.id == bindparam("job_id"), Job.sent_at.is_(None))
-    .values(sent_at=func.now())
-)
-
-
 async def create_job(
-    session: AsyncSession,
+    intake: JobIntake,
     *,
     owner_id: uuid.UUID,
     kind: str,
     params: dict[str, Any],
     idempotency_key: str | None,
-    max_active: int,
     request_id: str | None = None,
     traceparent: str | None = None,
-) -> tuple[Job, bool]:
-    """Insert and commit a queued job; returns (job, created).
+) -> tuple[JobRow, bool]:
+    """Validate, commit and send a queued job (`api.jobs.intake`); returns (job, created).
 
     `request_id` and `traceparent` name the creating request; they stay on the
     row so every message sent for the job (now or by the relay) carries them.
-
-    With an Idempotency-Key seen before, returns that job (created False) if the
-    body matches and raises `IdempotencyKeyReused` if not. A per-user
-    transaction-scoped advisory lock serializes the check-then-insert, so
-    concurrent requests cannot overshoot the active-job limit or double-create.
+    With an Idempotency-Key seen before, returns that job (created False) if
+    the body matches and raises `IdempotencyKeyReused` if not;
+    `TooManyActiveJobs` beyond the per-user limit (exact across processes).
     """
     params = validate_job(kind, params)
-    request_hash = _request_hash(kind, params)
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"jobs:{owner_id}"},
+    job = NewJob(
+        owner_id=owner_id,
+        kind=kind,
+        params=params,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(kind, params),
+        request_id=request_id,
+        traceparent=traceparent,
     )
-    if idempotency_key is not None:
-        existing = await session.scalar(
-            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
-        )
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise IdempotencyKeyReused(
-                    "This Idempotency-Key was used with a different kind or params."
-                )
-            return existing, False
-    values = {
-        "id": uuid.uuid4(),
-        "owner_id": owner_id,
-        "kind": kind,
-        "params": params,
-        "idempotency_key": idempotency_key,
-        "request_hash": request_hash,
-        "request_id": request_id,
-        "traceparent": traceparent,
-        "state": JobState.QUEUED.value,
-        "progress": 0,
-    }
-    # The limit check and the insert in one statement (after the lock, so its
-    # snapshot sees every job committed before); RETURNING fills in the defaults.
-    columns = Job.__table__.c
-    below_limit = _ACTIVE_COUNT.where(Job.owner_id == owner_id).scalar_subquery() < max_active
-    source = select(
-        *(literal(value, columns[name].type).label(name) for name, value in values.items())
-    ).where(below_limit)
-    job = await session.scalar(insert(Job).from_select(list(values), source).returning(Job))
-    if job is None:
-        raise TooManyActiveJobs(
-            f"At most {max_active} jobs may be queued or running at once.", retry_after=5
-        )
-    # Committed before any message leaves: the worker must find the row.
-    await session.commit()
-    return job, True
-
-
-async def dispatch_job(
-    celery: Celery,
-    autocommit: AsyncEngine,
-    redis: Redis,
-    *,
-    job: Job,
-    key_prefix: str,
-) -> None:
-    """Publish `job.queued`, send the job's message and mark it sent.
-
-    Never raises: the job is committed, so the client gets its 202 whatever
-    the broker's state; an unsent job is left to the relay.
-    """
-    # Before the message leaves: once it has, a worker may publish job.started
-    # (even job.succeeded) before we would, and the stream would be out of order.
-    await publish_quietly(
-        redis,
-        events.make_event(
-            events.JOB_QUEUED,
-            user_id=job.owner_id,
-            job_id=job.id,
-            request_id=job.request_id,
-            state="queued",
-        ),
-        prefix=key_prefix,
-    )
-    try:
-        await anyio.to_thread.run_sync(send_queued_job, celery, job)
-    except Exception as exc:
-        _logger.warning(
-            "broker unreachable, job %s left for the relay: %s", job.id, type(exc).__name__
-        )
-        return
-    # One statement: no transaction around it (one round trip, not three).
-    async with autocommit.connect() as connection:
-        await connection.execute(_MARK_SENT, {"job_id": job.id})
+    return await intake.submit(job)
 
 
 async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
@@ -184,20 +97,23 @@ async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> 
         _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
 
 
-# Built once: the hot read skips the ORM (no statement building, no identity map).
-_READ_JOB = select(*(Job.__table__.c[name] for name in JobRead.model_fields)).where(
-    Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
+# Built once, for the driver: the hot read is one prepared statement (job_id, owner_id).
+_READ_JOB = driver_sql(
+    select(*(Job.__table__.c[name] for name in JobRead.model_fields)).where(
+        Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
+    ),
+    "job_id",
+    "owner_id",
 )
 
 
-async def read_job(
-    connection: AsyncConnection, *, owner_id: uuid.UUID, job_id: uuid.UUID
-) -> JobRead:
+async def read_job(engine: AsyncEngine, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> JobRead:
     """The caller's job as the API shows it, in one statement; `JobNotFound` otherwise."""
-    row = (await connection.execute(_READ_JOB, {"job_id": job_id, "owner_id": owner_id})).first()
+    async with driver_connection(engine) as connection:
+        row = await connection.fetchrow(_READ_JOB, job_id, owner_id)
     if row is None:
         raise JobNotFound(f"No job {job_id}.")
-    return JobRead.model_validate(row)
+    return JobRead.model_validate(dict(row))
 
 
 async def get_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:

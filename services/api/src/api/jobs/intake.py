@@ -1,0 +1,349 @@
+"""Job intake with group commit: concurrent `POST /v1/jobs` share transactions and sends.
+
+Each accepted job used to cost its own transaction (BEGIN, the per-user lock,
+the insert, COMMIT and its WAL flush), its own event, its own broker round
+trip and its own `sent_at` update. Here one task per process takes what the
+requests have queued and handles it together:
+
+1. one transaction marks the jobs sent in the previous round, takes the
+   per-user advisory locks (in one order, so two processes cannot deadlock)
+   and inserts the new jobs with their idempotency and active-job checks, in
+   one statement; its commit is one WAL flush for all of them;
+2. the `job.queued` events go out in one Redis pipeline, then the messages in
+   one broker pipeline (events first: a worker may publish `job.started` as
+   soon as it has the message);
+3. their `sent_at` is set by the next round's transaction.
+
+A request gets its answer once its job is committed, its message sent and
+`sent_at` recorded, as before: only the work is shared. Nothing waits for a
+batch to fill: a round starts as soon as the previous one ends, so batches
+grow only when requests arrive faster than a round takes. The guarantees
+stay: a job is committed before its message leaves; an unsent one (broker
+down) is left for the relay; an Idempotency-Key names one job; the active-job
+limit is exact under concurrency, across processes (the per-user lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+from celery import Celery
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
+from common.broker import send_queued_jobs
+from common.contracts import events
+from common.contracts.jobs import ACTIVE_STATES, JobState
+from common.db import driver_connection
+
+_logger = logging.getLogger("api.jobs")
+MAX_BATCH = 64
+
+# Mark the previous round's jobs sent, and take the per-user locks in a fixed
+# order: $1 owners (sorted), $2 ids sent.
+_LOCK = """
+WITH marked AS (
+    UPDATE jobs SET sent_at = now() WHERE id = ANY($2::uuid[]) AND sent_at IS NULL
+)
+SELECT pg_advisory_xact_lock(hashtextextended('jobs:' || owner_id::text, 0))
+  FROM unnest($1::uuid[]) WITH ORDINALITY AS owners(owner_id, ord)
+ ORDER BY ord
+"""
+# After the locks (so the statement's snapshot sees every job committed
+# before): each input row either finds its Idempotency-Key's job, or is
+# inserted if its owner stays within the active-job limit ($9), counting the
+# batch's earlier jobs of the same owner. Returns the rows found or inserted.
+_INSERT = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+        $7::text[], $8::text[]
+    ) WITH ORDINALITY AS i(id, owner_id, kind, params, idempotency_key, request_hash,
+                            request_id, traceparent, ord)
+),
+existing AS (
+    SELECT i.ord, j.id
+      FROM input i JOIN jobs j
+        ON j.owner_id = i.owner_id AND j.idempotency_key = i.idempotency_key
+),
+fresh AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.owner_id ORDER BY i.ord) AS nth
+      FROM input i
+     WHERE i.ord NOT IN (SELECT ord FROM existing)
+),
+active AS (
+    SELECT owner_id, count(*) AS n
+      FROM jobs
+     WHERE owner_id IN (SELECT owner_id FROM input) AND state = ANY($10::text[])
+     GROUP BY owner_id
+),
+inserted AS (
+    INSERT INTO jobs (id, owner_id, kind, params, idempotency_key, request_hash,
+                      request_id, traceparent, state, progress)
+    SELECT f.id, f.owner_id, f.kind, f.params, f.idempotency_key, f.request_hash,
+           f.request_id, f.traceparent, $11, 0
+      FROM fresh f LEFT JOIN active a ON a.owner_id = f.owner_id
+     WHERE coalesce(a.n, 0) + f.nth <= $9
+    RETURNING *
+)
+SELECT i.ord, false AS existed, ins.* FROM inserted ins JOIN input i ON i.id = ins.id
+UNION ALL
+SELECT e.ord, true AS existed, j.* FROM existing e JOIN jobs j ON j.id = e.id
+"""
+_MARK_SENT = "UPDATE jobs SET sent_at = now() WHERE id = ANY($1::uuid[]) AND sent_at IS NULL"
+_ACTIVE = sorted(state.value for state in ACTIVE_STATES)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job a request asks for."""
+
+    owner_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    idempotency_key: str | None
+    request_hash: str
+    request_id: str | None
+    traceparent: str | None
+
+
+@dataclass
+class JobRow:
+    """A row of the jobs table as the intake read it back (attributes as on `Job`)."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    kind: str
+    state: str
+    progress: int
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    request_id: str | None
+    traceparent: str | None
+    request_hash: str | None
+    created_at: Any
+    started_at: Any
+    finished_at: Any
+
+    @classmethod
+    def from_record(cls, record: Any) -> JobRow:
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class _Request:
+    job: NewJob
+    future: asyncio.Future[tuple[JobRow, bool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class JobIntake:
+    """Accepts jobs for one process, committing and sending them in shared rounds."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        celery: Celery,
+        *,
+        key_prefix: str,
+        max_active: int,
+    ) -> None:
+        self._engine = engine
+        self._redis = redis
+        self._celery = celery
+        self._key_prefix = key_prefix
+        self._max_active = max_active
+        self._queue: list[_Request] = []
+        # Sent in the last round, waiting for `sent_at`: (job, its request).
+        self._sent: list[tuple[JobRow, _Request]] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, job: NewJob) -> tuple[JobRow, bool]:
+        """Commit `job` (and send it); (the job, whether it was created now).
+
+        An Idempotency-Key seen before gives that job (created False), or
+        `IdempotencyKeyReused` if the body differs; `TooManyActiveJobs` when
+        the owner is at the limit.
+        """
+        request = _Request(job)
+        self._queue.append(request)
+        self._idle.clear()
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="job-intake")
+        return await request.future
+
+    async def close(self) -> None:
+        """Finish the rounds in progress (requests waiting get their answers), then stop."""
+        if self._task is None:
+            return
+        if (self._queue or self._sent) and not self._task.done():
+            await self._idle.wait()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue or self._sent:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                sent, self._sent = self._sent, []
+                try:
+                    await self._round(batch, sent)
+                except Exception as exc:
+                    _logger.exception("job intake round failed")
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                    # Committed and sent already: only `sent_at` is missing (the relay resends).
+                    for row, request in sent:
+                        if not request.future.done():
+                            request.future.set_result((row, True))
+            self._idle.set()
+
+    async def _round(self, batch: list[_Request], sent: list[tuple[JobRow, _Request]]) -> None:
+        sent_ids = [row.id for row, _ in sent]
+        firsts, repeats = _split_repeats(batch)
+        if firsts:
+            outcomes = await self._commit(firsts, sent_ids)
+        else:
+            outcomes = {}
+            if sent_ids:
+                async with driver_connection(self._engine) as connection:
+                    await connection.execute(_MARK_SENT, sent_ids)
+        for row, request in sent:
+            _resolve(request, row, created=True)
+        created: list[tuple[JobRow, _Request]] = []
+        for index, request in enumerate(firsts):
+            outcome = outcomes.get(index)
+            if outcome is None:
+                _reject(request, self._max_active)
+            elif outcome[1]:
+                _replay(request, outcome[0])
+            else:
+                created.append((outcome[0], request))
+        for request, first in repeats:
+            outcome = outcomes.get(firsts.index(first))
+            if outcome is None:
+                _reject(request, self._max_active)
+            else:
+                _replay(request, outcome[0])
+        if created:
+            await self._dispatch(created)
+
+    async def _commit(
+        self, requests: list[_Request], sent_ids: list[uuid.UUID]
+    ) -> dict[int, tuple[JobRow, bool]]:
+        """One transaction: mark `sent_ids` sent, lock, insert; {index: (row, existed)}."""
+        jobs = [request.job for request in requests]
+        owners = sorted({job.owner_id for job in jobs})
+        columns = (
+            [uuid.uuid4() for _ in jobs],
+            [job.owner_id for job in jobs],
+            [job.kind for job in jobs],
+            [json.dumps(job.params) for job in jobs],
+            [job.idempotency_key for job in jobs],
+            [job.request_hash for job in jobs],
+            [job.request_id for job in jobs],
+            [job.traceparent for job in jobs],
+        )
+        async with driver_connection(self._engine) as connection, connection.transaction():
+            await connection.execute(_LOCK, owners, sent_ids)
+            records = await connection.fetch(
+                _INSERT, *columns, self._max_active, _ACTIVE, JobState.QUEUED.value
+            )
+        return {
+            record["ord"] - 1: (JobRow.from_record(record), record["existed"]) for record in records
+        }
+
+    async def _dispatch(self, created: list[tuple[JobRow, _Request]]) -> None:
+        """`job.queued` for each job (one pipeline), then their messages (one pipeline)."""
+        pipeline = self._redis.pipeline(transaction=False)
+        for row, _ in created:
+            await events.queue_publish(pipeline, _queued_event(row), prefix=self._key_prefix)
+        try:
+            await pipeline.execute()
+        except Exception as exc:
+            _logger.warning("job.queued events not published: %s", type(exc).__name__)
+        rows = [row for row, _ in created]
+        try:
+            await anyio.to_thread.run_sync(send_queued_jobs, self._celery, rows)
+        except Exception as exc:
+            _logger.warning(
+                "broker unreachable, %d job(s) left for the relay: %s",
+                len(rows),
+                type(exc).__name__,
+            )
+            for row, request in created:
+                _resolve(request, row, created=True)
+            return
+        self._sent.extend(created)
+
+
+def _queued_event(row: JobRow) -> events.Event:
+    return events.make_event(
+        events.JOB_QUEUED,
+        user_id=row.owner_id,
+        job_id=row.id,
+        request_id=row.request_id,
+        state="queued",
+    )
+
+
+def _split_repeats(
+    batch: list[_Request],
+) -> tuple[list[_Request], list[tuple[_Request, _Request]]]:
+    """The requests to insert, and the later ones repeating an earlier one's key."""
+    firsts: list[_Request] = []
+    repeats: list[tuple[_Request, _Request]] = []
+    by_key: dict[tuple[uuid.UUID, str], _Request] = {}
+    for request in batch:
+        job = request.job
+        if job.idempotency_key is None:
+            firsts.append(request)
+            continue
+        first = by_key.setdefault((job.owner_id, job.idempotency_key), request)
+        if first is request:
+            firsts.append(request)
+        else:
+            repeats.append((request, first))
+    return firsts, repeats
+
+
+def _resolve(request: _Request, row: JobRow, *, created: bool) -> None:
+    if not request.future.done():
+        request.future.set_result((row, created))
+
+
+def _replay(request: _Request, row: JobRow) -> None:
+    """The job an Idempotency-Key named already: the same one, if the body is the same."""
+    if request.future.done():
+        return
+    if row.request_hash != request.job.request_hash:
+        request.future.set_exception(
+            IdempotencyKeyReused("This Idempotency-Key was used with a different kind or params.")
+        )
+    else:
+        request.future.set_result((row, False))
+
+
+def _reject(request: _Request, max_active: int) -> None:
+    if not request.future.done():
+        request.future.set_exception(
+            TooManyActiveJobs(
+                f"At most {max_active} jobs may be queued or running at once.", retry_after=5
+            )
+        )
