@@ -109,6 +109,36 @@ def bearer_token(connection: HTTPConnection) -> str | None:
 
 
 _VERIFIED = "verified_principal"
+# Verified tokens this process remembers (a bounded, oldest-out cache).
+_VERIFIED_TOKENS_MAX = 10_000
+_verified_tokens: dict[tuple[str, ...], Principal] = {}
+
+
+def verify_access_token_cached(settings: CommonSettings, token: str) -> Principal:
+    """`verify_access_token`, remembering the tokens it verified until they expire.
+
+    A client sends the same token with each request until it expires: its
+    signature and claims are checked on its first use in this process, later
+    uses only check that it has not expired. Only valid tokens are kept, and
+    only a holder of the secret can make one, so the cache cannot be flooded.
+    Checks that must see every use of a token (a revocation list) belong
+    after this one.
+    """
+    key = (
+        token, settings.jwt_key(), settings.jwt_algorithm, settings.jwt_audience,
+        settings.jwt_issuer, str(settings.jwt_leeway_seconds),
+    )  # fmt: skip
+    principal = _verified_tokens.get(key)
+    if principal is None:
+        principal = verify_access_token(settings, token)
+        if len(_verified_tokens) >= _VERIFIED_TOKENS_MAX:
+            del _verified_tokens[next(iter(_verified_tokens))]
+        _verified_tokens[key] = principal
+    elif time.time() > principal.expires_at + settings.jwt_leeway_seconds:
+        del _verified_tokens[key]
+        _logger.info("rejected token: expired")
+        raise InvalidToken("token expired")
+    return principal
 
 
 def authenticate(connection: HTTPConnection) -> Principal:
@@ -125,7 +155,7 @@ def authenticate(connection: HTTPConnection) -> Principal:
             outcome = InvalidToken("Missing bearer token")
         else:
             try:
-                outcome = verify_access_token(connection.state.settings, token)
+                outcome = verify_access_token_cached(connection.state.settings, token)
             except InvalidToken as exc:
                 outcome = exc
         connection.scope[_VERIFIED] = outcome
