@@ -128,6 +128,12 @@ class Stack:
     def overrides(self) -> dict[str, str]:
         """Every env var that differs from what render.yaml gives the services, with why."""
         named = {key: f"{value} (limits lifted)" for key, value in LIFTED_LIMITS.items()}
+        if "embedded" in self.source:
+            # Not a setting of ours, but it changes what a commit costs: say so.
+            named["(Postgres)"] = (
+                "the embedded test server, fsync=off and synchronous_commit=off: a commit "
+                "costs no disk flush here (set DATABASE_URL for a durable server)"
+            )
         if self.prefix:
             named["REDIS_KEY_PREFIX"] = f"{self.prefix} (a Redis shared with others)"
         dotenv = ROOT / ".env"

@@ -26,6 +26,7 @@ limit is exact under concurrency, across processes (the per-user lock).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import uuid
@@ -41,7 +42,6 @@ from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
 from common.broker import send_queued_jobs
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES, JobState
-from common.db import driver_connection
 
 _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
@@ -144,6 +144,9 @@ class _Request:
     future: asyncio.Future[tuple[JobRow, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # The request's context: a round runs in its first request's, so its
+    # spans (SQL, Redis, the send) join that request's trace.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class JobIntake:
@@ -201,8 +204,9 @@ class JobIntake:
             while self._queue or self._sent:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 sent, self._sent = self._sent, []
+                context = batch[0].context if batch else None
                 try:
-                    await self._round(batch, sent)
+                    await asyncio.create_task(self._round(batch, sent), context=context)
                 except Exception as exc:
                     _logger.exception("job intake round failed")
                     for request in batch:
@@ -222,8 +226,8 @@ class JobIntake:
         else:
             outcomes = {}
             if sent_ids:
-                async with driver_connection(self._engine) as connection:
-                    await connection.execute(_MARK_SENT, sent_ids)
+                async with self._engine.begin() as connection:
+                    await connection.exec_driver_sql(_MARK_SENT, (sent_ids,))
         for row, request in sent:
             _resolve(request, row, created=True)
         created: list[tuple[JobRow, _Request]] = []
@@ -260,11 +264,14 @@ class JobIntake:
             [job.request_id for job in jobs],
             [job.traceparent for job in jobs],
         )
-        async with driver_connection(self._engine) as connection, connection.transaction():
-            await connection.execute(_LOCK, owners, sent_ids)
-            records = await connection.fetch(
-                _INSERT, *columns, self._max_active, _ACTIVE, JobState.QUEUED.value
+        # SQLAlchemy runs the SQL as written (the work is per round, not per
+        # job), so the statements are traced like every other query.
+        async with self._engine.begin() as connection:
+            await connection.exec_driver_sql(_LOCK, (owners, sent_ids))
+            result = await connection.exec_driver_sql(
+                _INSERT, (*columns, self._max_active, _ACTIVE, JobState.QUEUED.value)
             )
+            records = result.mappings().all()
         return {
             record["ord"] - 1: (JobRow.from_record(record), record["existed"]) for record in records
         }
