@@ -117,7 +117,10 @@ async def end_to_end(
 ) -> tuple[list[Row], dict[str, Any]]:
     """Drive a steady rate of no-op jobs for the profile's duration; the latency rows."""
     headers = {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # Open loop: a POST must not wait for a pooled connection behind slower ones
+    # (httpcore's pool scans its queue per request, so a long queue stalls the
+    # generator itself and the rate it drives falls).
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     async with httpx.AsyncClient(
         base_url=api.url, headers=api.headers, timeout=30, limits=limits
     ) as client:
