@@ -8,7 +8,13 @@ import uuid
 
 import pytest
 
-from common.auth import InvalidToken, Principal, issue_access_token, verify_access_token
+from common.auth import (
+    InvalidToken,
+    Principal,
+    issue_access_token,
+    verify_access_token,
+    verify_access_token_cached,
+)
 from common.settings import CommonSettings
 from tests.support import tokens
 
@@ -92,3 +98,37 @@ class TestRejectedTokens:
             verify_access_token(settings, tokens.expired(settings, subject=uuid.uuid4()))
         assert caught.value.status == 401
         assert caught.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+class TestVerifiedTokenCache:
+    """A token verified once is remembered until it expires, and only under its own secret."""
+
+    def test_a_remembered_token_is_rejected_once_it_expires(
+        self, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        token = issue_access_token(settings, subject=uuid.uuid4())
+        principal = verify_access_token_cached(settings, token)
+        assert verify_access_token_cached(settings, token) == principal
+
+        later = principal.expires_at + settings.jwt_leeway_seconds + 1
+        monkeypatch.setattr(time, "time", lambda: float(later))
+
+        with pytest.raises(InvalidToken):
+            verify_access_token_cached(settings, token)
+
+    def test_a_token_remembered_under_one_secret_is_refused_under_another(
+        self, settings: CommonSettings
+    ) -> None:
+        token = issue_access_token(settings, subject=uuid.uuid4())
+        verify_access_token_cached(settings, token)
+        other = CommonSettings(_env_file=None, jwt_secret=secrets.token_hex(32))
+
+        with pytest.raises(InvalidToken):
+            verify_access_token_cached(other, token)
+
+    def test_an_invalid_token_is_never_remembered(self, settings: CommonSettings) -> None:
+        forged = tokens.alg_none(settings, subject=uuid.uuid4())
+
+        for _ in range(2):
+            with pytest.raises(InvalidToken):
+                verify_access_token_cached(settings, forged)
