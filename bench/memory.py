@@ -42,7 +42,7 @@ from bench import wrk
 from bench.profiles import Profile
 from bench.report import Row, make_row
 from bench.scenarios import FORM, register
-from bench.stack import PASSWORD, REALTIME_CONFIG, Stack
+from bench.stack import PASSWORD, Stack, Web
 from common.auth import issue_access_token
 from common.contracts.kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
@@ -213,8 +213,8 @@ async def _api_and_worker(stack: Stack, profile: Profile, plans: dict[str, Any])
     rows = []
     api_plan, worker_plan = plans["api"], plans["worker"]
     async with confined(stack, "api", api_plan["plan"]) as api_confinement:
-        workers = int(api_plan["env"].get("WEB_CONCURRENCY", "2"))
-        api = await stack.start_gunicorn("api", "api.main:app", workers=workers)
+        # render.yaml's own command and env (its WEB_CONCURRENCY), as the other scenarios.
+        api = await stack.start_web("api")
         pid = _pid(stack, "api")
         users = await register(api, 2)  # logs in too: the hashing servers run from here on
         await asyncio.sleep(1)  # let start-up garbage settle before the idle figure
@@ -225,7 +225,12 @@ async def _api_and_worker(stack: Stack, profile: Profile, plans: dict[str, Any])
         body = urlencode({"username": users[0].email, "password": PASSWORD})
         async with PssSampler(pid) as sampler:
             result = await wrk.run(
-                f"{api}/v1/auth/token", storm, method="POST", body=body, content_type=FORM
+                f"{api.url}/v1/auth/token",
+                storm,
+                method="POST",
+                body=body,
+                content_type=FORM,
+                host=api.host,
             )
         note = (
             f"{result.rate:.1f} logins/s on {profile.storm_connections} connections, "
@@ -244,7 +249,7 @@ async def _api_and_worker(stack: Stack, profile: Profile, plans: dict[str, Any])
         )
         async with confined(stack, "worker", worker_plan["plan"]) as worker_confinement:
             concurrency = int(worker_plan["env"].get("WORKER_CONCURRENCY", "2"))
-            await stack.start_worker(concurrency=concurrency)
+            await stack.start_worker()
             worker_pid = _pid(stack, "worker")
             await asyncio.sleep(1)
             idle, _ = await asyncio.to_thread(tree_pss, worker_pid)
@@ -264,11 +269,11 @@ async def _api_and_worker(stack: Stack, profile: Profile, plans: dict[str, Any])
     return rows
 
 
-async def _run_jobs(api: str, token: str, count: int) -> tuple[int, int]:
+async def _run_jobs(api: Web, token: str, count: int) -> tuple[int, int]:
     """Submit `count` countdown jobs and wait until they end; how many succeeded."""
     job = {"kind": DEMO_COUNTDOWN, "params": {"steps": _JOB_STEPS, "interval": _JOB_INTERVAL}}
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=30) as client:
+    headers = {**api.headers, "Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as client:
         answers = await asyncio.gather(*(client.post("/v1/jobs", json=job) for _ in range(count)))
         ids = [answer.json()["id"] for answer in answers if answer.status_code == 202]
         deadline = time.monotonic() + 30 + count * _JOB_STEPS * _JOB_INTERVAL
@@ -288,14 +293,17 @@ async def _realtime(stack: Stack, plans: dict[str, Any], count: int) -> list[Row
     # 10,000 sockets here and up to 10,000 descriptors across the server's workers.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    settings = CommonSettings(_env_file=None, jwt_secret=stack.jwt_secret)
+    jwt = stack.jwt_env
+    settings = CommonSettings(
+        _env_file=None,
+        jwt_secret=jwt["JWT_SECRET"],
+        jwt_issuer=jwt["JWT_ISSUER"],
+        jwt_audience=jwt["JWT_AUDIENCE"],
+    )
     users = [uuid.uuid4() for _ in range(100)]
     tokens = [issue_access_token(settings, subject=users[i % len(users)]) for i in range(count)]
     async with confined(stack, "realtime", plan["plan"]) as confinement:
-        workers = int(plan["env"].get("WEB_CONCURRENCY", "2"))
-        base = await stack.start_gunicorn(
-            "realtime", "realtime.main:app", config=REALTIME_CONFIG, workers=workers
-        )
+        realtime = await stack.start_web("realtime")
         pid = _pid(stack, "realtime")
         await asyncio.sleep(1)
         idle, _ = await asyncio.to_thread(tree_pss, pid)
@@ -303,8 +311,9 @@ async def _realtime(stack: Stack, plans: dict[str, Any], count: int) -> list[Row
         try:
             async with PssSampler(pid) as sampler:
                 opening = time.monotonic()
+                port = int(realtime.url.rsplit(":", 1)[1])
                 outcomes, sockets = await open_idle_sockets(
-                    base.replace("http", "ws", 1) + "/ws", tokens
+                    f"ws://{realtime.host}/ws", tokens, address=("127.0.0.1", port)
                 )
                 _say(f"{count:,} handshakes in {time.monotonic() - opening:.0f}s: {outcomes}")
                 await asyncio.sleep(1)  # all open: a few samples at the full count

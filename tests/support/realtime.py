@@ -128,10 +128,15 @@ async def refusal(
     raise AssertionError(f"expected a refusal, got {message!r}")
 
 
-async def _hold_socket(url: str, token: str) -> tuple[str, ClientConnection | None]:
+async def _hold_socket(
+    url: str, token: str, address: tuple[str, int] | None
+) -> tuple[str, ClientConnection | None]:
+    # `address` connects there while the URL names the Host the server expects.
+    where: dict[str, Any] = {"host": address[0], "port": address[1]} if address else {}
     try:
         socket = await websockets.connect(
             url,
+            **where,
             additional_headers={"Authorization": f"Bearer {token}"},
             open_timeout=60,
             ping_interval=None,  # the server's heartbeat pings are still answered
@@ -149,9 +154,11 @@ async def _hold_socket(url: str, token: str) -> tuple[str, ClientConnection | No
 
 
 async def open_idle_sockets(
-    url: str, tokens: list[str], *, at_once: int = 50
+    url: str, tokens: list[str], *, at_once: int = 50, address: tuple[str, int] | None = None
 ) -> tuple[dict[str, int], list[ClientConnection]]:
     """Open one socket per bearer token, `at_once` handshakes at a time, and keep them open.
+
+    With `address`, each connects there, sending the URL's host as `Host`.
 
     Returns how each attempt ended ("open" once the hello arrived, "close 1013",
     "HTTP 503", an exception's name) and the open sockets; abort their
@@ -164,7 +171,7 @@ async def open_idle_sockets(
     async def one(token: str) -> None:
         async with gate:
             try:
-                outcome, socket = await _hold_socket(url, token)
+                outcome, socket = await _hold_socket(url, token, address)
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 outcome, socket = type(exc).__name__, None
         if socket is not None:
