@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +9,10 @@ from pathlib import Path
 import httpx
 
 from devservices import free_ports
-from tests.support.processes import ManagedProcess
+from tests.support.processes import ManagedProcess, environment_without
 
 # What a developer's shell may hold that would point `make dev` elsewhere.
-_SCRUBBED = {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT", "MAKEFLAGS"}
+_SCRUBBED = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def dev_environment(run_dir: Path) -> tuple[dict[str, str], DevPorts]:
     Test-sized: one worker process, and a scheduler round every second.
     """
     ports = DevPorts(*free_ports(6))
-    env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
+    env = environment_without(*_SCRUBBED)
     env.update(
         DEV_RUN_DIR=str(run_dir),
         DEV_POSTGRES_PORT=str(ports.postgres),

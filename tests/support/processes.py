@@ -22,6 +22,16 @@ import psutil
 
 STOP_TIMEOUT = 15.0
 
+# What a parent `make` (`make test`) exports to its recipes. A test that runs make
+# drops them, so its make is a top-level one: `make: ***`, not `make[1]: ***`.
+MAKE_VARIABLES = frozenset({"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"})
+
+
+def environment_without(*names: str) -> dict[str, str]:
+    """This process's environment without `names` and without a parent make's variables."""
+    dropped = MAKE_VARIABLES | set(names)
+    return {key: value for key, value in os.environ.items() if key not in dropped}
+
 
 @dataclass
 class ManagedProcess:

@@ -26,7 +26,7 @@ import pytest
 
 from devservices import free_ports
 from devservices._ports import is_listening
-from tests.support.processes import Snapshot
+from tests.support.processes import Snapshot, environment_without
 from tests.support.services import ROOT
 from tests.support.terminal import Terminal
 
@@ -128,11 +128,7 @@ class Project:
 def project(tmp_path: Path) -> Iterator[Project]:
     (tmp_path / "service.py").write_text(SERVICE)
     (tmp_path / "Makefile").write_text(MAKEFILE.format(python=PYTHON))
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"REDIS_URL", "JWT_SECRET", "ENVIRONMENT", "MAKEFLAGS"}
-    }
+    env = environment_without("REDIS_URL", "JWT_SECRET", "ENVIRONMENT")
     # No embedded Postgres (its start and stop are test_make_dev's); a real Redis.
     redis_port, *spare_ports = free_ports(8)
     env.update(

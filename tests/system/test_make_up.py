@@ -4,12 +4,12 @@ Docker or Compose is missing. Stand-in `docker` commands on a PATH of their own;
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import environment_without
 from tests.support.services import ROOT
 
 pytestmark = pytest.mark.system
@@ -36,7 +36,7 @@ def path_with(tmp_path: Path, **commands: str) -> str:
 def make(
     target: str, *, path: str, dry_run: bool = False, **variables: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key not in {"COMPOSE", "MAKEFLAGS"}}
+    env = environment_without("COMPOSE")
     env["PATH"] = path
     command = [MAKE, "--no-print-directory", *(["-n"] if dry_run else []), target]
     command += [f"{name}={value}" for name, value in variables.items()]
