@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import APIResponse, Locator, Page, Route, expect
 from redis.asyncio import Redis
 
 from common.contracts.events import JOB_SUCCEEDED, apublish_event, make_event
@@ -110,6 +110,40 @@ class TestConsoleFlow:
         assert log.errors == []
 
 
+class TestCrossedAnswers:
+    """An HTTP answer that arrives after the socket's news never moves a job back."""
+
+    async def test_a_late_post_answer_leaves_a_running_job_running(
+        self, browser_stack: BrowserStack, pages: Pages
+    ) -> None:
+        page, log = await pages.new()
+        await sign_up(page, browser_stack.console_url)
+        held: asyncio.Queue[tuple[Route, APIResponse]] = asyncio.Queue()
+
+        async def hold_the_post(route: Route) -> None:
+            if route.request.method == "POST":
+                await held.put((route, await route.fetch()))  # the job is committed and sent
+            else:
+                await route.continue_()
+
+        await page.route(re.compile(r"/v1/jobs$"), hold_the_post)
+        await page.get_by_label("Steps", exact=True).fill("40")
+        await page.get_by_label("Seconds between steps").fill("0.25")
+        await page.get_by_role("button", name="Start countdown").click()
+        route, answer = await held.get()
+        job = page.locator("li.job").first
+        # The socket's job.started comes first; the page fetches the job it does not know yet.
+        await expect(job).to_have_attribute("data-state", "running")
+
+        await route.fulfill(response=answer)  # now the POST's "queued" answer lands
+        await expect(page.locator("#announcer")).to_contain_text(": queued")
+        assert await job.get_attribute("data-state") == "running"
+
+        await job.get_by_role("button", name=re.compile("^Cancel demo.countdown")).click()
+        await expect(job).to_have_attribute("data-state", "cancelled")
+        assert log.errors == []
+
+
 class TestResume:
     """A dropped socket is reopened with a fresh ticket and last_event_id, and misses nothing."""
 
@@ -123,12 +157,13 @@ class TestResume:
         job_id = await job.get_attribute("data-job-id")
 
         await browser_stack.stop_realtime()
-        await expect(page.locator("#connection-text")).to_contain_text("Reconnecting")
-        # The job finishes while no socket is open: only a resume can tell the page.
-        await _wait_succeeded(page, browser_stack.api_url, str(job_id))
-        assert await job.get_attribute("data-state") == "running"
-
-        await browser_stack.start_realtime()
+        try:
+            await expect(page.locator("#connection-text")).to_contain_text("Reconnecting")
+            # The job finishes while no socket is open: only a resume can tell the page.
+            await _wait_succeeded(page, browser_stack.api_url, str(job_id))
+            assert await job.get_attribute("data-state") == "running"
+        finally:  # the module's other tests need it, whatever happened here
+            await browser_stack.start_realtime()
         # The page retries with backoff (up to 8 s between tries) while realtime
         # boots, so allow for a slow restart plus one full backoff step.
         await expect(page.locator("#connection-text")).to_have_text(

@@ -9,6 +9,11 @@
   const API = config.apiUrl || `${location.protocol}//${location.hostname}:8000`;
   const REALTIME = config.realtimeUrl || `ws://${location.hostname}:8001/ws`;
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  // How far along a state is: an HTTP answer never moves a job back (a POST's
+  // "queued" can arrive after the socket's job.started). Only an event can, for
+  // a retry's job.requeued.
+  const RANK = { queued: 0, running: 1 };
+  const rank = (state) => (FINAL.has(state) ? 2 : RANK[state] ?? 0);
   const STORE = "console.session";
 
   const $ = (id) => document.getElementById(id);
@@ -149,14 +154,18 @@
 
   // --- jobs -------------------------------------------------------------------
 
-  function upsert(incoming) {
+  function upsert(incoming, { fromEvent = false } = {}) {
     const known = state.jobs.get(incoming.id);
     if (!known) {
       state.jobs.set(incoming.id, incoming);
     } else if (!FINAL.has(known.state) || FINAL.has(incoming.state)) {
       // Never move a finished job back, nor its bar backwards (events and
-      // list answers can cross on the wire).
-      Object.assign(known, incoming, { progress: Math.max(known.progress, incoming.progress) });
+      // HTTP answers can cross on the wire).
+      const backwards = !fromEvent && rank(incoming.state) < rank(known.state);
+      Object.assign(known, incoming, {
+        state: backwards ? known.state : incoming.state,
+        progress: Math.max(known.progress, incoming.progress),
+      });
     }
     render(state.jobs.get(incoming.id), known);
   }
@@ -357,7 +366,7 @@
     if (event.type === "job.progress" && !FINAL.has(update.state)) update.state = "running";
     if ("result" in data) update.result = data.result;
     if ("error" in data) update.error = data.error;
-    upsert(update);
+    upsert(update, { fromEvent: true });
   }
 
   function onClose(socket, event) {
