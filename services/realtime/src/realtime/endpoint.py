@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from common.contracts.events import user_stream
 from common.contracts.realtime import (
-    CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVICE_RESTART,
@@ -34,19 +35,20 @@ from realtime.handshake import (
     resume_point,
 )
 from realtime.hub import Hub
-from realtime.serving import SEND_NOWAIT_EXTENSION
+from realtime.serving import CLOSE_NOWAIT_EXTENSION, SEND_NOWAIT_EXTENSION
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from realtime.streams import StreamId, parse_stream_id
 from realtime.throttle import MessageRate
 
-router = APIRouter()
 _logger = logging.getLogger("realtime.socket")
 _START_ATTEMPTS = 3
+PATH = "/ws"
 
 
-@router.websocket("/ws")
-async def events_socket(websocket: WebSocket) -> None:
+async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """The `/ws` ASGI endpoint (a plain route: no FastAPI dependency machinery per socket)."""
+    websocket = WebSocket(scope, receive, send)
     settings: RealtimeSettings = websocket.state.settings
     hub: Hub = websocket.state.hub
     redis: Redis = websocket.state.redis
@@ -73,15 +75,61 @@ async def events_socket(websocket: WebSocket) -> None:
         await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
         return
     await websocket.accept()
+    del websocket
+    extensions = scope.get("extensions") or {}
+    _forget_handshake(scope)
     session = Session(
         user_id=user_id,
         stream=user_stream(settings.redis_key_prefix, user_id),
         redis=redis,
         queue_size=settings.ws_send_queue_size,
         replay_batch=settings.ws_replay_batch,
-        send_nowait=(websocket.scope.get("extensions") or {}).get(SEND_NOWAIT_EXTENSION),
+        send=functools.partial(_send_text, send),
+        send_nowait=extensions.get(SEND_NOWAIT_EXTENSION),
+        on_close=_closer(extensions.get(CLOSE_NOWAIT_EXTENSION), send, settings),
     )
-    await _serve(websocket, session, hub=hub, settings=settings, start_from=start_from)
+    await _serve(receive, session, hub=hub, settings=settings, start_from=start_from)
+
+
+def _forget_handshake(scope: Scope) -> None:
+    # The socket lives for hours; what only the handshake needed (its headers, the
+    # query string with its ticket, the app state copy) need not live with it.
+    scope["headers"] = []
+    scope["query_string"] = b""
+    scope["subprotocols"] = []
+    scope["state"] = {}
+
+
+async def _send_text(send: Send, text: str) -> None:
+    await send({"type": "websocket.send", "text": text})
+
+
+def _closer(
+    close_nowait: Callable[[int, str, float], None] | None, send: Send, settings: RealtimeSettings
+) -> Callable[[int, str], None]:
+    """How a session closes its socket: at once through the server when it offers that."""
+    timeout = settings.ws_close_timeout_seconds
+    if close_nowait is not None:
+        return lambda code, reason: close_nowait(code, reason[:120], timeout)
+
+    def close_later(code: int, reason: str) -> None:
+        # The stock protocol: its close waits for the socket to be writable.
+        message = {"type": "websocket.close", "code": code, "reason": reason[:120]}
+        task = asyncio.create_task(_close_within(send, message, timeout))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    return close_later
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close_within(send: Send, message: dict[str, Any], seconds: float) -> None:
+    # A client that stopped reading may never let the close frame out.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(seconds):
+            await send(message)
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
@@ -107,14 +155,18 @@ def _hello(session: Session, settings: RealtimeSettings) -> dict[str, Any]:
 
 
 async def _serve(
-    websocket: WebSocket,
+    receive: Receive,
     session: Session,
     *,
     hub: Hub,
     settings: RealtimeSettings,
     start_from: StreamId | None,
 ) -> None:
+    # One task per socket, this one: it starts delivery, then reads the client's
+    # messages. Frames go out from the fan-out synchronously (or through a pump task
+    # while a backlog lasts); the idle sweep and the heartbeat are per process.
     opened = time.monotonic()
+    session.last_seen = asyncio.get_running_loop().time()
     session.send_message(_hello(session, settings))
     hub.register(session)
     _logger.info(
@@ -126,26 +178,14 @@ async def _serve(
             "last_event_id": str(start_from) if start_from else None,
         },
     )
-    sender = asyncio.create_task(_pump(websocket, session))
-    receiver = asyncio.create_task(_receive(websocket, session, settings))
-    closing = asyncio.create_task(session.closed.wait())
-    starter = asyncio.create_task(_start(session, start_from))
-    tasks = (sender, receiver, closing, starter)
     WS_CONNECTIONS.inc()
     try:
-        await asyncio.wait((sender, receiver, closing), return_when=asyncio.FIRST_COMPLETED)
+        await _start(session, start_from)
+        await _receive(receive, session, settings)
     finally:
         WS_CONNECTIONS.dec()
         hub.unregister(session)
         session.cancel_tasks()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if session.close_code is not None:
-        # A client that stopped reading may never let the close frame out.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(settings.ws_close_timeout_seconds):
-                await websocket.close(session.close_code, session.close_reason[:120])
     _logger.info(
         "websocket closed",
         extra={
@@ -160,6 +200,8 @@ async def _serve(
 
 async def _start(session: Session, start_from: StreamId | None) -> None:
     for attempt in range(_START_ATTEMPTS):
+        if session.closed:
+            return
         try:
             await session.start(start_from)
             return
@@ -171,23 +213,15 @@ async def _start(session: Session, start_from: StreamId | None) -> None:
     session.close(CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
 
 
-async def _pump(websocket: WebSocket, session: Session) -> None:
-    with contextlib.suppress(Exception):  # the client is gone: the endpoint ends the session
-        await session.pump(websocket.send_text)
-
-
-async def _receive(websocket: WebSocket, session: Session, settings: RealtimeSettings) -> None:
-    rate = MessageRate(settings.rate_limit_ws_messages)
-    while True:
-        try:
-            async with asyncio.timeout(settings.ws_idle_timeout_seconds):
-                message = await websocket.receive()
-        except TimeoutError:
-            idle = f"idle: send a ping at least every {settings.ws_idle_timeout_seconds:g}s"
-            session.close(CLOSE_GOING_AWAY, idle)
+async def _receive(receive: Receive, session: Session, settings: RealtimeSettings) -> None:
+    loop = asyncio.get_running_loop()
+    rate: MessageRate | None = None  # made at the first message: most sockets never send one
+    while not session.closed:
+        message = await receive()
+        if message["type"] == "websocket.disconnect" or session.closed:
             return
-        if message["type"] == "websocket.disconnect":
-            return
+        session.last_seen = loop.time()
+        rate = rate or MessageRate(settings.rate_limit_ws_messages)
         if not rate.allow():
             allowed = f"{rate.amount} per {rate.window:g}s"
             session.close(CLOSE_POLICY_VIOLATION, f"too many messages: at most {allowed}")

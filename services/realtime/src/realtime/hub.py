@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.contracts.events import user_channel
+from common.contracts.realtime import CLOSE_GOING_AWAY
 from common.metrics import REDIS_RECONNECTS, WS_EVENTS_DELIVERED
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
@@ -67,6 +68,7 @@ class Hub:
         self._sessions: dict[str, set[Session]] = defaultdict(set)
         self._connected = False
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -95,12 +97,31 @@ class Hub:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="realtime-hub")
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="realtime-idle-sweep")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _sweep_idle(self) -> None:
+        """Close every socket whose client sent nothing for `WS_IDLE_TIMEOUT_SECONDS`.
+
+        One task for the process rather than a timer per socket: it looks every
+        tenth of the timeout, so a silent client is closed between 1 and 1.1
+        timeouts after its last message.
+        """
+        limit = self._settings.ws_idle_timeout_seconds
+        idle = f"idle: send a ping at least every {limit:g}s"
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(limit / 10)
+            oldest = loop.time() - limit
+            for session in self._all_sessions():
+                if session.last_seen <= oldest:
+                    session.close(CLOSE_GOING_AWAY, idle)
 
     async def _run(self) -> None:
         failures = 0

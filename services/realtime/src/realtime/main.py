@@ -5,22 +5,24 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.health import Lifecycle, create_health_router, redis_check
 from common.logging import configure_logging
 from common.metrics import create_metrics_router
 from common.middleware import (
+    HostCheckMiddleware,
     UnhandledErrorMiddleware,
     add_edge_middleware,
 )
 from common.ratelimit import RateLimiter, build_policies
 from common.redis import create_redis
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
-from realtime import capacity
-from realtime.endpoint import router as socket_router
+from realtime import capacity, endpoint
 from realtime.hub import Hub, create_pubsub_redis
 from realtime.settings import RealtimeSettings, get_settings
 
@@ -63,11 +65,42 @@ def _lifespan(settings: RealtimeSettings) -> Any:
     return lifespan
 
 
+class RealtimeApp(FastAPI):
+    """FastAPI for HTTP; `/ws` handshakes go straight to `socket_app`.
+
+    A socket lives for hours and every layer it passes through keeps a frame
+    for as long, so `/ws` skips the HTTP middleware (request id, access log,
+    security headers, error pages, tracing: none of them acts on a socket
+    after its handshake) and FastAPI's routing. It keeps what a socket needs:
+    the connection limit, the real client address and the host check.
+    """
+
+    socket_app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.socket_app is not None
+            and scope["type"] == "websocket"
+            and scope["path"] == endpoint.PATH
+        ):
+            await self.socket_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _socket_app(settings: RealtimeSettings, limit: int) -> ASGIApp:
+    hosts = HostCheckMiddleware(endpoint.events_socket, allowed_hosts=settings.allowed_hosts)
+    # uvicorn types its middleware with its own ASGI types; both are ASGI apps.
+    proxied = ProxyHeadersMiddleware(cast("Any", hosts), trusted_hosts=settings.forwarded_allow_ips)
+    # Outermost: a socket beyond the memory budget costs nothing further.
+    return capacity.ConnectionLimit(cast("ASGIApp", proxied), limit=limit)
+
+
 def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
     """Build the realtime service for `settings` (default: from the environment)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = FastAPI(
+    app = RealtimeApp(
         title="Realtime",
         version="0.1.0",
         docs_url=None,
@@ -78,17 +111,15 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
     )
     app.include_router(create_health_router())
     app.include_router(create_metrics_router(token=settings.metrics_token))
-    app.include_router(socket_router)
 
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(UnhandledErrorMiddleware)
     add_edge_middleware(app, settings, csp=CONTENT_SECURITY_POLICY)
     instrument_app(app)
-    # Outermost: a socket beyond the memory budget costs nothing further.
     budget = capacity.memory_budget(settings)
     limit = capacity.connection_limit(settings, budget)
     _logger.info("%s", capacity.describe(settings, budget, limit))
-    app.add_middleware(capacity.ConnectionLimit, limit=limit)
+    app.socket_app = _socket_app(settings, limit)
     return app
 
 

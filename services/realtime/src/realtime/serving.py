@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
+from collections import deque
 from typing import Any, cast
 
 from uvicorn._types import ASGISendEvent
@@ -17,9 +20,10 @@ from websockets.protocol import State
 
 from realtime.settings import RealtimeSettings, get_settings
 
-# The ASGI scope extension under which `CoalescingWebSocketProtocol` offers
-# `send_text_nowait(text) -> bool` to the application.
+# The ASGI scope extensions under which `CoalescingWebSocketProtocol` offers
+# `send_text_nowait(text) -> bool` and `close_nowait(code, reason)` to the application.
 SEND_NOWAIT_EXTENSION = "realtime.send_text_nowait"
+CLOSE_NOWAIT_EXTENSION = "realtime.close_nowait"
 
 
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -33,6 +37,13 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     frame of that socket from the same turn: one syscall per burst, no added
     latency. Anything else (close, a refused handshake), a socket paused by flow
     control, or one not yet open takes the stock path, after the pending frames.
+
+    Per socket it holds less than the stock protocol, because an idle socket's
+    memory is what limits how many one worker serves: the receive queue and the
+    writable flag are a deque and one future (`_Inbox`, `_Flag`) rather than an
+    `asyncio.Queue` and `asyncio.Event`, the handshake request and response are
+    dropped once accepted, and the keepalive pings come from one timer per
+    process (`_Heartbeat`) rather than one or two per socket.
     """
 
     _flush_scheduled = False
@@ -47,18 +58,69 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.queue = _Inbox()  # type: ignore[assignment]  # the subset of asyncio.Queue used
+        self.writable = _Flag()  # type: ignore[assignment]  # the subset of asyncio.Event used
+        self.writable.set()
         # One per server (so per event loop), kept on the state uvicorn shares.
-        batch = getattr(server_state, "realtime_write_batch", None)
-        if batch is None:
-            batch = _WriteBatch(self.loop)
-            server_state.realtime_write_batch = batch  # type: ignore[attr-defined]
-        self._batch: _WriteBatch = batch
+        shared = getattr(server_state, "realtime_shared", None)
+        if shared is None:
+            shared = (_WriteBatch(self.loop), _Heartbeat(self.loop, config))
+            server_state.realtime_shared = shared  # type: ignore[attr-defined]
+        self._batch: _WriteBatch = shared[0]
+        self._heartbeat: _Heartbeat = shared[1]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
-        # ASGI types extensions as dicts; ours is a callable, read by realtime.endpoint.
+        # ASGI types extensions as dicts; ours are callables, read by realtime.endpoint.
         extensions = cast("dict[str, object]", self.scope.setdefault("extensions", {}))
         extensions[SEND_NOWAIT_EXTENSION] = self.send_text_nowait
+        extensions[CLOSE_NOWAIT_EXTENSION] = self.close_nowait
+
+    # Keepalive: the process-wide heartbeat pings this socket (see `_Heartbeat`).
+
+    def start_keepalive(self) -> None:
+        self.ping_sent_at = self.loop.time()  # the first ping is due one interval from now
+        self._heartbeat.add(self)
+
+    def stop_keepalive(self) -> None:
+        self._heartbeat.discard(self)
+        self.pending_ping_payload = None
+
+    def send_keepalive_ping(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        # A payload of its own, so a stale or unsolicited pong is not taken for the answer.
+        self.pending_ping_payload = os.urandom(4)
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self._schedule_flush()
+
+    def handle_pong(self, event: Any) -> None:
+        if self.pending_ping_payload is not None and bytes(event.data) == self.pending_ping_payload:
+            self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+            self.pending_ping_payload = None
+
+    def close_nowait(self, code: int, reason: str, timeout: float) -> None:
+        """Send a close frame now, after the frames queued before it; end the socket.
+
+        The application's `receive` then returns `websocket.disconnect`. A client
+        that does not answer (or read) within `timeout` seconds is cut off.
+        """
+        if not self.handshake_complete or self.close_sent or self.disconnected:
+            return
+        self._flush()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.stop_keepalive()
+        self.close_sent = True
+        if self.transport.is_closing():
+            return
+        with contextlib.suppress(InvalidState):
+            self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(timeout, self.transport.abort)
 
     def send_text_nowait(self, text: str) -> bool:
         """Queue a text frame for this turn's write; False if it must wait (or cannot go)."""
@@ -68,6 +130,11 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         return True
 
     async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "websocket.accept" and not self.handshake_complete:
+            await super().send(message)
+            # Accepted: the handshake's request and response are not needed any more.
+            self.request = self.response = None  # type: ignore[assignment]
+            return
         if message["type"] == "websocket.send" and self._is_open_and_writable():
             data, text = message.get("bytes"), message.get("text")
             if text is not None:
@@ -130,6 +197,110 @@ class _WriteBatch:
         dirty, self._dirty = self._dirty, []
         for protocol in dirty:
             protocol._flush()
+
+
+class _Inbox:
+    """What uvicorn uses of an `asyncio.Queue`: a deque and at most one waiting getter."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class _Flag:
+    """What uvicorn uses of an `asyncio.Event`, with a future only while someone waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
+class _Heartbeat:
+    """The keepalive pings of every socket of one server, from one timer.
+
+    The stock protocol keeps a timer per socket (a ping timer, then a pong
+    deadline). Here one callback runs every `tick` (a tenth of the shorter of
+    the interval and the timeout) and, for each open socket, sends a ping once
+    `ws_ping_interval` has passed since its last one was answered, or fails the
+    socket (1011) when a ping has gone unanswered for `ws_ping_timeout`. Sockets
+    opened at different times are due at different ticks, so the pings stay
+    spread out; each is at most one tick later than the stock timer would be.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
+        self._loop = loop
+        self._interval: float | None = config.ws_ping_interval or None
+        self._timeout: float | None = config.ws_ping_timeout or None
+        shortest = min(value for value in (self._interval or 60.0, self._timeout or 60.0))
+        self._tick = max(0.01, shortest / 10)
+        self._sockets: dict[CoalescingWebSocketProtocol, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: CoalescingWebSocketProtocol) -> None:
+        if self._interval is None:
+            return
+        self._sockets[protocol] = None
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._beat)
+
+    def discard(self, protocol: CoalescingWebSocketProtocol) -> None:
+        self._sockets.pop(protocol, None)
+
+    def _beat(self) -> None:
+        now = self._loop.time()
+        assert self._interval is not None
+        for protocol in list(self._sockets):
+            waited = now - protocol.ping_sent_at
+            if protocol.pending_ping_payload is None:
+                if waited >= self._interval - protocol.last_ping_rtt:
+                    protocol.send_keepalive_ping()
+            elif self._timeout is not None and waited >= self._timeout:
+                self._sockets.pop(protocol, None)
+                protocol.keepalive_timeout()
+        self._timer = self._loop.call_later(self._tick, self._beat) if self._sockets else None
 
 
 @functools.lru_cache(maxsize=1)

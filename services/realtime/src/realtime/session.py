@@ -7,6 +7,11 @@ hold live events first, then read the stream after the client's position and
 send, then send the held events, skipping every id already sent. Stream ids
 are ordered and pub/sub delivers in stream order, so an id at or below the
 last one sent can only be a copy of a replayed entry.
+
+An idle socket costs no task here: a frame goes straight to the socket when
+nothing is ahead of it (the server's synchronous send), else into a deque that
+a pump task, started only then, drains in order and ends when it is empty. A
+replay waits for room in the deque on one future.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -41,14 +47,19 @@ class Session:
         redis: Redis,
         queue_size: int,
         replay_batch: int,
+        send: Callable[[str], Awaitable[None]],
         send_nowait: Callable[[str], bool] | None = None,
+        on_close: Callable[[int, str], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
-        self.closed = asyncio.Event()
+        self.queue_size = queue_size
         self.close_code: int | None = None
         self.close_reason = ""
+        self.last_seen = 0.0  # loop time of the client's last message (the idle sweep reads it)
+        self._frames: deque[str] = deque()
+        self._room: asyncio.Future[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._stream = stream
         self._redis = redis
         self._batch = replay_batch
@@ -60,9 +71,22 @@ class Session:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._resync_task: asyncio.Task[None] | None = None
+        self._send = send
         # The server's synchronous send (realtime.serving), used while nothing is queued.
         self._send_nowait = send_nowait
+        self._on_close = on_close
         self._sending = False
+        self._gone = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is ending: `close` was called, or a send to it failed."""
+        return self.close_code is not None or self._gone
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the socket."""
+        return len(self._frames)
 
     @property
     def position(self) -> StreamId:
@@ -70,10 +94,14 @@ class Session:
         return max(self._baseline, self._last_sent or ZERO)
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the endpoint to close the socket with `code`; the first reason wins."""
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        self.closed.set()
+        """Close the socket with `code`; the first reason wins. Queued frames are dropped."""
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason
+        self._frames.clear()
+        self._wake_replay()
+        if self._on_close is not None:
+            self._on_close(code, reason)
 
     def send_message(self, message: dict[str, Any]) -> None:
         """Queue a control message (hello, pong, error, ...) without waiting."""
@@ -81,10 +109,10 @@ class Session:
 
     def deliver(self, entry: Entry) -> None:
         """A live event from the fan-out: queued, or held while a replay runs."""
-        if self.closed.is_set():
+        if self.closed:
             return
         if self._held is not None:
-            if len(self._held) >= self.queue.maxsize:
+            if len(self._held) >= self.queue_size:
                 self._overflow()
                 return
             self._held.append(entry)
@@ -123,17 +151,6 @@ class Session:
         if self._resync_task is None or self._resync_task.done():
             self._resync_task = self._spawn(self._resync())
 
-    async def pump(self, send: Callable[[str], Awaitable[None]]) -> None:
-        """Send queued frames to the socket, in order, for as long as it is open."""
-        while True:
-            frame = await self.queue.get()
-            # While a frame is out of the queue but not yet sent, nothing may overtake it.
-            self._sending = True
-            try:
-                await send(frame)
-            finally:
-                self._sending = False
-
     def cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -160,7 +177,7 @@ class Session:
         if after != ZERO and not await holds(self._redis, self._stream, after):
             # Trimmed away (or lost with the data): what followed cannot be told,
             # so the client reloads its state from the API and goes on live.
-            await self.queue.put(json.dumps({"type": "reset", "last_event_id": str(after)}))
+            await self._put(json.dumps({"type": "reset", "last_event_id": str(after)}))
             self._last_sent = None
             self._baseline = await latest_id(self._redis, self._stream)
             return
@@ -183,31 +200,68 @@ class Session:
             self._held = None
 
     async def _send_replayed(self, entry: Entry) -> None:
-        # Waits for room: a replay is paced by the client, not dropped.
         if not self._is_sent(entry[0]):
-            await self.queue.put(entry[1])
+            await self._put(entry[1])
             self._last_sent = entry[0]
 
     def _is_sent(self, entry_id: StreamId) -> bool:
         return self._last_sent is not None and entry_id <= self._last_sent
 
+    async def _put(self, frame: str) -> None:
+        # Waits for room: a replay is paced by the client, not dropped.
+        while len(self._frames) >= self.queue_size and not self.closed:
+            self._room = asyncio.get_running_loop().create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
+        if not self.closed:
+            self._put_nowait(frame)
+
     def _put_nowait(self, frame: str) -> None:
         # Straight to the socket when nothing is ahead of the frame: no task switch and
         # no await per socket, the cost that dominates fan-out to many sockets.
+        if self.closed:
+            return
         if (
             self._send_nowait is not None
             and not self._sending
-            and self.queue.empty()
+            and not self._frames
             and self._send_nowait(frame)
         ):
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._frames) >= self.queue_size:
             self._overflow()
+            return
+        self._frames.append(frame)
+        if self._pump is None:
+            self._pump = self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        """Send queued frames in order until none is left (the pump, started on demand)."""
+        try:
+            while self._frames:
+                frame = self._frames.popleft()
+                self._wake_replay()
+                # While a frame is out of the deque but not yet sent, nothing may overtake it.
+                self._sending = True
+                try:
+                    await self._send(frame)
+                finally:
+                    self._sending = False
+        except Exception:
+            self._gone = True
+            self._frames.clear()
+            self._wake_replay()
+        finally:
+            self._pump = None
+
+    def _wake_replay(self) -> None:
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     def _overflow(self) -> None:
-        if not self.closed.is_set():
+        if not self.closed:
             WS_SLOW_CONSUMERS_CLOSED.inc()
         self.close(CLOSE_TRY_AGAIN_LATER, "send queue full: the client reads too slowly")
 
