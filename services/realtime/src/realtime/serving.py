@@ -16,7 +16,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 from websockets.exceptions import InvalidState
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from realtime.settings import RealtimeSettings, get_settings
 
@@ -132,8 +132,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] == "websocket.accept" and not self.handshake_complete:
             await super().send(message)
-            # Accepted: the handshake's request and response are not needed any more.
-            self.request = self.response = None  # type: ignore[assignment]
+            self._forget_request()
             return
         if message["type"] == "websocket.send" and self._is_open_and_writable():
             data, text = message.get("bytes"), message.get("text")
@@ -148,6 +147,27 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self._flush()
         await super().send(message)
+
+    def _forget_request(self) -> None:
+        """Accepted: let the handshake's request and response go (a few KB per socket).
+
+        websockets' parser keeps the request in a local variable of the generator
+        that goes on parsing frames; a fresh frame parser takes its place when the
+        old one waits at a frame boundary with nothing buffered, which it does
+        unless the client sent frames before it saw our 101 (then it stays).
+        """
+        self.request = self.response = None  # type: ignore[assignment]
+        parser = self.conn.parser
+        inner = getattr(parser, "gi_yieldfrom", None)
+        innermost = getattr(inner, "gi_yieldfrom", None)
+        if (
+            self.conn.state is State.OPEN
+            and not self.conn.reader.buffer
+            and getattr(innermost, "__name__", "") == "at_eof"
+        ):
+            parser.close()
+            self.conn.parser = Protocol.parse(self.conn)
+            next(self.conn.parser)
 
     def _queue_frame(self, frame: bytes) -> None:
         if self._pending is None:
@@ -205,10 +225,13 @@ class _Inbox:
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: deque[Any] = deque()
+        # Made when a message arrives, dropped when it is read: most sockets are silent.
+        self._items: deque[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -223,7 +246,10 @@ class _Inbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
 
 
 class _Flag:

@@ -57,7 +57,8 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.last_seen = 0.0  # loop time of the client's last message (the idle sweep reads it)
-        self._frames: deque[str] = deque()
+        # Frames waiting for the socket: made for a backlog, dropped once it is sent.
+        self._frames: deque[str] | None = None
         self._room: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._stream = stream
@@ -86,7 +87,7 @@ class Session:
     @property
     def queued(self) -> int:
         """Frames waiting for the socket."""
-        return len(self._frames)
+        return len(self._frames) if self._frames is not None else 0
 
     @property
     def position(self) -> StreamId:
@@ -98,7 +99,7 @@ class Session:
         if self.close_code is not None:
             return
         self.close_code, self.close_reason = code, reason
-        self._frames.clear()
+        self._frames = None
         self._wake_replay()
         if self._on_close is not None:
             self._on_close(code, reason)
@@ -209,7 +210,7 @@ class Session:
 
     async def _put(self, frame: str) -> None:
         # Waits for room: a replay is paced by the client, not dropped.
-        while len(self._frames) >= self.queue_size and not self.closed:
+        while self.queued >= self.queue_size and not self.closed:
             self._room = asyncio.get_running_loop().create_future()
             try:
                 await self._room
@@ -230,9 +231,11 @@ class Session:
             and self._send_nowait(frame)
         ):
             return
-        if len(self._frames) >= self.queue_size:
+        if self.queued >= self.queue_size:
             self._overflow()
             return
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append(frame)
         if self._pump is None:
             self._pump = self._spawn(self._drain())
@@ -242,6 +245,8 @@ class Session:
         try:
             while self._frames:
                 frame = self._frames.popleft()
+                if not self._frames:
+                    self._frames = None
                 self._wake_replay()
                 # While a frame is out of the deque but not yet sent, nothing may overtake it.
                 self._sending = True
@@ -251,7 +256,7 @@ class Session:
                     self._sending = False
         except Exception:
             self._gone = True
-            self._frames.clear()
+            self._frames = None
             self._wake_replay()
         finally:
             self._pump = None
