@@ -1,8 +1,12 @@
 """Fan-out: how many events per second one realtime process delivers within p99 100 ms.
 
-`run_fanout` starts the realtime service (gunicorn, its production config, one
-worker) and then the baseline (`bench/baselines/minimal_ws.py` under the same
-gunicorn config and uvicorn worker), each in turn on the same Redis. For each
+`run_fanout` starts the realtime service as render.yaml starts it (its
+`startCommand` and env vars, resolved by `bench.stack.Stack` as for every
+other scenario: LOG_LEVEL INFO, WEB_CONCURRENCY 2) and then the baseline
+(`bench/baselines/minimal_ws.py` under the same command, env and uvicorn
+settings), each in turn on the same Redis. The overrides, named in the output:
+the lifted rate limits (as everywhere in the bench), a Redis key prefix of the
+run's own, and a bind to loopback. For each
 client count it connects that many WebSocket clients, spread over
 `USERS` users and several client processes (`bench/fanout_client.py`), then
 publishes events to the users' channels with the worker's own
@@ -11,8 +15,9 @@ reached every socket of its user, none was closed, and the p99 of
 publish-to-receive latency is at most 100 ms; the result is the highest
 delivery rate (frames reaching sockets per second) that passed.
 
-It also measures memory per idle connection: the worker's RSS after the
-clients connected minus before, divided by their number.
+It also measures memory per idle connection: the workers' RSS after the
+clients connected minus before (summed over the workers), divided by their
+number.
 
 CPU placement on a 2-core machine: the server under test is pinned to CPU 0,
 the clients, the publisher and this process to CPU 1 (Redis runs where the OS
@@ -47,6 +52,7 @@ import httpx
 import psutil
 from redis.asyncio import Redis
 
+from bench.stack import Stack
 from common.auth import issue_access_token
 from common.contracts import events
 from common.settings import CommonSettings
@@ -54,7 +60,6 @@ from common.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
-REALTIME_CONFIG = ROOT / "services" / "realtime" / "gunicorn.conf.py"
 USERS = 20
 P99_LIMIT = 0.100
 RATIO_TARGET = 1.5
@@ -66,12 +71,9 @@ LOAD_CPU = 1
 _BUCKETS_PER_SECOND = 10_000  # as bench.fanout_client
 _READY_TIMEOUT = 30.0
 
-# The gunicorn arguments of each server; both read services/realtime/gunicorn.conf.py.
-SERVERS = {
-    "ours": ["realtime.main:app"],
-    "baseline": ["-k", "bench.baselines.minimal_ws.StockUvicornWorker",
-                 "bench.baselines.minimal_ws:app"],
-}  # fmt: skip
+# The baseline: realtime's startCommand with its app and worker class swapped.
+BASELINE_APP = "bench.baselines.minimal_ws:app"
+BASELINE_WORKER = ["-k", "bench.baselines.minimal_ws.StockUvicornWorker"]
 
 
 @dataclass(frozen=True)
@@ -171,23 +173,54 @@ def _raise_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
 
 
+@dataclass(frozen=True)
+class Servers:
+    """How both servers start: realtime's startCommand and env, and what differs from them."""
+
+    command: list[str]
+    env: dict[str, str]
+    overrides: dict[str, str]
+
+    @classmethod
+    def from_stack(cls, stack: Stack, prefix: str) -> Servers:
+        overrides = dict(stack.overrides)
+        overrides.pop("(Postgres)", None)  # realtime has no database
+        overrides["REDIS_KEY_PREFIX"] = f"{prefix} (this fan-out run's own keys)"
+        overrides["--bind"] = "127.0.0.1:<port> (loopback only)"
+        # The baseline module is imported from the repository root.
+        overrides["PYTHONPATH"] = f"{ROOT} (for the baseline's module)"
+        env = {**stack.service_env("realtime"), "REDIS_KEY_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+        return cls(stack.command("realtime"), env, overrides)
+
+    def argv(self, kind: str, port: int) -> list[str]:
+        words = list(self.command)
+        if kind == "baseline":
+            words = [BASELINE_APP if word.endswith(":app") else word for word in words]
+            words[1:1] = BASELINE_WORKER
+        binary, *rest = words
+        # The startCommand names `gunicorn`; the one in this checkout's virtualenv runs it.
+        binary = str(GUNICORN) if binary == "gunicorn" else binary
+        return [binary, *rest, "--bind", f"127.0.0.1:{port}"]
+
+
 @contextlib.asynccontextmanager
 async def _server(
-    kind: str, *, env: dict[str, str], log_dir: Path
-) -> AsyncIterator[tuple[int, psutil.Process]]:
-    """Start one server with one worker; yield its port and the worker process."""
+    kind: str, *, servers: Servers, log_dir: Path
+) -> AsyncIterator[tuple[int, list[psutil.Process]]]:
+    """Start one server as render.yaml does; yield its port and its worker processes."""
     port = _free_port()
     log = (log_dir / f"{kind}-{port}.log").open("wb")
     process = subprocess.Popen(  # noqa: ASYNC220, S603 (our own command; start is instant)
-        [str(GUNICORN), "-c", str(REALTIME_CONFIG), "--bind", f"127.0.0.1:{port}", *SERVERS[kind]],
-        cwd=ROOT, env={**env, "PORT": str(port)}, stdin=subprocess.DEVNULL, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pin(SERVER_CPU),
+        servers.argv(kind, port), cwd=ROOT, env={**servers.env, "PORT": str(port)},
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_pin(SERVER_CPU),
     )  # fmt: skip
     try:
-        await _wait_ready(port, process)
+        await _wait_ready(port, process, servers.env)
         workers = psutil.Process(process.pid).children()
-        assert len(workers) == 1, workers
-        yield port, workers[0]
+        expected = int(servers.env.get("WEB_CONCURRENCY", "1"))
+        assert len(workers) == expected, (workers, expected)
+        yield port, workers
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 15)
@@ -199,9 +232,11 @@ async def _server(
         log.close()
 
 
-async def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+async def _wait_ready(port: int, process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT
-    async with httpx.AsyncClient(timeout=2.0) as client:
+    # The Host the service allows (render.yaml's ALLOWED_HOSTS, as the rehearsal resolves it).
+    headers = {"Host": env.get("ALLOWED_HOSTS", "localhost").split(",")[0]}
+    async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server on {port} exited with {process.returncode}")
@@ -304,7 +339,7 @@ async def _publish(
 async def _step(
     clients: list[_ClientProcess],
     redis: Redis,
-    worker: psutil.Process,
+    workers: list[psutil.Process],
     *,
     prefix: str,
     users: list[uuid.UUID],
@@ -313,7 +348,7 @@ async def _step(
     seconds: float,
 ) -> Step:
     await _call_all(clients, {"cmd": "reset"})
-    cpu_before = _cpu(worker)
+    cpu_before = _cpu(workers)
     published = await _publish(redis, prefix, users, rate / per_user, seconds)
     expected = published * per_user
     deadline = time.monotonic() + 2.0
@@ -335,21 +370,20 @@ async def _step(
         p50=_percentile(histogram, 0.50),
         p99=_percentile(histogram, 0.99),
         closed=sum(report["closed"] for report in reports),
-        server_cpu=_cpu(worker) - cpu_before,
+        server_cpu=_cpu(workers) - cpu_before,
     )
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def _cpu(processes: list[psutil.Process]) -> float:
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
 
 
-async def _connect(clients: list[_ClientProcess], port: int, tokens: list[str]) -> None:
+async def _connect(clients: list[_ClientProcess], port: int, host: str, tokens: list[str]) -> None:
     shares = [tokens[i :: len(clients)] for i in range(len(clients))]
     answers = await asyncio.gather(
         *(
             client.call({"cmd": "connect", "port": port, "source_ip": client.source_ip,
-                         "tokens": share})
+                         "tokens": share, "host": host})
             for client, share in zip(clients, shares, strict=True)
         )
     )  # fmt: skip
@@ -364,8 +398,8 @@ async def _connect(clients: list[_ClientProcess], port: int, tokens: list[str]) 
         raise RuntimeError(f"{closed} of {len(tokens)} clients were closed after connecting")
 
 
-def _rss(worker: psutil.Process) -> int:
-    return int(worker.memory_info().rss)
+def _rss(workers: list[psutil.Process]) -> int:
+    return sum(int(worker.memory_info().rss) for worker in workers)
 
 
 async def _measure(
@@ -374,7 +408,7 @@ async def _measure(
     *,
     ladder: bool,
     profile: Profile,
-    env: dict[str, str],
+    servers: Servers,
     redis: Redis,
     prefix: str,
     tokens: dict[uuid.UUID, str],
@@ -384,25 +418,26 @@ async def _measure(
     per_user = clients_count // len(users)
     user_tokens = [tokens[user] for user in users for _ in range(per_user)]
     processes = max(profile.client_processes, clients_count // 2_500)
-    async with _server(kind, env=env, log_dir=log_dir) as (port, worker):
+    host = servers.env.get("ALLOWED_HOSTS", "localhost").split(",")[0]
+    async with _server(kind, servers=servers, log_dir=log_dir) as (port, workers):
         clients = [await _ClientProcess.start(i) for i in range(processes)]
         try:
             # Warm up: code paths imported, caches and the Redis pool grown (handshakes
             # use it) before the baseline RSS, so that only per-socket state is counted.
-            await _connect(clients, port, user_tokens[: min(len(user_tokens), 400)])
+            await _connect(clients, port, host, user_tokens[: min(len(user_tokens), 400)])
             await _call_all(clients, {"cmd": "close"})
             for client in clients:
                 await client.process.wait()
             clients = [await _ClientProcess.start(i) for i in range(processes)]
             await asyncio.sleep(1.0)  # let the closed sockets' state go
-            before = _rss(worker)
-            await _connect(clients, port, user_tokens)
+            before = _rss(workers)
+            await _connect(clients, port, host, user_tokens)
             await asyncio.sleep(1.0)  # settle: handshakes' transient allocations freed
             outcome = Outcome(
-                kind, clients_count, (_rss(worker) - before) / 1024 / len(user_tokens)
+                kind, clients_count, (_rss(workers) - before) / 1024 / len(user_tokens)
             )
             if ladder:
-                await _ladder(outcome, clients, redis, worker, prefix=prefix, users=users,
+                await _ladder(outcome, clients, redis, workers, prefix=prefix, users=users,
                               per_user=per_user, profile=profile)  # fmt: skip
         finally:
             await asyncio.gather(*(client.close() for client in clients))
@@ -413,7 +448,7 @@ async def _ladder(
     outcome: Outcome,
     clients: list[_ClientProcess],
     redis: Redis,
-    worker: psutil.Process,
+    workers: list[psutil.Process],
     *,
     prefix: str,
     users: list[uuid.UUID],
@@ -425,13 +460,13 @@ async def _ladder(
     busy = 0.0
     rate = profile.first_rate
     # Warm-up, not counted: the first events meet cold caches and a cold client.
-    await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
+    await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
                 rate=rate, seconds=1.0)  # fmt: skip
     retried = False
     # A retry does not use up a rung: the ladder ends on a confirmed failure or its top.
     while len(outcome.steps) < profile.max_steps:
         started = time.monotonic()
-        step = await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
+        step = await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
                            rate=rate, seconds=profile.step_seconds)  # fmt: skip
         busy += time.monotonic() - started
         if not step.passed and not retried:
@@ -459,7 +494,7 @@ async def _ladder(
     low, high = (max(passed) if passed else 0.0), rate
     for _ in range(REFINE_STEPS if low and high else 0):
         middle = (low * high) ** 0.5
-        step = await _step(clients, redis, worker, prefix=prefix, users=users, per_user=per_user,
+        step = await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
                            rate=middle, seconds=profile.step_seconds)  # fmt: skip
         outcome.steps.append(step)
         print(
@@ -475,8 +510,11 @@ async def _ladder(
 # --- results -----------------------------------------------------------------
 
 
-def _rows(outcomes: dict[tuple[str, int], Outcome], profile: Profile) -> list[dict[str, Any]]:
+def _rows(
+    outcomes: dict[tuple[str, int], Outcome], profile: Profile, workers: int
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    placement = f"{workers} worker{'s' * (workers != 1)} (render.yaml) pinned to CPU 0"
     for count in profile.ladder_clients:
         ours, base = outcomes[("ours", count)], outcomes[("baseline", count)]
         ratio = ours.best / base.best if base.best else float("inf")
@@ -486,7 +524,7 @@ def _rows(outcomes: dict[tuple[str, int], Outcome], profile: Profile) -> list[di
             "ours": round(ours.best), "baseline": round(base.best), "unit": "events/s",
             "ratio": round(ratio, 2), "target": f">= {RATIO_TARGET}x",
             "met": ratio >= RATIO_TARGET,
-            "note": f"{USERS} users, {count // USERS} sockets each; one worker pinned to CPU 0; "
+            "note": f"{USERS} users, {count // USERS} sockets each; {placement}; "
                     + ("" if ours.saturated else "ours never failed (a lower bound); ")
                     + f"clients used {ours.client_cpu:.2f}/{base.client_cpu:.2f} CPU",
         })  # fmt: skip
@@ -499,7 +537,7 @@ def _rows(outcomes: dict[tuple[str, int], Outcome], profile: Profile) -> list[di
             "ours": round(ours_cpu, 1), "baseline": round(base_cpu, 1), "unit": "us",
             "ratio": round(base_cpu / ours_cpu, 2) if ours_cpu else None,
             "target": "-", "met": None,
-            "note": "user+system time of the worker; steadier than rates on a busy machine",
+            "note": "user+system time of the workers; steadier than rates on a busy machine",
         })  # fmt: skip
     for (kind, count), outcome in sorted(outcomes.items()):
         if kind != "ours":
@@ -507,13 +545,13 @@ def _rows(outcomes: dict[tuple[str, int], Outcome], profile: Profile) -> list[di
         base = outcomes[("baseline", count)]
         rows.append({
             "scenario": f"fan-out, {count:,} idle clients",
-            "metric": "memory per idle connection (worker RSS)",
+            "metric": "memory per idle connection (workers' RSS)",
             "ours": round(outcome.memory_kib, 1), "baseline": round(base.memory_kib, 1),
             "unit": "KiB", "ratio": round(outcome.memory_kib / base.memory_kib, 2)
             if base.memory_kib > 0 else None,
             "target": f"<= {MEMORY_TARGET_KIB:g} KiB",
             "met": outcome.memory_kib <= MEMORY_TARGET_KIB,
-            "note": "RSS after connecting minus before, / clients",
+            "note": f"RSS after connecting minus before, / clients; {placement}",
         })  # fmt: skip
     return rows
 
@@ -537,35 +575,30 @@ def _plot(outcomes: dict[tuple[str, int], Outcome], out_dir: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("events delivered to sockets per second")
     ax.set_ylabel("p99 publish-to-receive latency (ms)")
-    ax.set_title("Realtime fan-out: one worker process")
+    ax.set_title("Realtime fan-out: one instance, as render.yaml starts it")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "fanout.png", dpi=110)
     plt.close(fig)
 
 
-async def run_fanout(
-    *, redis_url: str, key_prefix: str, jwt_env: dict[str, str], profile: str, out_dir: Path
-) -> list[dict[str, Any]]:
-    """Measure ours against the baseline; write `fanout.png` into `out_dir`; the table rows."""
+async def run_fanout(stack: Stack, *, profile: str, out_dir: Path) -> list[dict[str, Any]]:
+    """Measure ours against the baseline; write `fanout.png` into `out_dir`; the table rows.
+
+    Both servers run realtime's startCommand with `stack`'s env for it; the
+    overrides are printed (and named in the rows' notes).
+    """
     chosen = PROFILES[profile]
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any load)
     _raise_fd_limit()
     affinity, priority = os.sched_getaffinity(0), os.getpriority(os.PRIO_PROCESS, 0)
     _pin(LOAD_CPU)()
-    prefix = f"{key_prefix}fanout-{secrets.token_hex(3)}:"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("PORT", "GUNICORN_CMD_ARGS")},
-        **jwt_env,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "WEB_CONCURRENCY": "1",
-        "LOG_LEVEL": "WARNING",
-        # Every client connects from a handful of addresses as a handful of users.
-        "RATE_LIMIT_WS_CONNECT_IP": "1000000/minute",
-        "RATE_LIMIT_WS_CONNECT_USER": "1000000/minute",
-        "PYTHONPATH": str(ROOT),
-    }
+    prefix = f"{stack.prefix}fanout-{secrets.token_hex(3)}:"
+    servers = Servers.from_stack(stack, prefix)
+    print("fan-out: realtime's startCommand and render.yaml env; overrides:", flush=True)
+    for key, why in servers.overrides.items():
+        print(f"  {key}={why}", flush=True)
+    jwt_env = stack.jwt_env
     settings = CommonSettings(
         _env_file=None,
         **{key.lower(): value for key, value in jwt_env.items()},  # type: ignore[arg-type]
@@ -575,7 +608,7 @@ async def run_fanout(
     outcomes: dict[tuple[str, int], Outcome] = {}
     counts = [(count, True) for count in chosen.ladder_clients]
     counts += [(count, False) for count in chosen.memory_clients]
-    redis = Redis.from_url(redis_url, socket_timeout=10)
+    redis = Redis.from_url(stack.redis_url, socket_timeout=10)
     log_dir = Path(tempfile.mkdtemp(prefix="fanout-logs-"))
     try:
         for count, ladder in counts:
@@ -583,7 +616,7 @@ async def run_fanout(
                 print(f"fan-out: {kind}, {count:,} clients{'' if ladder else ' (memory only)'}",
                       flush=True)  # fmt: skip
                 outcomes[(kind, count)] = await _measure(
-                    kind, count, ladder=ladder, profile=chosen, env=env, redis=redis,
+                    kind, count, ladder=ladder, profile=chosen, servers=servers, redis=redis,
                     prefix=prefix, tokens=tokens, log_dir=log_dir,
                 )  # fmt: skip
     finally:
@@ -593,7 +626,11 @@ async def run_fanout(
             os.setpriority(os.PRIO_PROCESS, 0, priority)
     shutil.rmtree(log_dir, ignore_errors=True)
     _plot(outcomes, out_dir)
-    return _rows(outcomes, chosen)
+    rows = _rows(outcomes, chosen, int(servers.env.get("WEB_CONCURRENCY", "1")))
+    named = "; ".join(f"{key}={why}" for key, why in servers.overrides.items())
+    for row in rows:
+        row["note"] = f"{row['note']}; overrides: {named}"
+    return rows
 
 
 # --- standalone ----------------------------------------------------------------
@@ -620,10 +657,18 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    jwt_env = {"JWT_SECRET": secrets.token_urlsafe(32)}
+    run_dir = Path(tempfile.mkdtemp(prefix="fanout-run-"))
     with _redis_url() as url:
-        rows = asyncio.run(run_fanout(redis_url=url, key_prefix="bench:", jwt_env=jwt_env,
-                                      profile=args.profile, out_dir=args.out))  # fmt: skip
+        # Realtime needs no database: the Blueprint's database URL is never read.
+        stack = Stack(
+            database_url="postgresql://unused@127.0.0.1/unused",
+            redis_url=url,
+            source="environment" if os.environ.get("REDIS_URL") else "embedded",
+            run_dir=run_dir,
+            prefix="bench:" if os.environ.get("REDIS_URL") else "",
+        )
+        rows = asyncio.run(run_fanout(stack, profile=args.profile, out_dir=args.out))
+    shutil.rmtree(run_dir, ignore_errors=True)
     json.dump(rows, sys.stdout, indent=2)
     print()
 

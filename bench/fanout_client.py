@@ -3,7 +3,7 @@
 Run as `python -m bench.fanout_client`; it takes one JSON command per stdin
 line and answers each with one JSON line on stdout:
 
-- `{"cmd": "connect", "port": p, "source_ip": ip, "tokens": [...]}` opens one
+- `{"cmd": "connect", "port": p, "source_ip": ip, "tokens": [...], "host": h}` opens one
   socket per token (each waits for its first frame, the server's hello);
 - `{"cmd": "reset"}` zeroes the counters; `{"cmd": "report"}` returns the
   frames counted since, a latency histogram and how many sockets were closed;
@@ -172,10 +172,10 @@ class _Socket(asyncio.Protocol):
             self.transport.close()
 
 
-def _handshake(port: int, token: str) -> bytes:
+def _handshake(host: str, token: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         f"Authorization: Bearer {token}\r\n\r\n"
     ).encode()
@@ -186,7 +186,10 @@ class _Client:
         self.stats = _Stats()
         self.sockets: list[_Socket] = []
 
-    async def connect(self, port: int, source_ip: str, tokens: list[str]) -> dict[str, Any]:
+    async def connect(
+        self, port: int, source_ip: str, tokens: list[str], host: str | None = None
+    ) -> dict[str, Any]:
+        host = host or f"127.0.0.1:{port}"
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
         errors: list[str] = []
@@ -196,7 +199,7 @@ class _Client:
                 ready: asyncio.Future[None] = loop.create_future()
                 try:
                     _, protocol = await loop.create_connection(
-                        lambda: _Socket(self.stats, _handshake(port, token), ready),
+                        lambda: _Socket(self.stats, _handshake(host, token), ready),
                         "127.0.0.1",
                         port,
                         local_addr=(source_ip, 0),
@@ -230,7 +233,11 @@ async def _main() -> None:
         command = json.loads(line)
         name = command["cmd"]
         if name == "connect":
-            answer(await client.connect(command["port"], command["source_ip"], command["tokens"]))
+            answer(
+                await client.connect(
+                    command["port"], command["source_ip"], command["tokens"], command.get("host")
+                )
+            )
         elif name == "reset":
             client.stats.reset()
             answer({"ok": True})

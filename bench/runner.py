@@ -117,13 +117,7 @@ async def _fanout(stack: Stack, profile: Profile, out_dir: Path, rows: list[Row]
         return
     affinity = os.sched_getaffinity(0)
     try:
-        work = run_fanout(
-            redis_url=stack.redis_url,
-            key_prefix=stack.prefix,
-            jwt_env=stack.jwt_env,
-            profile=profile.name,
-            out_dir=out_dir,
-        )
+        work = run_fanout(stack, profile=profile.name, out_dir=out_dir)
         await _guarded("Fan-out", work, rows)
     finally:
         # run_fanout pins this process to the load core; later work gets every core back.
