@@ -8,8 +8,8 @@ API answers only `Host: api.onrender.com`, and the clients send it). Log level,
 access log, worker recycling, pool sizes and worker counts are the shipped
 ones. The overrides, all named in the report (`Stack.overrides`):
 
-- the rate limits and the per-user active-job limit are lifted: every request
-  comes from 127.0.0.1 and from a few users;
+- the rate limits, the per-user active-job limit and the per-user socket cap
+  are lifted: every request comes from 127.0.0.1 and from a few users;
 - on a Redis shared with others (`REDIS_URL` set), a key prefix of this run's own;
 - whatever a `.env` in the repository root sets that the Blueprint does not
   (the services read it, as they would in a checkout).
@@ -57,6 +57,8 @@ PASSWORD = "correct horse battery staple"  # noqa: S105 (the bench users' passwo
 LIFTED_LIMITS = {
     **dict.fromkeys(GENEROUS_RATE_LIMIT_ENV, "100000000/minute"),
     "JOBS_MAX_ACTIVE_PER_USER": "1000000000",
+    # The fan-out and memory scenarios open hundreds of sockets per user.
+    "WS_MAX_CONNECTIONS_PER_USER": "100000",
 }
 # What the worker logs (at INFO, as shipped) once it consumes.
 WORKER_READY = " ready."

@@ -250,6 +250,8 @@ class TestCappedRealtime:
             REDIS_KEY_PREFIX=redis_key_prefix,
             ALLOWED_HOSTS="127.0.0.1",
             CORS_ORIGINS="http://127.0.0.1",
+            # 30 sockets per user here: the per-user cap is not what this test is about.
+            WS_MAX_CONNECTIONS_PER_USER=str(SOCKET_FLOOD),
         )
         settings = CommonSettings(_env_file=None, jwt_secret=jwt_secret)
         users = [uuid.uuid4() for _ in range(50)]

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from realtime.handshake import (
     resume_point,
 )
 from realtime.hub import Hub
+from realtime.presence import UserSockets
 from realtime.serving import CLOSE_NOWAIT_EXTENSION, SEND_NOWAIT_EXTENSION
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
@@ -54,6 +56,7 @@ async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
     redis: Redis = websocket.state.redis
     lifecycle: Lifecycle = websocket.state.lifecycle
     limiter: RateLimiter = websocket.state.rate_limiter
+    user_sockets: UserSockets = websocket.state.user_sockets
     try:
         check_origin(websocket, settings)
         # Per address before any credential work, per user after it.
@@ -74,11 +77,40 @@ async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
     if not hub.is_connected:
         await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
         return
-    await websocket.accept()
-    del websocket
+    connection_id = uuid.uuid4().hex
+    try:
+        admitted = await user_sockets.acquire(user_id, connection_id)
+    except RedisError:
+        await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, "events unavailable; try again later")
+        return
+    if not admitted:
+        reason = f"too many open connections: at most {user_sockets.cap} per user"
+        _logger.info("websocket refused: %s", reason)
+        await _refuse(websocket, CLOSE_POLICY_VIOLATION, reason)
+        return
+    try:
+        await websocket.accept()
+        del websocket
+        await _open(scope, receive, send, settings, hub, redis, user_id, connection_id, start_from)
+    finally:
+        await user_sockets.release(user_id, connection_id)
+
+
+async def _open(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    settings: RealtimeSettings,
+    hub: Hub,
+    redis: Redis,
+    user_id: str,
+    connection_id: str,
+    start_from: StreamId | None,
+) -> None:
     extensions = scope.get("extensions") or {}
     _forget_handshake(scope)
     session = Session(
+        connection_id=connection_id,
         user_id=user_id,
         stream=user_stream(settings.redis_key_prefix, user_id),
         redis=redis,

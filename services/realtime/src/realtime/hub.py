@@ -79,6 +79,13 @@ class Hub:
     def socket_count(self) -> int:
         return sum(len(sessions) for sessions in self._sessions.values())
 
+    def open_sockets(self) -> list[tuple[str, list[str]]]:
+        """This process's sockets: (user id, connection ids) for each user with any."""
+        return [
+            (user_id, [session.id for session in sessions])
+            for user_id, sessions in self._sessions.items()
+        ]
+
     def register(self, session: Session) -> None:
         """Route the user's live events to `session` from now on."""
         self._sessions[session.user_id].add(session)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +26,8 @@ from common.redis import create_redis
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime import capacity, endpoint
 from realtime.hub import Hub, create_pubsub_redis
+from realtime.logs import strip_query_strings
+from realtime.presence import UserSockets
 from realtime.settings import RealtimeSettings, get_settings
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
@@ -40,13 +44,18 @@ def _lifespan(settings: RealtimeSettings) -> Any:
         pubsub_redis = create_pubsub_redis(settings)
         hub = Hub(pubsub_redis, settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
+        user_sockets = UserSockets(
+            redis, prefix=settings.redis_key_prefix, cap=settings.ws_max_connections_per_user
+        )
         hub.start()
+        renewing = asyncio.create_task(user_sockets.keep_renewing(hub.open_sockets))
         lifecycle.install()
         try:
             yield {
                 "settings": settings,
                 "redis": redis,
                 "hub": hub,
+                "user_sockets": user_sockets,
                 "lifecycle": lifecycle,
                 "rate_limiter": RateLimiter(
                     redis,
@@ -57,6 +66,9 @@ def _lifespan(settings: RealtimeSettings) -> Any:
             }
         finally:
             lifecycle.uninstall()
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             await hub.stop()
             await pubsub_redis.aclose()
             await redis.aclose()
@@ -100,6 +112,7 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
     """Build the realtime service for `settings` (default: from the environment)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    strip_query_strings()
     app = RealtimeApp(
         title="Realtime",
         version="0.1.0",

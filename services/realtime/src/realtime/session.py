@@ -50,8 +50,9 @@ class Session:
         send: Callable[[str], Awaitable[None]],
         send_nowait: Callable[[str], bool] | None = None,
         on_close: Callable[[int, str], None] | None = None,
+        connection_id: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = connection_id or uuid.uuid4().hex
         self.user_id = user_id
         self.queue_size = queue_size
         self.close_code: int | None = None

@@ -36,6 +36,9 @@ class RealtimeSettings(CommonSettings):
     ws_max_connections: int | None = Field(default=None, ge=1)
     """Sockets one worker process accepts; unset: as many as its share of the memory budget
     holds. A handshake beyond it is accepted and closed with 1013 (try again later)."""
+    ws_max_connections_per_user: int = Field(default=20, ge=1, le=100_000)
+    """Sockets one user may have open at once, across every worker and instance (counted in
+    Redis); a handshake beyond it is accepted and closed with 1008."""
     ws_replay_batch: int = Field(default=100, ge=1, le=10_000)
     """Stream entries read per `XRANGE` while replaying missed events."""
     pubsub_backoff_seconds: float = Field(default=0.1, gt=0, le=60)
