@@ -190,6 +190,40 @@ class TestProtocol:
         assert set(response.json()["checks"]) == {"redis", "subscription"}
 
 
+class TestHeartbeat:
+    """One timer per process pings every socket; a client that never answers is dropped."""
+
+    async def test_a_silent_client_is_dropped_and_an_answering_one_kept(
+        self, realtime_factory: RealtimeFactory
+    ) -> None:
+        realtime = await realtime_factory(
+            ws_heartbeat_seconds=0.2, ws_heartbeat_timeout_seconds=0.4
+        )
+        # websockets answers every ping with a pong by itself.
+        answering = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        reader, writer = await asyncio.open_connection("127.0.0.1", realtime.port)
+        try:
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer "
+                + _token(realtime, uuid.uuid4()).encode()
+                + b"\r\n\r\n"
+            )
+            # Read everything the server sends, never answering: pings, then its close.
+            async with asyncio.timeout(10):
+                received = await reader.read(-1)
+        finally:
+            writer.close()
+        assert received.startswith(b"HTTP/1.1 101")
+        frames = received.partition(b"\r\n\r\n")[2]
+        assert b"\x89\x04" in frames  # a ping with its 4-byte payload
+        # Then a close frame: 1011 and the reason.
+        assert frames.endswith(b"\x88\x18" + (1011).to_bytes(2, "big") + b"keepalive ping timeout")
+        assert not answering.is_closed
+        await answering.close()
+
+
 class TestDelivery:
     """A user's sockets get each of their events once, in order, and nobody else's."""
 
