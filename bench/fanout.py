@@ -216,10 +216,7 @@ async def _server(
         preexec_fn=_pin(SERVER_CPU),
     )  # fmt: skip
     try:
-        await _wait_ready(port, process, servers.env)
-        workers = psutil.Process(process.pid).children()
-        expected = int(servers.env.get("WEB_CONCURRENCY", "1"))
-        assert len(workers) == expected, (workers, expected)
+        workers = await _wait_workers(port, process, servers.env)
         yield port, workers
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -230,6 +227,23 @@ async def _server(
             os.killpg(process.pid, 9)
             await asyncio.to_thread(process.wait)
         log.close()
+
+
+async def _wait_workers(
+    port: int, process: subprocess.Popen[bytes], env: dict[str, str]
+) -> list[psutil.Process]:
+    """Wait until every worker runs and readiness answers 200 repeatedly; the workers."""
+    expected = int(env.get("WEB_CONCURRENCY", "1"))
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while len(workers := psutil.Process(process.pid).children()) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(workers)} of {expected} workers within {_READY_TIMEOUT:g}s")
+        await asyncio.sleep(0.05)  # poll interval: gunicorn forks its workers in turn
+    # Each check may reach either worker: several in a row make an unready one unlikely
+    # (and `_connect` fails the run if a worker refuses sockets anyway).
+    for _ in range(5 * expected):
+        await _wait_ready(port, process, env)
+    return workers
 
 
 async def _wait_ready(port: int, process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
