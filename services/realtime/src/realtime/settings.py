@@ -29,10 +29,11 @@ class RealtimeSettings(CommonSettings):
     ws_close_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     """How long a close frame may wait behind a client's unread data before we give up,
     seconds."""
-    ws_connection_bytes: int = Field(default=56 * 1024, ge=1024, le=16 * 1024 * 1024)
-    """Memory one idle socket holds, the kernel's share included (measured by `make bench`'s
-    Memory row: about 50 KiB of PSS and 2 KiB of kernel memory per bearer-authenticated
-    socket). The sockets a worker accepts are sized from the memory budget with it."""
+    ws_connection_bytes: int = Field(default=16 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Memory one idle socket holds, the kernel's share included (measured by `make bench`:
+    the Fan-out memory rows give 11-13 KiB of RSS per bearer-authenticated socket, the
+    Memory row's PSS agrees, and the kernel keeps about 2 KiB more). The sockets a worker
+    accepts are sized from the memory budget with it."""
     ws_max_connections: int | None = Field(default=None, ge=1)
     """Sockets one worker process accepts; unset: as many as its share of the memory budget
     holds. A handshake beyond it is accepted and closed with 1013 (try again later)."""
