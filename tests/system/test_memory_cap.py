@@ -51,8 +51,9 @@ BIN = ROOT / ".venv" / "bin"
 PASSWORD = "correct horse battery staple"
 # The starter plan's memory, as render.yaml deploys the API (decimal megabytes).
 API_LIMIT = 512_000_000
-# Realtime under a tighter cap than its plan, so the flood that overflows it stays short.
-REALTIME_LIMIT = 320_000_000
+# Realtime under a tighter cap than its plan, so the flood that overflows it stays short
+# (a budget of about 780 sockets at the default WS_CONNECTION_BYTES).
+REALTIME_LIMIT = 265_000_000
 # Per worker more logins at once than its hashing queue takes (128 per hash slot).
 LOGINS_AT_ONCE = 400
 SOCKET_FLOOD = 1_500
