@@ -1,10 +1,12 @@
-"""No query string in the realtime service's logs: a `/ws?ticket=` URL carries a credential.
+"""No credential in the realtime service's logs: query strings and credential headers.
 
 uvicorn names a WebSocket handshake with its query string (`"WebSocket
 /ws?ticket=..." [accepted]` or `403`), and so do its access line and, at
 DEBUG, the websockets library's request line. A refused handshake never
 consumes its ticket, so such a line would hold a ticket that still works.
-`QueryStringFilter` cuts every logged path argument at its `?`.
+At DEBUG websockets also logs every handshake header, the bearer token's
+`Authorization` among them. `CredentialFilter` cuts every logged path
+argument at its `?` and replaces the value of those header lines.
 """
 
 from __future__ import annotations
@@ -16,12 +18,27 @@ import logging
 PATH_LOGGERS = ("uvicorn.error", "uvicorn.access", "gunicorn.access")
 
 
-class QueryStringFilter(logging.Filter):
-    """Drop the query string from every path (`/...?...`) among a record's arguments."""
+# websockets' DEBUG lines for a request or response header: "< name: value", "> name: value".
+_HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
+_SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
+REDACTED = "[redacted]"
+
+
+class CredentialFilter(logging.Filter):
+    """Drop the query string from every path (`/...?...`) among a record's arguments,
+    and the value of a credential header line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(_has_query(arg) for arg in record.args):
-            record.args = tuple(_without_query(arg) for arg in record.args)
+        args = record.args
+        if (
+            record.msg in _HEADER_LINES
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and str(args[0]).lower() in _SECRET_HEADERS
+        ):
+            record.args = (args[0], REDACTED)
+        elif isinstance(args, tuple) and any(_has_query(arg) for arg in args):
+            record.args = tuple(_without_query(arg) for arg in args)
         if isinstance(record.msg, str) and "?" in record.msg and not record.args:
             record.msg = " ".join(_cut(word) for word in record.msg.split(" "))
         return True
@@ -42,9 +59,9 @@ def _cut(text: str) -> str:
     return text
 
 
-def strip_query_strings() -> None:
-    """Install `QueryStringFilter` on the loggers that name request paths (idempotent)."""
+def strip_credentials() -> None:
+    """Install `CredentialFilter` on the loggers that name request paths (idempotent)."""
     for name in PATH_LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(existing, QueryStringFilter) for existing in logger.filters):
-            logger.addFilter(QueryStringFilter())
+        if not any(isinstance(existing, CredentialFilter) for existing in logger.filters):
+            logger.addFilter(CredentialFilter())

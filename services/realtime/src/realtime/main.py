@@ -26,7 +26,7 @@ from common.redis import create_redis
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime import capacity, endpoint
 from realtime.hub import Hub, create_pubsub_redis
-from realtime.logs import strip_query_strings
+from realtime.logs import strip_credentials
 from realtime.presence import UserSockets
 from realtime.settings import RealtimeSettings, get_settings
 
@@ -112,7 +112,7 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
     """Build the realtime service for `settings` (default: from the environment)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    strip_query_strings()
+    strip_credentials()
     app = RealtimeApp(
         title="Realtime",
         version="0.1.0",
