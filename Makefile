@@ -116,6 +116,15 @@ validate: ## render.yaml, docker-compose.yml and the GitHub workflows against th
 rehearse: ## deploy every render.yaml service here as Render would: build, pre-deploy, start, health, SIGTERM
 	REHEARSE_UV="$(UV)" $(BIN)/python -m scripts.rehearse
 
+.PHONY: cluster
+cluster: ## several hosts of every service (network namespaces) behind HAProxy, started and left running
+	@command -v haproxy >/dev/null 2>&1 || { echo "make cluster: haproxy is missing; install it (Debian/Ubuntu: apt-get install haproxy)" >&2; exit 2; }
+	$(BIN)/python -m scripts.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## stop every process of make cluster, delete its namespaces and links, check nothing is left
+	$(BIN)/python -m scripts.cluster down
+
 # `docker compose` (v2) where it works, else `docker-compose` (v1); with neither,
 # scripts/compose.sh says what is missing and _compose stops the target. Found once,
 # and only when a target uses it; COMPOSE=... picks another (podman-compose, say).
