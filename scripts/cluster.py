@@ -239,20 +239,21 @@ class Cluster:
         return process.pid
 
     def run(self, host: Host, argv: list[str], env: dict[str, str] | None = None) -> str:
-        """Run `argv` on `host` to completion; its output (raises with it on failure)."""
+        """Run `argv` on `host` to completion; its output, stderr included (raises with it on
+        failure)."""
         done = subprocess.run(  # noqa: S603 (render.yaml's commands)
             self.on_host(host, argv),
             env=env,
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=120,
             check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(
-                f"{host.name}: {shlex.join(argv)} exited {done.returncode}:\n"
-                f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                f"{host.name}: {shlex.join(argv)} exited {done.returncode}:\n{done.stdout[-4000:]}"
             )
         return done.stdout
 
@@ -309,6 +310,20 @@ class Cluster:
     def start_service(self, host: Host) -> int:
         """Start `host`'s service as render.yaml starts it; its pid."""
         return self.spawn(host, self.command(host.role), self.env(host.role, host))
+
+    def stop_service(self, host: Host, *, timeout: float = 60.0) -> None:
+        """SIGTERM `host`'s service (its main process, as a deploy does); wait until all exited."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pgids[host.name][-1], signal.SIGTERM)
+        _wait(lambda: not self.host_pids(host), f"{host.name} stopping", timeout)
+
+    def restart_service(self, host: Host) -> None:
+        """Start `host`'s service again (after a stop or a crash); return once it is ready."""
+        since = self.log_path(host).stat().st_size
+        self.start_service(host)
+        _wait(lambda: host_ready(self, host, since=since), f"{host.name} restarting")
+        if host.role in {"api", "realtime"}:
+            _wait(lambda: _safe_status(self).get(host.name) == "UP", f"HAProxy: {host.name} up")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -518,10 +533,13 @@ def _wait(predicate: Any, what: str, timeout: float = STARTUP_TIMEOUT) -> None:
         time.sleep(0.2)  # poll interval: nothing signals readiness across hosts
 
 
-def host_ready(cluster: Cluster, host: Host) -> bool:
-    """A web host answers 200 on /health/ready; a worker host has logged Celery ready."""
+def host_ready(cluster: Cluster, host: Host, *, since: int = 0) -> bool:
+    """A web host answers 200 on /health/ready; a worker host has logged Celery ready (after
+    byte `since` of its log)."""
     if host.role == "worker":
-        return WORKER_READY in cluster.log_path(host).read_text(errors="replace")
+        with cluster.log_path(host).open("rb") as log:
+            log.seek(since)
+            return WORKER_READY.encode() in log.read()
     assert host.port is not None
     try:
         answer = httpx.get(

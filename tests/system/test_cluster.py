@@ -14,21 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import shutil
+import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import httpx
+import psycopg
 import pytest
+import websockets
 from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
+from scripts import blueprint
 from scripts import cluster as clusters
 from scripts.cluster import Cluster, Host
 from tests.support.jobs import JobsUser
 from tests.support.polling import eventually
+from tests.support.processes import json_records
 from tests.support.realtime import listen
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
@@ -48,6 +55,8 @@ PASSWORD = "correct horse battery staple"
 # A short cron period: the lease sweep and relay run every 2 s here (Render: every minute).
 CRON_SECONDS = 2.0
 JOB_TIMEOUT = 60.0
+# A job of 5 s: long enough to be cut short, short enough to rerun quickly.
+LONG_JOB = {"steps": 20, "interval": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +246,271 @@ class TestRateLimitAcrossApiHosts:
         # ...and its requests were spread over the three API hosts, which share the count.
         for host in cluster.role("api"):
             assert f'"client": "{second}"' in cluster.log_path(host).read_text(), host.name
+
+
+def worker_log_after(cluster: Cluster, host: Host, since: int) -> str:
+    with cluster.log_path(host).open("rb") as log:
+        log.seek(since)
+        return log.read().decode(errors="replace")
+
+
+def log_sizes(cluster: Cluster, role: str) -> dict[str, int]:
+    return {host.name: cluster.log_path(host).stat().st_size for host in cluster.role(role)}
+
+
+async def post_jobs(user: JobsUser, count: int, params: dict[str, Any]) -> list[str]:
+    return [(await user.post_job("demo.countdown", params))["id"] for _ in range(count)]
+
+
+async def all_succeeded_once(redis: Redis, user_id: str, job_ids: list[str]) -> bool:
+    counts = succeeded_counts(await stream(redis, user_id))
+    return all(counts[job_id] for job_id in job_ids)
+
+
+async def first_claim(cluster: Cluster, job_ids: list[str]) -> tuple[Host, list[str]]:
+    """The first worker host seen holding some of `job_ids`, and those jobs."""
+
+    async def probe() -> tuple[Host, list[str]] | None:
+        for name, jobs in claims(cluster, job_ids).items():
+            if jobs:
+                return cluster.host(name), jobs
+        return None
+
+    return await eventually(probe, within=JOB_TIMEOUT)
+
+
+class TestWorkerHostFaults:
+    # The cluster's lease (JOB_LEASE_SECONDS) and sweep period bound how soon a lost job reruns.
+    LEASE = float(clusters.OVERRIDES["JOB_LEASE_SECONDS"][0])
+
+    async def test_sigkill_of_every_process_on_a_worker_host_reruns_its_jobs_once(
+        self, cluster: Cluster
+    ) -> None:
+        async with edge(cluster) as client, data_redis(cluster) as redis:
+            user = await new_user(client)
+            job_ids = await post_jobs(user, 6, LONG_JOB)
+            victim, lost = await first_claim(cluster, job_ids)
+            assert cluster.signal_host(victim, signal.SIGKILL)
+            await eventually(lambda: asyncio.to_thread(lambda: not cluster.host_pids(victim)))
+            # Rerun elsewhere: the lease lapses, the next sweep requeues, another host runs it.
+            within = self.LEASE + 2 * CRON_SECONDS + 5 + 15
+            await eventually(
+                lambda: all_succeeded_once(redis, user.id, job_ids), within=within, interval=0.2
+            )
+            counts = succeeded_counts(await stream(redis, user.id))
+            assert [counts[job_id] for job_id in job_ids] == [1] * len(job_ids)
+            others = [j for h, jobs in claims(cluster, job_ids).items() if h != victim.name
+                      for j in jobs]  # fmt: skip
+            assert set(lost) <= set(others)
+            await asyncio.to_thread(cluster.restart_service, victim)
+
+    @needs_namespaces
+    async def test_a_worker_host_cut_off_for_15s_loses_no_job_and_doubles_none(
+        self, cluster: Cluster
+    ) -> None:
+        async with edge(cluster) as client, data_redis(cluster) as redis:
+            user = await new_user(client)
+            job_ids = await post_jobs(user, 6, LONG_JOB)
+            victim, cut_off = await first_claim(cluster, job_ids)
+            since = cluster.log_path(victim).stat().st_size
+            namespace = cluster.namespace(victim)
+            clusters._ip("-n", namespace, "link", "set", "eth0", "down")
+            cut_at = time.monotonic()
+            try:
+                # While it is away, its jobs' leases lapse and other hosts take them over.
+                async def taken_over() -> bool:
+                    others = [j for h, jobs in claims(cluster, job_ids).items()
+                              if h != victim.name for j in jobs]  # fmt: skip
+                    return set(cut_off) <= set(others)
+
+                await eventually(taken_over, within=15, interval=0.2)
+                await asyncio.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))  # the cut's length
+            finally:
+                clusters._ip("-n", namespace, "link", "set", "eth0", "up")
+            await eventually(
+                lambda: all_succeeded_once(redis, user.id, job_ids), within=JOB_TIMEOUT
+            )
+
+            # Back on the network, the stale holder's guarded writes are refused.
+            async def stale_holder_stopped() -> bool:
+                log = worker_log_after(cluster, victim, since)
+                return all(f"job {job_id}: lease lost" in log for job_id in cut_off)
+
+            await eventually(stale_holder_stopped, within=JOB_TIMEOUT, interval=0.2)
+            counts = succeeded_counts(await stream(redis, user.id))
+            assert [counts[job_id] for job_id in job_ids] == [1] * len(job_ids)
+            for job_id in job_ids:
+                assert (await user.get_job(job_id))["state"] == "succeeded"
+
+
+class Resuming:
+    """A WebSocket client that, when its socket closes, reconnects through the edge and resumes
+    from the last event it has."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self.events: list[dict[str, Any]] = []
+        self.others: list[dict[str, Any]] = []
+        self.hellos = 0
+        self.failed_connects = 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            query = f"?last_event_id={self.events[-1]['id']}" if self.events else ""
+            try:
+                async with websockets.connect(
+                    self.url + query,
+                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                    open_timeout=10,
+                ) as socket:
+                    async for raw in socket:
+                        message = json.loads(raw)
+                        if "id" in message:
+                            self.events.append(message)
+                        elif message.get("type") == "hello":
+                            self.hellos += 1
+                        else:
+                            self.others.append(message)
+            except (OSError, TimeoutError, websockets.WebSocketException):
+                self.failed_connects += 1
+            await asyncio.sleep(0.2)  # reconnect backoff
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class TestRealtimeHostLoss:
+    async def test_clients_of_a_killed_realtime_host_resume_on_the_other(
+        self, cluster: Cluster
+    ) -> None:
+        async with edge(cluster) as client, data_redis(cluster) as redis:
+            user = await new_user(client)
+            clients = [Resuming(cluster.edge_ws_url, user.access_token) for _ in range(10)]
+            try:
+                await eventually(lambda: _true(all(c.hellos for c in clients)), within=30)
+                victim = cluster.host("realtime1")
+                on_victim = await asyncio.to_thread(established, cluster, victim)
+                assert on_victim >= 1
+                job_ids = await post_jobs(user, 10, {"steps": 10, "interval": 0.2})
+                await eventually(lambda: _true(all(c.events for c in clients)), within=30)
+                assert cluster.signal_host(victim, signal.SIGKILL)
+                await eventually(
+                    lambda: all_succeeded_once(redis, user.id, job_ids), within=JOB_TIMEOUT
+                )
+                expected = [event["id"] for event in await stream(redis, user.id)]
+
+                async def caught_up() -> bool:
+                    return all(len(c.events) >= len(expected) for c in clients)
+
+                await eventually(caught_up, within=30)
+                for resumed in clients:
+                    assert [event["id"] for event in resumed.events] == expected
+                    assert resumed.others == []  # no "reset": nothing was lost
+                assert sum(c.hellos for c in clients) >= len(clients) + on_victim
+            finally:
+                await asyncio.gather(*(c.close() for c in clients))
+            await asyncio.to_thread(cluster.restart_service, victim)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+class TestSchedulerOverlap:
+    async def test_overlapping_cron_runs_requeue_and_relay_each_job_once(
+        self, cluster: Cluster
+    ) -> None:
+        async with edge(cluster) as client, data_redis(cluster) as redis:
+            user = await new_user(client)
+            unsent = [str(uuid.uuid4()) for _ in range(30)]
+            lapsed = [str(uuid.uuid4()) for _ in range(30)]
+            params = json.dumps({"steps": 1, "interval": 0})
+            scheduler = cluster.host("scheduler")
+            since = cluster.log_path(scheduler).stat().st_size
+            async with await psycopg.AsyncConnection.connect(
+                cluster.database_url, autocommit=True
+            ) as db:
+                # Accepted while the broker was away (never sent), and held by a dead worker.
+                await db.execute(
+                    "INSERT INTO jobs (id, owner_id, kind, params, created_at) "
+                    "SELECT unnest(%s::uuid[]), %s, 'demo.countdown', %s::jsonb, "
+                    "now() - interval '1 minute'",
+                    (unsent, user.id, params),
+                )
+                await db.execute(
+                    "INSERT INTO jobs (id, owner_id, kind, params, state, attempt, run_id, "
+                    "started_at, lease_expires_at, sent_at) "
+                    "SELECT unnest(%s::uuid[]), %s, 'demo.countdown', %s::jsonb, 'running', 1, "
+                    "gen_random_uuid(), now(), now() - interval '1 minute', now()",
+                    (lapsed, user.id, params),
+                )
+            # Three more cron runs at once, besides the one every CRON_SECONDS: a run that
+            # outlives its interval overlaps the next.
+            command = shlex.split(blueprint.service(blueprint.load(), "scheduler")["startCommand"])
+            env = cluster.env("scheduler", scheduler)
+            outputs = await asyncio.gather(
+                *(asyncio.to_thread(cluster.run, scheduler, command, env) for _ in range(3))
+            )
+            job_ids = unsent + lapsed
+            await eventually(
+                lambda: all_succeeded_once(redis, user.id, job_ids), within=JOB_TIMEOUT
+            )
+            rounds = [
+                record
+                for text in [*outputs, worker_log_after(cluster, scheduler, since)]
+                for record in json_records(text)
+                if record.get("message") == "maintenance round"
+            ]
+            assert sum(r.get("requeued", 0) for r in rounds) == len(lapsed), rounds
+            assert sum(r.get("sent", 0) for r in rounds) == len(job_ids), rounds
+            events = await stream(redis, user.id)
+            requeued = Counter(e["job_id"] for e in events if e["type"] == "job.requeued")
+            assert requeued == Counter(lapsed)
+            assert succeeded_counts(events) == Counter(job_ids)
+            claimed = Counter(j for jobs in claims(cluster, job_ids).values() for j in jobs)
+            assert claimed == Counter(job_ids)
+
+
+class TestRollingDeploy:
+    @pytest.mark.timeout(300)
+    async def test_every_api_and_realtime_host_redeployed_under_load_fails_no_request(
+        self, cluster: Cluster
+    ) -> None:
+        async with edge(cluster) as client:
+            user = await new_user(client)
+            statuses: Counter[str] = Counter()
+            stop = asyncio.Event()
+
+            async def load(path: str, headers: dict[str, str], pause: float) -> None:
+                async with edge(cluster) as loader:
+                    while not stop.is_set():
+                        try:
+                            answer = await loader.get(path, headers=headers)
+                            statuses[f"{path} {answer.status_code}"] += 1
+                        except httpx.TransportError as exc:
+                            statuses[f"{path} {type(exc).__name__}"] += 1
+                        await asyncio.sleep(pause)  # pacing under the per-user read limit
+
+            loaders = [
+                asyncio.create_task(load("/health/live", {}, 0.01)),
+                asyncio.create_task(load("/health/live", {}, 0.01)),
+                asyncio.create_task(load("/v1/users/me", user.headers, 0.15)),
+            ]
+            sockets = [Resuming(cluster.edge_ws_url, user.access_token) for _ in range(6)]
+            try:
+                for host in [*cluster.role("api"), *cluster.role("realtime")]:
+                    await asyncio.to_thread(cluster.stop_service, host)
+                    await asyncio.to_thread(cluster.restart_service, host)
+            finally:
+                stop.set()
+                await asyncio.gather(*loaders)
+                await asyncio.gather(*(s.close() for s in sockets))
+            failed = {k: n for k, n in statuses.items() if not k.endswith(" 200")}
+            assert failed == {}, statuses
+            assert sum(statuses.values()) > 100
+            # Every socket was moved (1012) and came back through the edge.
+            assert all(s.hellos >= 2 for s in sockets), [s.hellos for s in sockets]
