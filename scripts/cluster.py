@@ -66,6 +66,10 @@ OVERRIDES = {
     "WEB_CONCURRENCY": ("1", "2 cores for 5 web hosts: one worker process per web host"),
     "JOB_LEASE_SECONDS": ("10", "a dead worker's job is swept sooner, so the tests stay short"),
     "JOB_HEARTBEAT_SECONDS": ("2", "renewed well within the shorter lease"),
+    "JOB_RESEND_AFTER_SECONDS": (
+        "20",
+        "a message taken by a host that lost the network before its claim is resent sooner",
+    ),
     "RATE_LIMIT_WS_CONNECT_USER": ("1000/minute", "one user opens 40 sockets in a test"),
     "RATE_LIMIT_WS_CONNECT_IP": ("1000/minute", "every test client shares one address"),
 }

@@ -17,6 +17,7 @@ import json
 import shlex
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -35,8 +36,9 @@ from scripts import cluster as clusters
 from scripts.cluster import Cluster, Host
 from tests.support.jobs import JobsUser
 from tests.support.polling import eventually
-from tests.support.processes import json_records
+from tests.support.processes import environment_without, json_records
 from tests.support.realtime import listen
+from tests.support.services import ROOT
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [
@@ -59,18 +61,39 @@ JOB_TIMEOUT = 60.0
 LONG_JOB = {"steps": 20, "interval": 0.25}
 
 
+def _make(target: str) -> subprocess.CompletedProcess[str]:
+    env = environment_without()
+    env.update(
+        CLUSTER_NAME=NAME, CLUSTER_SUBNET=str(SUBNET), CLUSTER_CRON_SECONDS=f"{CRON_SECONDS:g}"
+    )
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """The cluster, up for the module; down after it, with nothing left behind."""
+    """`make cluster` for the module; `make cluster-down` after it, with nothing left behind."""
     if clusters.leftovers(NAME) or Cluster.load(NAME) is not None:
         clusters.down(NAME, say=lambda _: None)  # a crashed run's remains
-    started = Cluster(name=NAME, subnet=SUBNET, namespaces=NAMESPACES, cron_seconds=CRON_SECONDS)
-    clusters.up(started, say=lambda _: None)
+    started = _make("cluster")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"cluster {NAME} up" in started.stdout
+    loaded = Cluster.load(NAME)
+    assert loaded is not None
     try:
-        yield started
+        yield loaded
     finally:
-        left = clusters.down(NAME, say=lambda _: None)
-        assert left == [], f"make cluster-down left {left}"
+        stopped = _make("cluster-down")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert f"cluster {NAME} down, nothing left" in stopped.stdout
+        assert clusters.leftovers(NAME) == []
 
 
 def edge(cluster: Cluster, address: str | None = None) -> httpx.AsyncClient:
