@@ -102,6 +102,8 @@ class Cluster:
     # Process group leaders by host name.
     pgids: dict[str, list[int]] = field(default_factory=dict)
     generated: dict[str, str] = field(default_factory=dict)
+    # More env for every service host, beyond OVERRIDES (a benchmark's lifted limits).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     # --- layout -------------------------------------------------------------------
     @property
@@ -295,6 +297,7 @@ class Cluster:
         )
         env.update(blueprint.render_env(blueprint.service(spec, service), port=host.port))
         env.update(_override_env())
+        env.update(self.extra_env)
         edge = self.host("edge")
         # The Blueprint trusts Render's private network (10.0.0.0/8), which here holds
         # the clients too: only HAProxy's address is believed.
@@ -643,6 +646,8 @@ def describe(cluster: Cluster) -> str:
     lines.append(f"  FORWARDED_ALLOW_IPS={cluster.host('edge').address} (HAProxy only)")
     for key, (value, why) in OVERRIDES.items():
         lines.append(f"  {key}={value} ({why})")
+    for key, value in cluster.extra_env.items():
+        lines.append(f"  {key}={value} (asked for)")
     lines.append(f"logs: {cluster.run_dir}/<host>.log   stop: make cluster-down")
     return "\n".join(lines)
 
