@@ -761,9 +761,10 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(cluster))
         print("HAProxy:", _safe_status(cluster))
         return 0
-    namespaces = can_use_namespaces()
+    # CLUSTER_MODE=loopback: the fallback topology even where namespaces could be made.
+    namespaces = can_use_namespaces() and os.environ.get("CLUSTER_MODE") != "loopback"
     if not namespaces:
-        print("not root (or no ip/unshare): hosts are loopback addresses, not namespaces")
+        print("hosts are loopback addresses, not namespaces (not root, no ip/unshare, or asked)")
     cluster = Cluster(
         name=args.name,
         subnet=args.subnet,
