@@ -345,8 +345,9 @@ def _group_members(pgid: int) -> set[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            # A zombie has exited (its parent, maybe this process, has not reaped it yet).
+            if int(fields[2]) == pgid and fields[0] != "Z":
                 members.add(int(entry.name))
     return members
 
@@ -360,7 +361,10 @@ def _ip(*args: str, check: bool = True) -> str:
 
 
 def can_use_namespaces() -> bool:
-    """Root with `ip` and `unshare`: hosts can be network namespaces."""
+    """Root with `ip` and `unshare`: hosts can be network namespaces (unless CLUSTER_MODE is
+    `loopback`, which asks for the fallback topology)."""
+    if os.environ.get("CLUSTER_MODE") == "loopback":
+        return False
     return os.geteuid() == 0 and all(shutil.which(tool) for tool in ("ip", "unshare"))
 
 
@@ -489,6 +493,8 @@ defaults
     timeout tunnel 1h
     timeout http-keep-alive 10s
     default-server check inter 1s fall 2 rise 1
+    # From the edge's own address also on loopback, where the kernel would pick 127.0.0.1.
+    source {edge.address}
 
 frontend edge
     bind {edge.address}:{edge.port}
@@ -761,8 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(cluster))
         print("HAProxy:", _safe_status(cluster))
         return 0
-    # CLUSTER_MODE=loopback: the fallback topology even where namespaces could be made.
-    namespaces = can_use_namespaces() and os.environ.get("CLUSTER_MODE") != "loopback"
+    namespaces = can_use_namespaces()
     if not namespaces:
         print("hosts are loopback addresses, not namespaces (not root, no ip/unshare, or asked)")
     cluster = Cluster(
