@@ -71,6 +71,7 @@ OVERRIDES = {
         "a message taken by a host that lost the network before its claim is resent sooner",
     ),
     "RATE_LIMIT_WS_CONNECT_USER": ("1000/minute", "one user opens 40 sockets in a test"),
+    "WS_MAX_CONNECTIONS_PER_USER": ("100", "one user holds 40 sockets open in a test"),
     "RATE_LIMIT_WS_CONNECT_IP": ("1000/minute", "every test client shares one address"),
 }
 CRON_SECONDS_DEFAULT = 5.0
