@@ -53,10 +53,10 @@ def _run(cmd: list[str], *, what: str) -> None:
         raise InstallError(f"{what} failed (exit {result.returncode}): {' '.join(cmd)}")
 
 
-def check_python() -> None:
+def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> None:
     """Refuse an interpreter older than the project supports."""
-    if sys.version_info < MINIMUM:
-        found = ".".join(map(str, sys.version_info[:3]))
+    if version < MINIMUM:
+        found = ".".join(map(str, version))
         raise InstallError(
             f"Python {MINIMUM[0]}.{MINIMUM[1]} or newer is required; {sys.executable} is {found}. "
             "Run `make install PYTHON=python3.11` (or newer)."
@@ -119,9 +119,8 @@ def create_venv(venv: Path, *, with_pip: bool) -> None:
         shutil.rmtree(venv)  # a broken or half-made venv: start again
     has_pip = found is not None and (venv / "bin" / "pip").exists()
     if found is None or (with_pip and not has_pip):
+        # On an existing venv this only adds pip (ensurepip's bundled copy: no download).
         cmd = [sys.executable, "-m", "venv"]
-        if found is not None:
-            cmd.append("--upgrade-deps")
         if not with_pip:
             cmd.append("--without-pip")
         _run([*cmd, str(venv)], what="creating the virtualenv")
@@ -208,7 +207,10 @@ def verify(venv: Path) -> None:
     bin_dir = venv / "bin"
     missing = [name for name in EXPECTED_COMMANDS if not (bin_dir / name).exists()]
     if missing:
-        raise InstallError(f"{venv} is incomplete: bin/{', bin/'.join(missing)} missing")
+        raise InstallError(
+            f"{venv} is incomplete: bin/{', bin/'.join(missing)} missing. "
+            f"Delete it (rm -rf {venv}) and run make install again."
+        )
     probe = subprocess.run(  # noqa: S603
         [str(bin_dir / "python"), "-c", EXPECTED_IMPORTS],
         capture_output=True,
@@ -216,7 +218,10 @@ def verify(venv: Path) -> None:
         check=False,
     )
     if probe.returncode != 0:
-        raise InstallError(f"{venv} is incomplete: {probe.stderr.strip().splitlines()[-1]}")
+        cause = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+        raise InstallError(
+            f"{venv} is incomplete: {cause}. Delete it (rm -rf {venv}) and run make install again."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         uv_on_path = shutil.which("uv") is not None
         if not uv_on_path:
             check_venv_support()
-        create_venv(venv, with_pip=False)
+        # pip only when uv must be bootstrapped into the venv.
+        create_venv(venv, with_pip=not uv_on_path)
         uv = find_uv(venv)
         sync(uv, venv)
         verify(venv)

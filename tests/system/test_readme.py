@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.checkout import copy_tracked_files
 from tests.support.devstack import DevPorts, dev_environment, wait_ready
 from tests.support.processes import start_process
 from tests.support.services import ROOT
@@ -245,20 +244,6 @@ CHECKS: list[tuple[str, Check]] = [
     (r"-m realtime\.client .*--until-done \"\$JOB\"", _watched),
     (r"/v1/jobs\?state=succeeded", _listed),
 ]
-
-
-def copy_tracked_files(destination: Path) -> None:
-    """The files git tracks (and untracked ones it does not ignore), as in the worktree."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():  # a tracked file deleted in the worktree is gone here too
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
 
 
 class TestCommandInventory:
