@@ -7,9 +7,9 @@
 # The page calls the API and the realtime service from the browser, at
 # CONSOLE_API_URL and CONSOLE_REALTIME_URL (their published addresses); both
 # must allow the console's origin (CORS_ORIGINS). PYTHON_IMAGE as in
-# deploy/Dockerfile.
+# deploy/Dockerfile (the same Python as the services).
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.14-slim
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \

@@ -66,6 +66,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     port: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    python: str = ""  # the interpreter the venv was made with (a version or a path)
 
     @property
     def name(self) -> str:
@@ -98,6 +99,33 @@ def _python_version(blueprint_env: dict[str, str]) -> str:
     if not pinned:
         raise RehearsalFailed("PYTHON_VERSION is not pinned; Render would pick its default")
     return ".".join(pinned.split(".")[:2])
+
+
+def _uv() -> str:
+    """The uv that `make install` uses (REHEARSE_UV: a command, e.g. `python3 -m uv`)."""
+    return os.environ.get("REHEARSE_UV") or shutil.which("uv") or f"{sys.executable} -m uv"
+
+
+def _interpreter(version: str) -> str:
+    """`version` when this machine has it, else this Python, saying so.
+
+    Render builds on PYTHON_VERSION; a machine without that minor (ours reach no
+    download site for interpreters) still rehearses every command, on the Python
+    that runs this script. The GitHub workflow installs the pinned minor, so there
+    the rehearsal uses it.
+    """
+    found = subprocess.run(  # noqa: S603 (uv, from the Makefile or PATH)
+        [*shlex.split(_uv()), "python", "find", version],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if found.returncode == 0:
+        return version
+    ours = ".".join(map(str, sys.version_info[:3]))
+    _log(
+        f"render.yaml pins Python {version}, which this machine lacks (uv python find "
+        f"{version}); rehearsing on this Python {ours} ({sys.executable}) instead"
+    )
+    return sys.executable
 
 
 # --- steps -------------------------------------------------------------------
@@ -142,10 +170,8 @@ def build(service: Service) -> None:
     """A fresh virtualenv (Render's runtime has one on PATH), then `buildCommand`."""
     shutil.rmtree(service.work_dir, ignore_errors=True)
     service.work_dir.mkdir(parents=True)
-    python = _python_version(service.env)
-    # The uv that `make install` uses (REHEARSE_UV: a command, e.g. `python3 -m uv`).
-    uv = os.environ.get("REHEARSE_UV") or shutil.which("uv") or f"{sys.executable} -m uv"
-    venv_cmd = f"{uv} venv --quiet --seed --python {python} {shlex.quote(str(service.venv))}"
+    python = shlex.quote(service.python)
+    venv_cmd = f"{_uv()} venv --quiet --seed --python {python} {shlex.quote(str(service.venv))}"
     _run(service, "venv", venv_cmd, timeout=120)
     _run(service, "build", service.spec["buildCommand"], timeout=BUILD_TIMEOUT)
 
@@ -333,6 +359,10 @@ def rehearse(blueprint_path: Path, *, only: set[str] | None, work_root: Path) ->
                 peers=by_name,
                 generated=generated,
             )
+        versions = {_python_version(s.env) for s in services}
+        interpreters = {version: _interpreter(version) for version in sorted(versions)}
+        for service in services:
+            service.python = interpreters[_python_version(service.env)]
         _log(f"building {', '.join(s.name for s in services)} (fresh venvs, in parallel)")
         with ThreadPoolExecutor(max_workers=len(services)) as pool:
             for future in [pool.submit(build, s) for s in services]:
@@ -367,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)
     for service in services:
-        _log(f"  {service.type:6} {service.name:10} {_timings(service)}")
+        _log(f"  {service.type:6} {service.name:10} python {service.python} {_timings(service)}")
     _log(
         f"all {len(services)} services deployed as Render would ({time.monotonic() - started:.0f}s)"
     )

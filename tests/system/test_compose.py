@@ -3,8 +3,10 @@ walkthrough (register, token, POST a job, watch it succeed over the WebSocket wi
 client CLI), and `make down-v` leaves nothing behind.
 
 The engine and the local stand-ins for the public base images come from the shared
-scripts beside the repository (`<repo>/../shared/tools`) when they exist; the test
-skips, saying why, only when no engine answers and those scripts cannot start one.
+scripts beside the repository (`<repo>/../shared/tools`) when they exist; the images'
+base, `python:3.X-slim` of the deployed Python, is pulled or else built by
+scripts/standin-python-image. The test skips, saying why, only when no engine
+answers and those scripts cannot start one.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def _engine_answers() -> bool:
     return probe.returncode == 0
 
 
-def _run_tool(name: str, timeout: float) -> str:
-    tool = SHARED_TOOLS / name
+def _run_tool(name: str, timeout: float, *, directory: Path = SHARED_TOOLS) -> str:
+    tool = directory / name
     if not tool.exists():
         return f"{tool} not found"
     done = subprocess.run(
@@ -65,6 +67,11 @@ def docker_engine() -> None:
     problem = _run_tool("docker-standins", timeout=900)
     if problem and "not found" not in problem:
         pytest.fail(f"base image stand-ins could not be built: {problem}")
+    # The images' own base (deploy/Dockerfile's python:3.X-slim): present, pulled, or
+    # else a local stand-in from Debian's packages (about 2 minutes, once per machine).
+    problem = _run_tool("standin-python-image", timeout=900, directory=ROOT / "scripts")
+    if problem:
+        pytest.fail(f"the images' base image is missing and no stand-in was built: {problem}")
 
 
 class ComposeStack:

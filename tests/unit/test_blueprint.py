@@ -91,7 +91,7 @@ class TestResolveEnv:
         for name, env in _resolve_all().items():
             assert env["ENVIRONMENT"] == "production", name
             assert "*" not in env["FORWARDED_ALLOW_IPS"], name
-            assert env["PYTHON_VERSION"].startswith("3.11."), name
+            assert env["PYTHON_VERSION"], name  # its value: tests/unit/test_python_versions.py
 
     def test_sync_false_secrets_get_safe_values(self) -> None:
         resolved = _resolve_all()
