@@ -25,15 +25,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.checkout import copy_tracked_files
+from tests.support.processes import environment_without
 
 pytestmark = pytest.mark.system
 # A cold package cache downloads the whole lock; warm, the install takes about 15 s.
 INSTALL_TIMEOUT = 600
-# What would change what make or the interpreter does, from the shell running the tests:
-# an activated virtualenv, an outer make's variables (`make test PYTHON=...`), uv settings.
+# What would change what the interpreter or uv does, from the shell running the tests
+# (an activated virtualenv, say); an outer make's variables go too (environment_without).
 _SCRUBBED = (
     "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "CONDA_PREFIX",
-    "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES",
     "UV_PYTHON", "UV_SYSTEM_PYTHON", "UV_PROJECT_ENVIRONMENT",
 )  # fmt: skip
 
@@ -46,7 +46,7 @@ def _path_without_uv() -> list[str]:
 
 def _environment(launcher: Path) -> dict[str, str]:
     """The launcher's `python3` first on a `PATH` without uv, nothing activated."""
-    env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
+    env = environment_without(*_SCRUBBED)
     env["PATH"] = os.pathsep.join([str(launcher.parent), *_path_without_uv()])
     return env
 
