@@ -42,6 +42,8 @@ from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
 from common.broker import send_queued_jobs
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES, JobState
+from common.db import driver_connection
+from common.tracing import is_active as is_tracing
 
 _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
@@ -226,8 +228,7 @@ class JobIntake:
         else:
             outcomes = {}
             if sent_ids:
-                async with self._engine.begin() as connection:
-                    await connection.exec_driver_sql(_MARK_SENT, (sent_ids,))
+                await _transaction(self._engine, [(_MARK_SENT, (sent_ids,))])
         for row, request in sent:
             _resolve(request, row, created=True)
         created: list[tuple[JobRow, _Request]] = []
@@ -264,14 +265,13 @@ class JobIntake:
             [job.request_id for job in jobs],
             [job.traceparent for job in jobs],
         )
-        # SQLAlchemy runs the SQL as written (the work is per round, not per
-        # job), so the statements are traced like every other query.
-        async with self._engine.begin() as connection:
-            await connection.exec_driver_sql(_LOCK, (owners, sent_ids))
-            result = await connection.exec_driver_sql(
-                _INSERT, (*columns, self._max_active, _ACTIVE, JobState.QUEUED.value)
-            )
-            records = result.mappings().all()
+        records = await _transaction(
+            self._engine,
+            [
+                (_LOCK, (owners, sent_ids)),
+                (_INSERT, (*columns, self._max_active, _ACTIVE, JobState.QUEUED.value)),
+            ],
+        )
         return {
             record["ord"] - 1: (JobRow.from_record(record), record["existed"]) for record in records
         }
@@ -298,6 +298,26 @@ class JobIntake:
                 _resolve(request, row, created=True)
             return
         self._sent.extend(created)
+
+
+async def _transaction(engine: AsyncEngine, statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
+    """Run `statements` in one transaction; the last one's rows.
+
+    On the driver's own connection: SQLAlchemy's execution layer around BEGIN,
+    the statements and COMMIT cost more CPU than their work (profiled: half of
+    a lone request's intake). With tracing on, through SQLAlchemy, whose
+    instrumentation traces them like every other query.
+    """
+    if is_tracing():
+        async with engine.begin() as connection:
+            for sql, args in statements:
+                result = await connection.exec_driver_sql(sql, args)
+            return result.mappings().all() if result.returns_rows else []
+    async with driver_connection(engine) as driver, driver.transaction():
+        for sql, args in statements[:-1]:
+            await driver.execute(sql, *args)
+        sql, args = statements[-1]
+        return await driver.fetch(sql, *args)
 
 
 def _queued_event(row: JobRow) -> events.Event:
