@@ -9,11 +9,14 @@ lease in Postgres expires and the sweep requeues it.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 
 from common.contracts.kinds import JOB_KINDS, MAX_TIME_LIMIT
 from common.contracts.tasks import (
@@ -154,3 +157,68 @@ def send_job(
             retry=False,
             producer=producer,
         )
+
+
+# The parts of a Celery protocol-2 message that are the same for every job.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_FIXED_HEADERS: dict[str, Any] = {
+    "lang": "py",
+    "task": RUN_JOB_TASK,
+    "shadow": None,
+    "eta": None,
+    "expires": None,
+    "group": None,
+    "group_index": None,
+    "retries": 0,
+    "parent_id": None,
+    "kwargsrepr": "{}",
+    "ignore_result": None,
+    "replaced_task_nesting": 0,
+    "stamped_headers": None,
+    "stamps": {},
+}
+
+
+def queue_key(prefix: str) -> str:
+    """The Redis list kombu keeps the jobs queue in (priority 0, `global_keyprefix` first)."""
+    return f"{prefix}{JOBS_QUEUE}"
+
+
+def job_message(job: QueuedJob) -> bytes:
+    """The message `send_queued_job` would push for `job`, as kombu's Redis transport stores it.
+
+    For a sender on an asyncio Redis client (the API's intake): it pushes this
+    with LPUSH to `queue_key(prefix)` in the pipeline that carries the job's
+    event, one round trip for both, where kombu's producer is blocking I/O
+    that needs a thread. `tests/integration/test_broker_message.py` checks it
+    against what kombu sends; no result backend, so no `reply_to`.
+    """
+    job_id = str(job.id)
+    soft, hard = JOB_KINDS[job.kind].limits(job.params)
+    with sending(RUN_JOB_TASK, job_id, job.traceparent) as carried:
+        headers = {
+            **_FIXED_HEADERS,
+            "id": job_id,
+            "timelimit": [hard, soft],
+            "root_id": job_id,
+            "argsrepr": repr([job_id]),
+            "origin": anon_nodename(),
+        }
+    extra = {REQUEST_ID_HEADER: job.request_id, TRACEPARENT_HEADER: carried}
+    headers.update((name, value) for name, value in extra.items() if value is not None)
+    body = json.dumps([[job_id], {}, _EMBED]).encode()
+    envelope = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": job_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": JOBS_QUEUE},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope).encode()

@@ -63,12 +63,16 @@ def _lifespan(settings: ApiSettings) -> Any:
         engine = create_engine(settings)
         instrument_engine(engine.sync_engine)
         redis = create_redis(settings)
+        # The intake pushes job messages itself; on the same client when one Redis is both.
+        broker = redis
+        if settings.broker_url and settings.broker_url != settings.redis_url:
+            broker = create_redis(settings.model_copy(update={"redis_url": settings.broker_url}))
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
         celery = create_celery(settings, main="api", sender=True)
         intake = JobIntake(
             engine,
             redis,
-            celery,
+            broker,
             key_prefix=settings.redis_key_prefix,
             max_active=settings.jobs_max_active_per_user,
         )
@@ -102,6 +106,8 @@ def _lifespan(settings: ApiSettings) -> Any:
             celery.close()
             await password_hasher.aclose()
             await redis.aclose()
+            if broker is not redis:
+                await broker.aclose()
             await engine.dispose()
             shutdown_tracing()
 

@@ -9,9 +9,9 @@ requests have queued and handles it together:
    per-user advisory locks (in one order, so two processes cannot deadlock)
    and inserts the new jobs with their idempotency and active-job checks, in
    one statement; its commit is one WAL flush for all of them;
-2. the `job.queued` events go out in one Redis pipeline, then the messages in
-   one broker pipeline (events first: a worker may publish `job.started` as
-   soon as it has the message);
+2. the `job.queued` events and then the messages go out in one Redis
+   pipeline (events first: a worker may publish `job.started` as soon as it
+   has the message), on the event loop, with no thread and no kombu producer;
 3. their `sent_at` is set by the next round's transaction.
 
 A request gets its answer once its job is committed, its message sent and
@@ -33,13 +33,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio.to_thread
-from celery import Celery
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
-from common.broker import send_queued_jobs
+from common.broker import job_message, queue_key
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES, JobState
 from common.db import driver_connection
@@ -158,14 +156,16 @@ class JobIntake:
         self,
         engine: AsyncEngine,
         redis: Redis,
-        celery: Celery,
+        broker: Redis,
         *,
         key_prefix: str,
         max_active: int,
     ) -> None:
         self._engine = engine
         self._redis = redis
-        self._celery = celery
+        # Celery's broker: the same client when one Redis is both (one pipeline).
+        self._broker = broker
+        self._queue_key = queue_key(key_prefix)
         self._key_prefix = key_prefix
         self._max_active = max_active
         self._queue: list[_Request] = []
@@ -277,21 +277,36 @@ class JobIntake:
         }
 
     async def _dispatch(self, created: list[tuple[JobRow, _Request]]) -> None:
-        """`job.queued` for each job (one pipeline), then their messages (one pipeline)."""
+        """`job.queued` for each job, then their messages, in one round trip.
+
+        The messages are pushed as kombu's Redis transport stores them
+        (`job_message`), on this event loop: kombu's own producer is blocking
+        I/O that needs a thread hop per round, and a round trip of its own.
+        """
         pipeline = self._redis.pipeline(transaction=False)
         for row, _ in created:
             await events.queue_publish(pipeline, _queued_event(row), prefix=self._key_prefix)
+        messages = [job_message(row) for row, _ in created]
+        if self._broker is self._redis:
+            # Executed in order: the events before the messages.
+            pipeline.lpush(self._queue_key, *messages)
         try:
-            await pipeline.execute()
+            outcomes = await pipeline.execute(raise_on_error=False)
         except Exception as exc:
-            _logger.warning("job.queued events not published: %s", type(exc).__name__)
-        rows = [row for row, _ in created]
+            outcomes = [exc]
+        failed_events = [o for o in outcomes[: len(created)] if isinstance(o, Exception)]
+        if failed_events:
+            _logger.warning("job.queued events not published: %s", type(failed_events[0]).__name__)
         try:
-            await anyio.to_thread.run_sync(send_queued_jobs, self._celery, rows)
+            if self._broker is self._redis:
+                if isinstance(outcomes[-1], Exception):
+                    raise outcomes[-1]
+            else:
+                await self._broker.lpush(self._queue_key, *messages)
         except Exception as exc:
             _logger.warning(
                 "broker unreachable, %d job(s) left for the relay: %s",
-                len(rows),
+                len(created),
                 type(exc).__name__,
             )
             for row, request in created:

@@ -1,0 +1,78 @@
+"""`common.broker.job_message`: the message the API's intake pushes itself is kombu's."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from common.broker import create_celery, job_message, queue_key, send_queued_job
+from common.contracts.kinds import DEMO_COUNTDOWN
+from common.settings import CommonSettings
+
+# Differ between any two sends: a fresh tag per message, the sending thread's reply queue.
+PER_SEND = {"delivery_tag", "reply_to"}
+
+
+@dataclass(frozen=True)
+class _Job:
+    id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    request_id: str | None
+    traceparent: str | None
+
+
+@pytest.fixture
+def prefix(redis_key_prefix: str) -> str:
+    return f"{redis_key_prefix}broker-message-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def redis(redis_url: str, prefix: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _without_per_send(message: dict[str, Any]) -> dict[str, Any]:
+    properties = {k: v for k, v in message["properties"].items() if k not in PER_SEND}
+    return {**message, "properties": properties}
+
+
+class TestJobMessage:
+    """The bytes `job_message` gives are what kombu's Redis transport stores for the same job."""
+
+    @pytest.mark.parametrize(
+        ("request_id", "traceparent"),
+        [
+            (None, None),
+            ("a" * 32, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ],
+    )
+    def test_same_message_as_kombu_sends(
+        self, redis: Redis, redis_url: str, prefix: str, request_id: str | None,
+        traceparent: str | None,
+    ) -> None:  # fmt: skip
+        settings = CommonSettings(_env_file=None, redis_url=redis_url, redis_key_prefix=prefix)
+        celery = create_celery(settings, main="test", sender=True)
+        job = _Job(uuid.uuid4(), DEMO_COUNTDOWN, {"steps": 2, "interval": 0.5}, request_id,
+                   traceparent)  # fmt: skip
+        try:
+            send_queued_job(celery, job)
+        finally:
+            celery.close()
+        [sent] = redis.lrange(queue_key(prefix), 0, -1)
+
+        ours = json.loads(job_message(job))
+
+        assert _without_per_send(ours) == _without_per_send(json.loads(sent))
+        assert ours["properties"]["delivery_tag"] != json.loads(sent)["properties"]["delivery_tag"]
