@@ -24,6 +24,7 @@ from celery.signals import (
 )
 from celery.worker.request import Request
 from kombu.exceptions import OperationalError as KombuOperationalError
+from psycopg import OperationalError as DriverOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 
@@ -55,6 +56,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     KombuOperationalError,
     DatabaseOperationalError,
+    DriverOperationalError,
 )
 
 

@@ -17,11 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from redis import Redis
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from common.contracts import events
 from common.contracts.jobs import JobState
+from common.tracing import is_active as is_tracing
 from worker.settings import WorkerSettings
 
 _logger = logging.getLogger("worker.runner")
@@ -81,15 +85,51 @@ _RELEASE = text(
 )
 
 
+_PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
+# Each statement as psycopg runs it (`%(name)s` parameters), compiled once.
+_DRIVER_SQL = {
+    statement: str(statement.compile(dialect=_PSYCOPG))
+    for statement in (_CLAIM, _RENEW, _PROGRESS, _FINISH, _RELEASE)
+}
+
+
 @contextlib.contextmanager
 def _autocommit(engine: Engine) -> Iterator[Connection]:
-    """A pooled connection in autocommit mode, for the writes here.
+    """A pooled connection in autocommit mode, for the writes here (when traced).
 
     Each is one guarded statement, atomic by itself: without BEGIN and COMMIT it
     is one round trip instead of three.
     """
     with engine.connect() as connection:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _execute(engine: Engine, statement: TextClause, params: dict[str, Any]) -> tuple[Any, int]:
+    """Run one guarded write in autocommit; (its first row or None, rows matched).
+
+    On the pooled connection's own psycopg connection, as a prepared statement:
+    SQLAlchemy's execution layer and its autocommit switch cost more CPU than
+    the statement (profiled: a third of a no-op job's run). With tracing on,
+    through SQLAlchemy, whose instrumentation traces it.
+    """
+    if is_tracing():
+        with _autocommit(engine) as connection:
+            result = connection.execute(statement, params)
+            return (result.first() if result.returns_rows else None), result.rowcount
+    fairy = engine.raw_connection()
+    driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+    try:
+        driver.autocommit = True
+        with driver.cursor(row_factory=namedtuple_row) as cursor:
+            cursor.execute(_DRIVER_SQL[statement], params, prepare=True)
+            row = cursor.fetchone() if cursor.description else None
+            return row, cursor.rowcount
+    finally:
+        if driver.closed:
+            fairy.invalidate()
+        else:
+            driver.autocommit = False
+        fairy.close()
 
 
 @dataclass
@@ -124,10 +164,9 @@ class JobRun:
         except Exception as exc:  # the state is in Postgres; the event is best effort
             _logger.warning("event %s not published: %s", type_, type(exc).__name__)
 
-    def _write(self, statement: Any, **values: Any) -> Any:
-        with _autocommit(self.engine) as connection:
-            params = {"id": self.job_id, "run_id": self.run_id, **values}
-            return connection.execute(statement, params).first()
+    def _write(self, statement: TextClause, **values: Any) -> Any:
+        params = {"id": self.job_id, "run_id": self.run_id, **values}
+        return _execute(self.engine, statement, params)[0]
 
     def _check(self, row: Any) -> None:
         if row is None:
@@ -177,9 +216,8 @@ class JobRun:
 
     def release(self) -> bool:
         """Give the job back to the queue (for a retry); False if it was no longer ours."""
-        with _autocommit(self.engine) as connection:
-            released = connection.execute(_RELEASE, {"id": self.job_id, "run_id": self.run_id})
-            return released.rowcount == 1
+        _, matched = _execute(self.engine, _RELEASE, {"id": self.job_id, "run_id": self.run_id})
+        return matched == 1
 
 
 def claim(
@@ -187,10 +225,9 @@ def claim(
 ) -> JobRun | None:
     """Move a queued job to running under a new lease; None if it is not queued."""
     run_id = uuid.uuid4()
-    with _autocommit(engine) as connection:
-        row = connection.execute(
-            _CLAIM, {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
-        ).first()
+    row, _ = _execute(
+        engine, _CLAIM, {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
+    )
     if row is None:
         return None
     return JobRun(
