@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -246,36 +247,72 @@ def claim(
     )
 
 
+class _LeaseKeeper:
+    """One thread per process renewing the lease of every run registered with it.
+
+    A thread started and joined per job cost more CPU than a no-op job's own
+    writes; this one starts with the first job and sleeps until a lease is due.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        # run_id -> (run, when its next renewal is due, the context to renew in)
+        self._runs: dict[uuid.UUID, tuple[JobRun, float, contextvars.Context]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, run: JobRun) -> None:
+        # A thread starts with an empty context: renew in a copy of the job's,
+        # so its log lines carry the job's request id too.
+        due = time.monotonic() + run.settings.job_heartbeat_seconds
+        with self._changed:
+            self._runs[run.run_id] = (run, due, contextvars.copy_context())
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
+                self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def remove(self, run: JobRun) -> None:
+        with self._changed:
+            self._runs.pop(run.run_id, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [(run, ctx) for run, at, ctx in self._runs.values() if at <= now]
+                for run, ctx in due:
+                    self._runs[run.run_id] = (run, now + run.settings.job_heartbeat_seconds, ctx)
+                if not due:
+                    wake = min((at for _, at, _ in self._runs.values()), default=None)
+                    self._changed.wait(None if wake is None else wake - now)
+                    continue
+            for run, ctx in due:
+                ctx.run(_renew, run)
+
+
+def _renew(run: JobRun) -> None:
+    try:
+        run.renew()
+    except Exception:
+        # A missed beat is survivable: the lease outlives several beats.
+        _logger.warning("lease renewal failed for job %s", run.job_id, exc_info=True)
+
+
+_keeper = _LeaseKeeper()
+
+
 class Heartbeat:
-    """Renews a run's lease every `job_heartbeat_seconds` in a background thread."""
+    """Renews a run's lease every `job_heartbeat_seconds` (the process's lease keeper thread)."""
 
     def __init__(self, run: JobRun) -> None:
         self._run = run
-        self._done = threading.Event()
-        # A thread starts with an empty context: run it in a copy of ours, so
-        # its log lines carry the job's request id too.
-        self._thread = threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(self._loop,),
-            name=f"heartbeat-{run.job_id}",
-            daemon=True,
-        )
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        _keeper.add(self._run)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=self._run.settings.job_heartbeat_seconds + 5)
-
-    def _loop(self) -> None:
-        while not self._done.wait(self._run.settings.job_heartbeat_seconds):
-            try:
-                self._run.renew()
-            except Exception:
-                # A missed beat is survivable: the lease outlives several beats.
-                _logger.warning("lease renewal failed for job %s", self._run.job_id, exc_info=True)
+        _keeper.remove(self._run)
 
 
 JobFunction = Callable[[JobRun, Any], dict[str, Any]]
