@@ -58,23 +58,79 @@ async def _read(socket: websockets.ClientConnection, run: _Run) -> None:
             run.arrived(str(message["job_id"]))
 
 
-async def _post(client: httpx.AsyncClient, headers: dict[str, str], run: _Run) -> None:
+class _Poster:
+    """`POST /v1/jobs` over keep-alive HTTP/1.1 connections, one request per connection at a time.
+
+    The generator shares the machine with what it measures, so its own CPU per
+    request must be small: the request's bytes are built once, and a reply is
+    read by its Content-Length. (httpx costs several times more per request,
+    and its pool scans its queue per request once replies fall behind.) A POST
+    never waits for a connection: with none idle, it opens another. A
+    connection idle longer than `IDLE_SECONDS` is closed rather than reused
+    (the server may be closing it: uvicorn's keep-alive timeout is 5 s).
+    """
+
+    IDLE_SECONDS = 2.0
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        parts = urlsplit(url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        body = orjson.dumps(NOOP_JOB)
+        lines = ["POST /v1/jobs HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}"]  # fmt: skip
+        self._request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def post(self) -> tuple[int, bytes]:
+        """Send one job; (status, body). Raises OSError or ValueError on a broken exchange."""
+        reader, writer = await self._connection()
+        writer.write(self._request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+        if b"connection: close" in head.lower():
+            writer.close()
+        else:
+            self._idle.append((reader, writer, time.monotonic()))
+        return status, body
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if time.monotonic() - since < self.IDLE_SECONDS and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        reader, writer = await asyncio.open_connection(*self._address)
+        self._all.append(writer)
+        return reader, writer
+
+    async def aclose(self) -> None:
+        for writer in self._all:
+            writer.close()
+        self._idle.clear()
+
+
+async def _post(poster: _Poster, run: _Run) -> None:
     started = time.perf_counter()
     try:
-        answer = await client.post("/v1/jobs", content=orjson.dumps(NOOP_JOB), headers=headers)
-    except httpx.HTTPError:
+        status, body = await poster.post()
+    except (OSError, ValueError, asyncio.IncompleteReadError):
         run.failures += 1
         return
-    if answer.status_code != 202:
+    if status != 202:
         run.failures += 1
         return
-    run.sent[answer.json()["id"]] = started
+    run.sent[orjson.loads(body)["id"]] = started
     run.check()
 
 
-async def _open_loop(
-    client: httpx.AsyncClient, headers: dict[str, str], run: _Run, *, count: int, rate: float
-) -> None:
+async def _open_loop(poster: _Poster, run: _Run, *, count: int, rate: float) -> None:
     """Start `count` POSTs at fixed times `rate` per second apart, without awaiting replies."""
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
@@ -83,7 +139,7 @@ async def _open_loop(
         delay = start + index / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(client, headers, run)))
+        tasks.append(asyncio.create_task(_post(poster, run)))
     await asyncio.gather(*tasks)
 
 
@@ -117,13 +173,8 @@ async def end_to_end(
 ) -> tuple[list[Row], dict[str, Any]]:
     """Drive a steady rate of no-op jobs for the profile's duration; the latency rows."""
     headers = {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
-    # Open loop: a POST must not wait for a pooled connection behind slower ones
-    # (httpcore's pool scans its queue per request, so a long queue stalls the
-    # generator itself and the rate it drives falls).
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=api.url, headers=api.headers, timeout=30, limits=limits
-    ) as client:
+    poster = _Poster(api.url, {**api.headers, **headers})
+    async with httpx.AsyncClient(base_url=api.url, headers=api.headers, timeout=30) as client:
         ticket = await client.post("/v1/realtime/ticket", headers=headers)
         ticket.raise_for_status()
         async with _ws_connect(realtime, ticket.json()["ticket"]) as socket:
@@ -131,7 +182,7 @@ async def end_to_end(
             assert hello.get("type") == "hello", hello
             warmup, run = _Run(), _Run()
             reader = asyncio.create_task(_read(socket, warmup))
-            await _open_loop(client, headers, warmup, count=WARMUP_JOBS, rate=profile.e2e_rate)
+            await _open_loop(poster, warmup, count=WARMUP_JOBS, rate=profile.e2e_rate)
             warmup.expected = len(warmup.sent)
             warmup.check()
             with contextlib.suppress(TimeoutError):
@@ -140,12 +191,13 @@ async def end_to_end(
             reader = asyncio.create_task(_read(socket, run))
             count = int(profile.e2e_seconds * profile.e2e_rate)
             with _own_core():
-                await _open_loop(client, headers, run, count=count, rate=profile.e2e_rate)
+                await _open_loop(poster, run, count=count, rate=profile.e2e_rate)
                 run.expected = len(run.sent)
                 run.check()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(run.done.wait(), FINISH_TIMEOUT)
             reader.cancel()
+    await poster.aclose()
     return _rows(run, profile, count)
 
 
