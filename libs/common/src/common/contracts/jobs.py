@@ -45,6 +45,9 @@ class JobState(StrEnum):
 
 
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+# The active states as SQL literals, as `ix_jobs_owner_active`'s predicate names
+# them: a query must spell them so (not `= ANY($1)`) for the planner to use it.
+ACTIVE_STATES_SQL = ", ".join(f"'{state.value}'" for state in sorted(ACTIVE_STATES))
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
@@ -87,6 +90,13 @@ class Job(Base):
             "sent_at",
             "created_at",
             postgresql_where=text("state = 'queued'"),
+        ),
+        # A user's active jobs, counted for the per-user limit at every intake
+        # round: without it the count reads every job the user ever had.
+        Index(
+            "ix_jobs_owner_active",
+            "owner_id",
+            postgresql_where=text(f"state IN ({ACTIVE_STATES_SQL})"),
         ),
         # The sweep's scan: running jobs by lease expiry.
         Index(

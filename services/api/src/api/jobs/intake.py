@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
 from common.broker import job_message, queue_key
 from common.contracts import events
-from common.contracts.jobs import ACTIVE_STATES, JobState
+from common.contracts.jobs import ACTIVE_STATES_SQL, JobState
 from common.db import driver_connection
 from common.tracing import is_active as is_tracing
 
@@ -81,14 +81,14 @@ fresh AS (
 active AS (
     SELECT owner_id, count(*) AS n
       FROM jobs
-     WHERE owner_id IN (SELECT owner_id FROM input) AND state = ANY($10::text[])
+     WHERE owner_id IN (SELECT owner_id FROM input) AND state IN (ACTIVE_STATES)
      GROUP BY owner_id
 ),
 inserted AS (
     INSERT INTO jobs (id, owner_id, kind, params, idempotency_key, request_hash,
                       request_id, traceparent, state, progress)
     SELECT f.id, f.owner_id, f.kind, f.params, f.idempotency_key, f.request_hash,
-           f.request_id, f.traceparent, $11, 0
+           f.request_id, f.traceparent, $10, 0
       FROM fresh f LEFT JOIN active a ON a.owner_id = f.owner_id
      WHERE coalesce(a.n, 0) + f.nth <= $9
     RETURNING *
@@ -96,9 +96,8 @@ inserted AS (
 SELECT i.ord, false AS existed, ins.* FROM inserted ins JOIN input i ON i.id = ins.id
 UNION ALL
 SELECT e.ord, true AS existed, j.* FROM existing e JOIN jobs j ON j.id = e.id
-"""
+""".replace("ACTIVE_STATES", ACTIVE_STATES_SQL)
 _MARK_SENT = "UPDATE jobs SET sent_at = now() WHERE id = ANY($1::uuid[]) AND sent_at IS NULL"
-_ACTIVE = sorted(state.value for state in ACTIVE_STATES)
 
 
 @dataclass(frozen=True)
@@ -269,7 +268,7 @@ class JobIntake:
             self._engine,
             [
                 (_LOCK, (owners, sent_ids)),
-                (_INSERT, (*columns, self._max_active, _ACTIVE, JobState.QUEUED.value)),
+                (_INSERT, (*columns, self._max_active, JobState.QUEUED.value)),
             ],
         )
         return {
