@@ -33,13 +33,14 @@ LOCK = ROOT / "requirements" / "dev.txt"
 WORKSPACE = [
     "libs/common",
     "libs/devservices",
+    "libs/client",
     "services/api",
     "services/worker",
     "services/realtime",
 ]
 # What `make test`, `make lint` and `make dev` run from .venv/bin, and what they import.
 EXPECTED_COMMANDS = ["python", "pytest", "ruff", "mypy", "gunicorn", "celery", "alembic", "uv"]
-EXPECTED_IMPORTS = "import common, devservices, api.main, worker.app, realtime.main"
+EXPECTED_IMPORTS = "import common, devservices, jobsclient, api.main, worker.app, realtime.main"
 
 
 class InstallError(Exception):

@@ -192,7 +192,7 @@ class TestComposeStack:
             # follows live events, exits 0 once the job succeeded.
             started = time.monotonic()
             watched = subprocess.run(
-                [sys.executable, "-m", "realtime.client", "--api", stack.api, "--ws", stack.ws,
+                [sys.executable, "-m", "jobsclient", "--api", stack.api, "--ws", stack.ws,
                  "--email", email, "--password", PASSWORD, "--last-event-id", "0-0",
                  "--until-done", job_id, "--json"],
                 cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,

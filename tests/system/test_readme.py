@@ -47,6 +47,7 @@ _SNIPPET = re.compile(r'^--8<-- "(?P<path>[^":]+)(?::(?P<section>[\w-]+))?"$')
 _WORKSPACE_SOURCES = [
     "libs/common/src",
     "libs/devservices/src",
+    "libs/client/src",
     "services/api/src",
     "services/worker/src",
     "services/realtime/src",
@@ -147,9 +148,8 @@ def localized(command: Command, ports: DevPorts) -> str:
         text = re.sub(rf"\b(localhost|127\.0\.0\.1):{default}\b", rf"\g<1>:{port}", text)
     # The client's default addresses are :8000 and :8001.
     return text.replace(
-        "-m realtime.client",
-        f"-m realtime.client --api http://127.0.0.1:{ports.api}"
-        f" --ws ws://127.0.0.1:{ports.realtime}/ws",
+        "-m jobsclient",
+        f"-m jobsclient --api http://127.0.0.1:{ports.api} --ws ws://127.0.0.1:{ports.realtime}/ws",
     )
 
 

@@ -1,23 +1,43 @@
-"""`python -m realtime.client` against the real API, worker and realtime processes."""
+"""`jobsclient` and `python -m jobsclient` against the real API, worker and realtime processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from common.contracts.events import JOB_QUEUED, JOB_SUCCEEDED
+from jobsclient import ApiClient, ApiError, EventStream
 from tests.support.terminal import Terminal
-from tests.system.conftest import PYTHON, RegisterUser, ServerFactory
+from tests.system.conftest import PYTHON, Credentials, RegisterUser, ServerFactory
 from tests.system.jobs.conftest import StackFactory
 from tests.system.realtime.conftest import RealtimeFactory
 
 pytestmark = pytest.mark.system
+
+
+async def _stack(
+    stack_factory: StackFactory,
+    realtime_factory: RealtimeFactory,
+    server_factory: ServerFactory,
+    register_user: RegisterUser,
+) -> tuple[str, str, Credentials]:
+    """API, realtime and a worker on one prefix: the API URL, the WebSocket URL and a user."""
+    stack = await stack_factory()
+    api, realtime, _ = await asyncio.gather(
+        server_factory(REDIS_KEY_PREFIX=stack.prefix),
+        realtime_factory(prefix=stack.prefix),
+        stack.start_worker(),
+    )
+    return api.base_url, realtime.ws_url, await register_user(api)
 
 
 async def _countdown(
@@ -27,14 +47,10 @@ async def _countdown(
     register_user: RegisterUser,
 ) -> tuple[list[str], str]:
     """A user with a 5-step countdown job; the client's connection arguments and the job id."""
-    stack = await stack_factory()
-    api, realtime, _ = await asyncio.gather(
-        server_factory(REDIS_KEY_PREFIX=stack.prefix),
-        realtime_factory(prefix=stack.prefix),
-        stack.start_worker(),
+    api_url, ws_url, credentials = await _stack(
+        stack_factory, realtime_factory, server_factory, register_user
     )
-    credentials = await register_user(api)
-    async with httpx.AsyncClient(base_url=api.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
         token = (await client.post("/v1/auth/token", data=credentials.form)).json()
         response = await client.post(
             "/v1/jobs",
@@ -44,7 +60,7 @@ async def _countdown(
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     arguments = [
-        "--api", api.base_url, "--ws", realtime.ws_url,
+        "--api", api_url, "--ws", ws_url,
         "--email", credentials.email, "--password", credentials.password,
         "--last-event-id", "0-0", "--until-done", job_id,
     ]  # fmt: skip
@@ -54,7 +70,7 @@ async def _countdown(
 async def _run(*arguments: str) -> tuple[int, str, str]:
     """Run the client to its end: exit status, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
-        str(PYTHON), "-m", "realtime.client", *arguments,
+        str(PYTHON), "-m", "jobsclient", *arguments,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -104,7 +120,7 @@ class TestClientCli:
         )
         # In a terminal, as a person runs it: bars redrawn in place, no JSON.
         terminal = Terminal(
-            [str(PYTHON), "-m", "realtime.client", *arguments],
+            [str(PYTHON), "-m", "jobsclient", *arguments],
             env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
             cwd=tmp_path,
         )
@@ -117,3 +133,39 @@ class TestClientCli:
         assert re.search(rf"job {job_id[:8]} ━+ 100%", screen), screen
         assert "{" not in screen, "no JSON in the default output"
         assert screen.count("succeeded") == 1
+
+
+class TestLibrary:
+    """`ApiClient` and `EventStream`: submit a job, follow it, resume without gap or repeat."""
+
+    async def test_stream_resumes_after_the_last_event_it_yielded(
+        self,
+        stack_factory: StackFactory,
+        realtime_factory: RealtimeFactory,
+        server_factory: ServerFactory,
+        register_user: RegisterUser,
+    ) -> None:
+        api_url, ws_url, user = await _stack(
+            stack_factory, realtime_factory, server_factory, register_user
+        )
+        async with ApiClient(api_url, email=user.email, password=user.password) as api:
+            job = await api.create_job("demo.countdown", {"steps": 5, "interval": 0.1})
+            first = EventStream(api, ws_url, last_event_id="0-0")
+            async with contextlib.aclosing(first.events()) as events:
+                queued = await anext(events)  # then leave, as a dropped client does
+            assert queued["type"] == JOB_QUEUED
+            assert first.last_event_id == queued["id"]
+
+            resumed = EventStream(api, ws_url, last_event_id=first.last_event_id)
+            seen: list[dict[str, Any]] = []
+            async with contextlib.aclosing(resumed.events()) as events:
+                async for event in events:
+                    seen.append(event)
+                    if event["type"] == JOB_SUCCEEDED:
+                        break
+            assert queued["id"] not in [event["id"] for event in seen]  # no repeat
+            assert [event["type"] for event in seen].count("job.progress") == 5  # no gap
+            assert (await api.get_job(job["id"]))["state"] == "succeeded"
+            with pytest.raises(ApiError) as refused:
+                await api.cancel_job(job["id"])
+            assert refused.value.status == 409

@@ -1,4 +1,4 @@
-"""What the API and the realtime service agree on: WebSocket tickets and close codes.
+"""What the API, the realtime service and clients agree on: tickets, close codes, messages.
 
 A ticket is a random single-use secret the API stores in Redis for a few
 seconds, keyed by the ticket itself, holding the user id. A browser puts it in
@@ -19,12 +19,21 @@ TICKET_BYTES = 32
 _TICKET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 # WebSocket close codes the realtime service uses (RFC 6455 section 7.4 and the IANA registry).
-CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
+
+# The `type` of the control messages on the socket (events carry their own, from
+# `common.contracts.events`): the server says hello on connect, answers ping with
+# pong, sends reset when it no longer holds a resuming client's position, and
+# error for a message it cannot act on.
+MESSAGE_HELLO = "hello"
+MESSAGE_PING = "ping"
+MESSAGE_PONG = "pong"
+MESSAGE_RESET = "reset"
+MESSAGE_ERROR = "error"
 
 
 def new_ticket() -> str:
