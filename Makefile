@@ -37,7 +37,7 @@ lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift, 
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/common/src libs/devservices/src libs/client/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests bench
+	$(BIN)/mypy libs/common/src libs/devservices/src libs/devharness/src libs/client/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests bench
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 	$(BIN)/mypy scripts
 	$(MAKE) --no-print-directory validate

@@ -14,7 +14,7 @@ from bench import runner, wrk
 from bench.profiles import PROFILES
 from bench.report import machine_facts, markdown, write_results
 from bench.stack import database
-from tests.support.services import ROOT
+from devharness.services import ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,9 +46,9 @@ from bench.stack import PASSWORD, Stack, Web
 from common.auth import issue_access_token
 from common.contracts.kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
-from tests.support.cgroups import memory_cgroup_or_reason
-from tests.support.realtime import open_idle_sockets
-from tests.support.services import ROOT
+from devharness.cgroups import memory_cgroup_or_reason
+from devharness.realtime import open_idle_sockets
+from devharness.services import ROOT
 
 MIB = 1 << 20
 # Render's instance types, memory as Render states it (render.com/pricing and

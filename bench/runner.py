@@ -19,7 +19,7 @@ from bench.e2e import end_to_end
 from bench.profiles import Profile
 from bench.report import Row
 from bench.stack import Stack, open_stack
-from tests.support.services import ServiceUrls
+from devharness.services import ServiceUrls
 
 SCENARIOS = ("overhead", "read", "intake", "e2e", "login", "memory", "fanout")
 

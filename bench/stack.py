@@ -16,7 +16,7 @@ ones. The overrides, all named in the report (`Stack.overrides`):
 
 Postgres and Redis are the ones `DATABASE_URL` / `REDIS_URL` name, else
 embedded servers started as the tests start theirs. Every process runs in a
-process group of its own (tests.support.processes) and is stopped by
+process group of its own (devharness.processes) and is stopped by
 signalling that group, also when the run fails or is interrupted.
 """
 
@@ -41,12 +41,12 @@ from redis.asyncio import Redis
 from common.broker import create_celery
 from common.contracts.tasks import JOBS_QUEUE
 from common.settings import CommonSettings
+from devharness.database import migrated_database
+from devharness.processes import ManagedProcess, start_process
+from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
+from devharness.services import ROOT, ServiceUrls, provide_services
 from devservices import free_port
 from scripts import blueprint
-from tests.support.database import migrated_database
-from tests.support.processes import ManagedProcess, start_process
-from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
-from tests.support.services import ROOT, ServiceUrls, provide_services
 
 BIN = ROOT / ".venv" / "bin"
 PYTHON = BIN / "python"

@@ -33,6 +33,7 @@ LOCK = ROOT / "requirements" / "dev.txt"
 WORKSPACE = [
     "libs/common",
     "libs/devservices",
+    "libs/devharness",
     "libs/client",
     "services/api",
     "services/worker",
@@ -40,7 +41,9 @@ WORKSPACE = [
 ]
 # What `make test`, `make lint` and `make dev` run from .venv/bin, and what they import.
 EXPECTED_COMMANDS = ["python", "pytest", "ruff", "mypy", "gunicorn", "celery", "alembic", "uv"]
-EXPECTED_IMPORTS = "import common, devservices, jobsclient, api.main, worker.app, realtime.main"
+EXPECTED_IMPORTS = (
+    "import common, devservices, devharness, jobsclient, api.main, worker.app, realtime.main"
+)
 
 
 class InstallError(Exception):

@@ -40,9 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
+from devharness.services import provide_services
 from devservices import free_port
 from scripts.blueprint import ROOT, Backing, BlueprintError, base_env, load, render_env, resolve_env
-from tests.support.services import provide_services
 
 BUILD_TIMEOUT = 600.0
 PRE_DEPLOY_TIMEOUT = 300.0

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.database import migrated_database
-from tests.support.services import ServiceUrls, provide_services
+from devharness.database import migrated_database
+from devharness.services import ServiceUrls, provide_services
 
 
 @pytest.fixture(scope="session")

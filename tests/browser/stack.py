@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 
 from api.settings import ApiSettings
+from devharness.processes import ManagedProcess, start_process
+from devharness.services import ROOT
 from devservices import free_port
 from realtime.settings import RealtimeSettings
-from tests.support.processes import ManagedProcess, start_process
-from tests.support.services import ROOT
 from worker.settings import WorkerSettings
 
 BIN = ROOT / ".venv" / "bin"

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
-from tests.support.ratelimits import GENEROUS_RATE_LIMITS
+from devharness.ratelimits import GENEROUS_RATE_LIMITS
 
 PASSWORD = "correct horse battery staple"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from devharness.services import ROOT
 from devservices import EmbeddedPostgres, free_port
 from devservices._ports import is_listening
-from tests.support.services import ROOT
 
 TEMPLATE = ROOT / ".run" / "test" / "postgres-template"
 

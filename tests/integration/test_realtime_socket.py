@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from common.auth import issue_access_token
 from common.contracts import events
 from common.contracts.realtime import ticket_key
+from devharness.realtime import listen, refusal, ws_url
 from realtime.settings import RealtimeSettings
 from tests.support import tokens
 from tests.support.jobs import new_prefix
-from tests.support.realtime import listen, refusal, ws_url
 from tests.support.realtime_server import RunningRealtime, serve_realtime
 
 ORIGIN = "https://app.example.com"

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.services import ROOT
+from devharness.services import ROOT
 
 
 def copy_tracked_files(destination: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from devharness.processes import ManagedProcess, environment_without
 from devservices import free_ports
-from tests.support.processes import ManagedProcess, environment_without
 
 # What a developer's shell may hold that would point `make dev` elsewhere.
 _SCRUBBED = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENVIRONMENT")

@@ -18,10 +18,10 @@ import httpx
 import psutil
 import pytest
 
+from devharness.processes import json_records
+from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
+from devharness.services import ROOT
 from devservices import free_port
-from tests.support.processes import json_records
-from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
-from tests.support.services import ROOT
 
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
+from devharness.services import ROOT
 from devservices import free_port
-from tests.support.services import ROOT
 from tests.system.conftest import GUNICORN, GUNICORN_CONFIG, PYTHON, RegisterUser, Server
 
 pytestmark = pytest.mark.system

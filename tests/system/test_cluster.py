@@ -32,14 +32,14 @@ import websockets
 from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
+from devharness.processes import environment_without, json_records
+from devharness.realtime import listen
+from devharness.services import ROOT
 from scripts import blueprint
 from scripts import cluster as clusters
 from scripts.cluster import Cluster, Host
 from tests.support.jobs import JobsUser
 from tests.support.polling import eventually
-from tests.support.processes import environment_without, json_records
-from tests.support.realtime import listen
-from tests.support.services import ROOT
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [

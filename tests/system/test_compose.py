@@ -26,8 +26,8 @@ import yaml
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from devharness.services import ROOT
 from devservices import free_ports
-from tests.support.services import ROOT
 
 pytestmark = [pytest.mark.system, pytest.mark.docker]
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"

@@ -24,10 +24,10 @@ from typing import IO
 
 import pytest
 
+from devharness.processes import Snapshot, environment_without
+from devharness.services import ROOT
 from devservices import free_ports
 from devservices._ports import is_listening
-from tests.support.processes import Snapshot, environment_without
-from tests.support.services import ROOT
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.system

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.services import ROOT
+from devharness.services import ROOT
 from tests.system.conftest import RegisterUser, ServerFactory
 
 pytestmark = [pytest.mark.system, pytest.mark.fuzz]

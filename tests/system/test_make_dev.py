@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devharness.processes import ManagedProcess, Snapshot, start_process
+from devharness.services import ROOT
 from devservices._ports import is_listening
 from tests.support.devstack import DevPorts, dev_environment
-from tests.support.processes import ManagedProcess, Snapshot, start_process
-from tests.support.services import ROOT
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.system

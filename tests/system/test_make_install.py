@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from devharness.processes import environment_without
 from tests.support.checkout import copy_tracked_files
-from tests.support.processes import environment_without
 
 pytestmark = pytest.mark.system
 # A cold package cache downloads the whole lock; warm, the install takes about 15 s.

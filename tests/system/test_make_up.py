@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import environment_without
-from tests.support.services import ROOT
+from devharness.processes import environment_without
+from devharness.services import ROOT
 
 pytestmark = pytest.mark.system
 MAKE = "/usr/bin/make"

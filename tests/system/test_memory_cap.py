@@ -38,12 +38,12 @@ from websockets.protocol import State
 
 from common.auth import issue_access_token
 from common.settings import CommonSettings
+from devharness.cgroups import MemoryCgroup, memory_cgroup_or_reason
+from devharness.processes import ManagedProcess, start_process
+from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
+from devharness.realtime import open_idle_sockets
+from devharness.services import ROOT
 from devservices import free_port
-from tests.support.cgroups import MemoryCgroup, memory_cgroup_or_reason
-from tests.support.processes import ManagedProcess, start_process
-from tests.support.ratelimits import GENEROUS_RATE_LIMIT_ENV
-from tests.support.realtime import open_idle_sockets
-from tests.support.services import ROOT
 
 pytestmark = pytest.mark.system
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devharness.processes import start_process
+from devharness.services import ROOT
 from tests.support.checkout import copy_tracked_files
 from tests.support.devstack import DevPorts, dev_environment, wait_ready
-from tests.support.processes import start_process
-from tests.support.services import ROOT
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
@@ -47,6 +47,7 @@ _SNIPPET = re.compile(r'^--8<-- "(?P<path>[^":]+)(?::(?P<section>[\w-]+))?"$')
 _WORKSPACE_SOURCES = [
     "libs/common/src",
     "libs/devservices/src",
+    "libs/devharness/src",
     "libs/client/src",
     "services/api/src",
     "services/worker/src",

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devharness.services import ROOT
 from scripts.blueprint import Backing, BlueprintError, resolve_env
 from scripts.rehearse import Service
-from tests.support.services import ROOT
 
 BLUEPRINT: dict[str, Any] = yaml.safe_load((ROOT / "render.yaml").read_text())
 SERVICES = {s["name"]: s for s in BLUEPRINT["services"]}

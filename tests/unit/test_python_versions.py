@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from devharness.services import ROOT
 from scripts import install
-from tests.support.services import ROOT
 
 Version = tuple[int, int]
 WORKSPACE = [

@@ -9,8 +9,8 @@ import pytest
 from mkdocs.exceptions import PluginError
 
 from api.settings import ApiSettings
+from devharness.services import ROOT
 from realtime.settings import RealtimeSettings
-from tests.support.services import ROOT
 from worker.settings import WorkerSettings
 
 HOOK = ROOT / "docs" / "hooks" / "settings_reference.py"

@@ -25,7 +25,7 @@ from common.tracing import (
     trace_id_of,
     valid_traceparent,
 )
-from tests.support.services import ROOT
+from devharness.services import ROOT
 from worker.runner import Heartbeat, JobRun
 from worker.settings import WorkerSettings
 

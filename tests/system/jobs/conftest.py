@@ -27,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
+from devharness.processes import ManagedProcess, start_process
+from devharness.ratelimits import GENEROUS_RATE_LIMITS
+from devharness.services import ROOT
 from devservices import EmbeddedRedis, free_port
 from tests.support.jobs import EventTap, JobsUser, new_prefix
-from tests.support.processes import ManagedProcess, start_process
-from tests.support.ratelimits import GENEROUS_RATE_LIMITS
-from tests.support.services import ROOT
 from worker.settings import WorkerSettings
 
 CELERY = ROOT / ".venv" / "bin" / "celery"

@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from common.auth import issue_access_token
 from common.contracts import events
 from common.settings import CommonSettings
+from devharness.services import ROOT
 from devservices import free_port
 from tests.support.jobs import new_prefix
-from tests.support.services import ROOT
 from tests.system.conftest import GUNICORN, Server
 from tests.system.jobs.conftest import process_env, stack_factory  # noqa: F401 (fixtures)
 

@@ -10,7 +10,7 @@ import websockets
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from tests.support.realtime import connect, listen
+from devharness.realtime import connect, listen
 from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system

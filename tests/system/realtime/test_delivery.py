@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.realtime import Listener, listen
+from devharness.realtime import Listener, listen
 from tests.system.jobs.conftest import StackFactory
 from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
 

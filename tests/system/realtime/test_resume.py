@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
-from tests.support.realtime import listen, ws_url
+from devharness.realtime import listen, ws_url
 from tests.system.jobs.conftest import StackFactory
 from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
 

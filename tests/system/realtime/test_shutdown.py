@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.support.realtime import listen
+from devharness.realtime import listen
 from tests.system.realtime.conftest import RealtimeFactory, TokenFor
 
 pytestmark = pytest.mark.system

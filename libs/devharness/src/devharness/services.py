@@ -19,7 +19,8 @@ from pathlib import Path
 
 from devservices import EmbeddedPostgres, EmbeddedRedis, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+# Installed editable from the workspace (dev only): libs/devharness/src/devharness/.
+ROOT = Path(__file__).resolve().parents[4]
 
 
 @dataclass(frozen=True)
