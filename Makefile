@@ -33,10 +33,11 @@ lock: ## re-resolve and write requirements/*.txt (hash-pinned, no URLs)
 	$(PYTHON) scripts/lockfiles.py write
 
 .PHONY: lint
-lint: ## ruff (format + lint), mypy, lock freshness, migration heads and drift, schemas, docs
+lint: ## ruff (format + lint), mypy, import contracts, lock freshness, migration heads and drift, schemas, docs
 	$(PYTHON) scripts/lockfiles.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy libs/common/src libs/devservices/src libs/devharness/src libs/client/src services/api/src services/worker/src services/realtime/src services/console/serve.py tests bench
 	$(BIN)/python -m devservices run -- $(MAKE) --no-print-directory _migration-check
 	$(BIN)/mypy scripts

@@ -53,6 +53,7 @@ import psutil
 from redis.asyncio import Redis
 
 from bench.stack import Stack
+from common import publisher
 from common.auth import issue_access_token
 from common.contracts import events
 from common.settings import CommonSettings
@@ -341,7 +342,7 @@ async def _publish(
             event = events.make_event(
                 events.JOB_PROGRESS, user_id=user, job_id=job_id, step=sent, sent=time.time()
             )
-            batch.append(events.apublish_event(redis, event, prefix=prefix))
+            batch.append(publisher.apublish_event(redis, event, prefix=prefix))
             sent += 1
         # In chunks: each call in flight holds one of the client's 100 pooled connections.
         for chunk in range(0, len(batch), 50):

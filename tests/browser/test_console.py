@@ -17,7 +17,8 @@ import pytest
 from playwright.async_api import APIResponse, Locator, Page, Route, expect
 from redis.asyncio import Redis
 
-from common.contracts.events import JOB_SUCCEEDED, apublish_event, make_event
+from common.contracts.events import JOB_SUCCEEDED, make_event
+from common.publisher import apublish_event
 from tests.browser.conftest import Pages
 from tests.browser.stack import PASSWORD_MIN_LENGTH, BrowserStack
 

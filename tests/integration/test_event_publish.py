@@ -1,4 +1,4 @@
-"""`publish_event` on a Redis that has not seen its script yet (a new or restarted server)."""
+"""`publisher.publish_event` on a Redis that has not seen its script yet (new or restarted)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from common import publisher
 from common.contracts import events
 from devservices import EmbeddedRedis, free_port
 
@@ -30,15 +31,15 @@ class TestPublishOnAFreshServer:
 
     def test_publishes_without_the_script_cached_then_caches_it(self, fresh_redis: Redis) -> None:
         user_id = uuid.uuid4()
-        assert fresh_redis.script_exists(events._PUBLISH_SHA) == [False]
+        assert fresh_redis.script_exists(publisher._PUBLISH_SHA) == [False]
 
-        first = events.publish_event(
+        first = publisher.publish_event(
             fresh_redis, events.make_event(events.JOB_STARTED, user_id=user_id), prefix="t:"
         )
-        second = events.publish_event(
+        second = publisher.publish_event(
             fresh_redis, events.make_event(events.JOB_SUCCEEDED, user_id=user_id), prefix="t:"
         )
 
-        assert fresh_redis.script_exists(events._PUBLISH_SHA) == [True]
+        assert fresh_redis.script_exists(publisher._PUBLISH_SHA) == [True]
         stream = fresh_redis.xrange(events.user_stream("t:", user_id)) or []
         assert [entry_id for entry_id, _ in stream] == [first.encode(), second.encode()]

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from common.contracts import events
-from common.contracts.jobs import Job
+from common.models import Job
 from tests.integration.conftest import RegisteredUser
 from worker.maintenance import purge, sweep
 from worker.resources import Resources, build

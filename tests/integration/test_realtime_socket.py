@@ -12,6 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from common import publisher
 from common.auth import issue_access_token
 from common.contracts import events
 from common.contracts.realtime import ticket_key
@@ -71,7 +72,7 @@ async def _publish(
 ) -> list[str]:
     job_id = uuid.uuid4()
     return [
-        await events.apublish_event(
+        await publisher.apublish_event(
             redis,
             events.make_event(events.JOB_PROGRESS, user_id=user_id, job_id=job_id, step=n, **data),
             prefix=realtime.settings.redis_key_prefix,

@@ -134,7 +134,7 @@ class TestEventRequestId:
     """Events name the request that caused them; without one they keep their old shape."""
 
     def _published_body(self, event: events.Event) -> dict[str, Any]:
-        body = events._body(event)
+        body = events.event_body(event)
         assert body.startswith("{")  # the Lua splice prepends the id after this brace
         frame = events.event_frame("1-0", body)
         decoded: dict[str, Any] = json.loads(frame)

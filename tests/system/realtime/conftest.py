@@ -21,6 +21,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from common import publisher
 from common.auth import issue_access_token
 from common.contracts import events
 from common.settings import CommonSettings
@@ -156,7 +157,7 @@ async def publish(
     """Publish `count` progress events of one made-up job of `user_id`; their ids."""
     job_id = uuid.uuid4()
     return [
-        await events.apublish_event(
+        await publisher.apublish_event(
             redis,
             events.make_event(events.JOB_PROGRESS, user_id=user_id, job_id=job_id, step=n, **data),
             prefix=prefix,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from api.auth.models import RefreshToken
 from api.users.models import User
-from common.contracts.jobs import Job
 from common.db import Base
+from common.models import Job
 
 metadata = Base.metadata
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy import Engine, text
 
+from common import publisher
 from common.broker import send_queued_job
 from common.contracts import events
 from worker.resources import Resources
@@ -130,7 +131,7 @@ def sweep(resources: Resources, *, batch: int = 200) -> Tally:
             attempt=row.attempt,
         )
         try:
-            events.publish_event(resources.redis, event, prefix=settings.redis_key_prefix)
+            publisher.publish_event(resources.redis, event, prefix=settings.redis_key_prefix)
         except Exception as exc:
             _logger.warning("event %s not published: %s", event_type, type(exc).__name__)
     return tally

@@ -24,6 +24,7 @@ from redis import Redis
 from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
+from common import publisher
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.tracing import is_active as is_tracing
@@ -161,7 +162,7 @@ class JobRun:
             type_, user_id=self.owner_id, job_id=self.job_id, request_id=self.request_id, **data
         )
         try:
-            events.publish_event(self.redis, event, prefix=self.settings.redis_key_prefix)
+            publisher.publish_event(self.redis, event, prefix=self.settings.redis_key_prefix)
         except Exception as exc:  # the state is in Postgres; the event is best effort
             _logger.warning("event %s not published: %s", type_, type(exc).__name__)
 

@@ -1,4 +1,4 @@
-"""The `jobs` table and the job state machine, shared by the API and the worker.
+"""The job state machine, shared by the API and the worker (the table is `common.models.Job`).
 
     queued ──▶ running ──▶ succeeded | failed | cancelled
       │          │
@@ -11,27 +11,7 @@ redelivered message cannot run a finished job again or move it back.
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
-
-from sqlalchemy import (
-    CheckConstraint,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    SmallInteger,
-    String,
-    Text,
-    func,
-    text,
-)
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
-
-from common.db import Base
 
 
 class JobState(StrEnum):
@@ -63,68 +43,3 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 def sources_of(target: JobState) -> list[str]:
     """The states a job may move to `target` from, for an `UPDATE ... WHERE state IN`."""
     return sorted(state.value for state, targets in TRANSITIONS.items() if target in targets)
-
-
-class Job(Base):
-    """A long job a user asked for; the row is also the outbox of its Celery message."""
-
-    __tablename__ = "jobs"
-    __table_args__ = (
-        CheckConstraint("progress BETWEEN 0 AND 100", name="progress_range"),
-        CheckConstraint(
-            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state_valid"
-        ),
-        # Listing: a user's jobs, newest first, with a stable tie-break.
-        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
-        # One job per (user, Idempotency-Key).
-        Index(
-            "uq_jobs_owner_idempotency_key",
-            "owner_id",
-            "idempotency_key",
-            unique=True,
-            postgresql_where=text("idempotency_key IS NOT NULL"),
-        ),
-        # The relay's scan: queued jobs never sent, or sent long ago and unclaimed.
-        Index(
-            "ix_jobs_queued_sent",
-            "sent_at",
-            "created_at",
-            postgresql_where=text("state = 'queued'"),
-        ),
-        # A user's active jobs, counted for the per-user limit at every intake
-        # round: without it the count reads every job the user ever had.
-        Index(
-            "ix_jobs_owner_active",
-            "owner_id",
-            postgresql_where=text(f"state IN ({ACTIVE_STATES_SQL})"),
-        ),
-        # The sweep's scan: running jobs by lease expiry.
-        Index(
-            "ix_jobs_running_lease",
-            "lease_expires_at",
-            postgresql_where=text("state = 'running'"),
-        ),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(100))
-    state: Mapped[str] = mapped_column(String(16), server_default=text("'queued'"))
-    progress: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
-    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    error: Mapped[str | None] = mapped_column(Text)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    request_hash: Mapped[str | None] = mapped_column(String(64))
-    attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    cancel_requested: Mapped[bool] = mapped_column(server_default=text("false"))
-    run_id: Mapped[uuid.UUID | None]
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Correlation of the POST that created the job, for the worker's logs, events
-    # and trace; kept on the row because the relay may send the message much later.
-    request_id: Mapped[str | None] = mapped_column(String(128))
-    traceparent: Mapped[str | None] = mapped_column(String(55))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

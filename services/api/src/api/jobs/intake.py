@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
+from common import publisher
 from common.broker import job_message, queue_key
 from common.contracts import events
 from common.contracts.jobs import ACTIVE_STATES_SQL, JobState
@@ -284,7 +285,7 @@ class JobIntake:
         """
         pipeline = self._redis.pipeline(transaction=False)
         for row, _ in created:
-            await events.queue_publish(pipeline, _queued_event(row), prefix=self._key_prefix)
+            await publisher.queue_publish(pipeline, _queued_event(row), prefix=self._key_prefix)
         messages = [job_message(row) for row, _ in created]
         if self._broker is self._redis:
             # Executed in order: the events before the messages.

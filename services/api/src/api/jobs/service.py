@@ -22,11 +22,13 @@ from api.jobs.errors import (
 )
 from api.jobs.intake import JobIntake, JobRow, NewJob
 from api.jobs.schemas import JobRead
+from common import publisher
 from common.contracts import events
-from common.contracts.jobs import Job, JobState
+from common.contracts.jobs import JobState
 from common.contracts.kinds import JOB_KINDS
 from common.db import driver_connection, driver_sql
 from common.errors import field_errors
+from common.models import Job
 
 _logger = logging.getLogger("api.jobs")
 
@@ -92,7 +94,7 @@ async def create_job(
 async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
     """Publish an event; a Redis failure is logged, never raised (the state is in Postgres)."""
     try:
-        await events.apublish_event(redis, event, prefix=prefix)
+        await publisher.apublish_event(redis, event, prefix=prefix)
     except Exception as exc:
         _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
 
