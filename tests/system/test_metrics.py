@@ -164,6 +164,27 @@ class TestCeleryWorker:
         assert result.value("jobs_running", **kind) == 0
         assert result.value("jobs_queue_depth") == 0
 
+    async def test_each_transient_failure_counts_one_retry(
+        self,
+        stack_factory: StackFactory,  # noqa: F811 (fixture)
+    ) -> None:
+        stack = await stack_factory()
+        port = free_port()
+        await stack.start_worker(WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1")
+        user = await stack.new_user()
+        job = await user.post_job("demo.flaky", {"failures": 2})
+        assert (await user.wait_until_final(job["id"], within=30))["state"] == "succeeded"
+        kind = {"kind": "demo.flaky"}
+
+        async def finished() -> Scrape | None:
+            result = await _scrape(f"http://127.0.0.1:{port}")
+            done = result.value("jobs_finished_total", **kind, state="succeeded")
+            return result if done == 1 else None
+
+        result = await eventually(finished, within=15)
+        assert result.value("jobs_retried_total", **kind) == 2
+        assert result.value("jobs_started_total", **kind) == 3
+
     async def test_queue_depth_and_outbox_backlog_are_read_at_scrape_time(
         self,
         stack_factory: StackFactory,  # noqa: F811 (fixture)

@@ -170,9 +170,3 @@ def sending(task_name: str, task_id: str, traceparent: str | None) -> Iterator[s
         attributes={"messaging.system": "celery", "messaging.message.id": task_id},
     ):
         yield current_traceparent()
-
-
-def trace_id_of(traceparent: str | None) -> str | None:
-    """The 32-hex-digit trace id of a valid traceparent."""
-    valid = valid_traceparent(traceparent)
-    return valid.split("-")[1] if valid else None

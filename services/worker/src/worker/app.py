@@ -188,6 +188,7 @@ def _retry_or_fail(task: Task[Any, Any], run: JobRun, exc: BaseException) -> Non
     delay = backoff(run.attempt, settings)
     if not run.release():
         return
+    worker_metrics.run_retried(run.kind)
     _logger.info("job %s: transient failure (%s), retry in %.1fs", run.job_id, reason, delay)
     run.publish(events.JOB_REQUEUED, state="queued", attempt=run.attempt, retry_in=delay)
     # A new message with the same task id; if the broker is down too, the

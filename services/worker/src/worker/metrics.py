@@ -37,7 +37,7 @@ from sqlalchemy.pool import NullPool
 
 from common.contracts.jobs import JobState
 from common.contracts.tasks import JOBS_QUEUE
-from common.metrics import JOB_DURATION, JOBS_FINISHED, JOBS_RUNNING, JOBS_STARTED
+from common.metrics import JOB_DURATION, JOBS_FINISHED, JOBS_RETRIED, JOBS_RUNNING, JOBS_STARTED
 from common.multiproc import (
     ENV_VAR,
     is_alive,
@@ -58,6 +58,11 @@ def run_started(kind: str) -> float:
     JOBS_STARTED.labels(kind).inc()
     JOBS_RUNNING.labels(kind).inc()
     return time.monotonic()
+
+
+def run_retried(kind: str) -> None:
+    """Count a run given back to the queue after a transient error."""
+    JOBS_RETRIED.labels(kind).inc()
 
 
 def run_ended(kind: str, outcome: JobState | None, started: float) -> None:
