@@ -242,7 +242,7 @@ CHECKS: list[tuple[str, Check]] = [
     (r"/v1/auth/register", _registered),
     (r"/v1/users/me", _me),
     (r"/v1/jobs/\$JOB\b", _job),
-    (r"-m realtime\.client .*--until-done \"\$JOB\"", _watched),
+    (r"-m jobsclient .*--until-done \"\$JOB\"", _watched),
     (r"/v1/jobs\?state=succeeded", _listed),
 ]
 
