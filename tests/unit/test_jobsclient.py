@@ -1,9 +1,12 @@
-"""The client's pieces that need no server: backoff and argument checks."""
+"""The client's pieces that need no server: backoff, argument checks, packaging."""
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
+from devharness.services import ROOT
 from jobsclient import ApiClient, backoff
 from jobsclient._events import MAX_BACKOFF
 
@@ -24,3 +27,15 @@ class TestApiClient:
     def test_without_credentials_is_refused(self) -> None:
         with pytest.raises(ValueError, match="token"):
             ApiClient("http://127.0.0.1:1")
+
+
+class TestPackaging:
+    """The client's libraries stay out of the realtime service and its image."""
+
+    @pytest.mark.parametrize("library", ["httpx", "rich"])
+    def test_realtime_neither_declares_nor_locks_it(self, library: str) -> None:
+        project = tomllib.loads((ROOT / "services/realtime/pyproject.toml").read_text())
+        declared = [spec.split(">")[0].split("[")[0] for spec in project["project"]["dependencies"]]
+        assert library not in declared
+        locked = (ROOT / "requirements/realtime.txt").read_text().splitlines()
+        assert not [line for line in locked if line.startswith(f"{library}==")]
