@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from api.main import create_app
 from api.settings import ApiSettings
@@ -158,6 +159,100 @@ class TestKeys:
             for n in range(4)
         ]
         assert statuses == [200, 200, 429, 429]
+
+
+class TestAnonymousRoutes:
+    """Register, login and refresh count per client address whatever token is sent (#15 §3)."""
+
+    async def test_bearer_tokens_do_not_give_one_address_more_budgets(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        alice: RegisteredUser = await make_user()
+        bob: RegisteredUser = await make_user()
+        client = await client_factory(create_app(limited_settings(rate_limit_auth="2/minute")))
+        statuses = [
+            (
+                await client.post(
+                    "/v1/auth/refresh", json={"refresh_token": "x" * 40}, headers=user.headers
+                )
+            ).status_code
+            for user in (alice, bob, alice, bob)
+        ]
+        assert statuses == [401, 401, 429, 429]
+        login = await client.post(
+            "/v1/auth/token",
+            data={"username": alice.email, "password": alice.password},
+            headers=bob.headers,
+        )
+        assert_problem(login, 429)
+        register = await client.post(
+            "/v1/auth/register",
+            json={"email": f"n-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD},
+            headers=alice.headers,
+        )
+        assert_problem(register, 429)
+
+
+class TestBoundedInput:
+    """Oversized fields are refused at the edge, and no limiter key grows with input (#15 §1)."""
+
+    async def _longest_key(self, redis_url: str, prefix: str) -> int:
+        redis = Redis.from_url(redis_url)
+        try:
+            keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        finally:
+            await redis.aclose()
+        assert keys, "the limiter stored nothing under this test's prefix"
+        return max(len(key) for key in keys)
+
+    async def test_huge_username_gets_422_and_leaves_no_long_key(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory,
+        redis_url: str, redis_key_prefix: str,
+    ) -> None:  # fmt: skip
+        prefix = new_prefix(redis_key_prefix)
+        client = await client_factory(create_app(settings_factory(redis_key_prefix=prefix)))
+        huge = "a" * 400_000 + "@example.com"
+        response = await client.post("/v1/auth/token", data={"username": huge, "password": "x"})
+        body = assert_problem(response, 422)
+        assert "username" in str(body["errors"])
+        assert len(response.content) < 4096, "the answer must not echo the input"
+        assert await self._longest_key(redis_url, prefix) <= 200
+
+    async def test_limiter_keys_are_digests_whatever_the_identity(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory,
+        redis_url: str, redis_key_prefix: str,
+    ) -> None:  # fmt: skip
+        prefix = new_prefix(redis_key_prefix)
+        client = await client_factory(create_app(settings_factory(redis_key_prefix=prefix)))
+        # The longest username the form accepts is counted under a digest of it.
+        longest = "a" * 308 + "@example.com"
+        response = await client.post(
+            "/v1/auth/token", data={"username": longest, "password": "wrong password!"}
+        )
+        assert_problem(response, 401)
+        assert await self._longest_key(redis_url, prefix) <= 120
+
+    @pytest.mark.parametrize(
+        ("path", "body"),
+        [
+            ("/v1/auth/register", {"email": "a" * 400 + "@example.com", "password": PASSWORD}),
+            ("/v1/auth/register", {"email": "ok@example.com", "password": "p" * 1025}),
+            ("/v1/auth/refresh", {"refresh_token": "r" * 513}),
+        ],
+    )
+    async def test_oversized_json_fields_get_422(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, str]
+    ) -> None:
+        assert_problem(await client.post(path, json=body), 422)
+
+    async def test_oversized_login_password_gets_422(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            "/v1/auth/token", data={"username": "a@example.com", "password": "p" * 1025}
+        )
+        assert_problem(response, 422)
 
 
 class TestRedisDown:

@@ -7,8 +7,14 @@ allowed per window means exactly N across all processes (no read-then-write
 race), at one round trip per hit, timed by Redis's own clock (the same for
 every host). A route takes a limit as a dependency, `rate_limit("auth")`; the
 key is the verified token's user, or else the client address as uvicorn's
-ProxyHeadersMiddleware resolved it. Limits are written as the `limits` library
-parses them (`10/minute`, `5/15 minutes`).
+ProxyHeadersMiddleware resolved it; anonymous routes (`by_ip=True`) always key
+on the address, so a bearer token cannot pick a bucket of its own. Limits are
+written as the `limits` library parses them (`10/minute`, `5/15 minutes`).
+
+The identity in a Redis key is a fixed-length digest of the normalised
+identity, never the raw input: Redis runs with `noeviction` and also carries
+the broker and the event store, so one request must not be able to store a
+large key.
 
 AppError
 ├── TooManyRequests (429)   a limit is exhausted; Retry-After and RateLimit headers
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -145,7 +152,10 @@ class RateLimiter:
 
     def _key(self, policy: Policy, key: str) -> str:
         # The limit is part of the key: a changed limit starts a fresh window.
-        return f"{self._key_prefix}/{policy.name}/{key}/{policy.item.amount}/{policy.window}"
+        return (
+            f"{self._key_prefix}/{policy.name}/{key_digest(key)}"
+            f"/{policy.item.amount}/{policy.window}"
+        )
 
     async def hit(self, name: str, key: str) -> Decision | None:
         """Count one hit of `key` under policy `name` (one round trip).
@@ -190,6 +200,11 @@ class RateLimiter:
         )
 
 
+def key_digest(identity: str) -> str:
+    """A fixed-length (32 hex characters) digest of a limiter identity, whatever its length."""
+    return hashlib.blake2b(identity.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+
+
 def build_policies(settings: CommonSettings, specs: Mapping[str, str]) -> dict[str, Policy]:
     """Policies from name to limit text; fail-closed ones per `RATE_LIMIT_FAIL_CLOSED`."""
     closed = set(settings.rate_limit_fail_closed)
@@ -217,11 +232,19 @@ def client_key(connection: HTTPConnection) -> str:
     if bearer_token(connection) is not None:
         with contextlib.suppress(InvalidToken):
             return f"user:{authenticate(connection).user_id}"
+    return _ip_key(connection)
+
+
+def _ip_key(connection: HTTPConnection) -> str:
     return f"ip:{client_ip(connection)}"
 
 
-def rate_limit(name: str, *, concurrent: bool = False) -> Any:
+def rate_limit(name: str, *, concurrent: bool = False, by_ip: bool = False) -> Any:
     """A route dependency counting each request under policy `name`; 429 beyond it.
+
+    With `by_ip`, for anonymous routes (register, login, refresh), the key is
+    the client address whatever headers the request carries: otherwise K
+    accounts would give one address K budgets.
 
     With `concurrent`, for handlers without side effects only (a read), the
     hit is counted while the handler runs, which takes the limiter's round
@@ -229,9 +252,11 @@ def rate_limit(name: str, *, concurrent: bool = False) -> Any:
     handler's answer is dropped), and its headers are added as it is sent.
     """
 
+    keyed = _ip_key if by_ip else client_key
+
     async def check_rate_limit(connection: HTTPConnection, response: Response) -> None:
         limiter: RateLimiter = connection.state.rate_limiter
-        decision = await limiter.hit(name, client_key(connection))
+        decision = await limiter.hit(name, keyed(connection))
         if decision is None:
             return
         if not decision.allowed:
@@ -240,7 +265,7 @@ def rate_limit(name: str, *, concurrent: bool = False) -> Any:
 
     async def count_alongside(connection: HTTPConnection) -> AsyncIterator[None]:
         limiter: RateLimiter = connection.state.rate_limiter
-        pending = asyncio.ensure_future(limiter.hit(name, client_key(connection)))
+        pending = asyncio.ensure_future(limiter.hit(name, keyed(connection)))
         try:
             try:
                 yield

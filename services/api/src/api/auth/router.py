@@ -6,13 +6,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
 from starlette.requests import HTTPConnection
 
 from api.auth import service as auth_service
 from api.auth import throttle
 from api.auth.dependencies import CurrentUser
-from api.auth.schemas import RefreshRequest, TokenResponse
+from api.auth.schemas import LoginForm, RefreshRequest, TokenResponse
 from api.dependencies import Hasher, Settings
 from api.users import service as users_service
 from api.users.schemas import UserCreate, UserRead
@@ -23,9 +22,11 @@ from common.ratelimit import RateLimiter, client_ip, rate_limit
 router = APIRouter(
     prefix="/v1/auth",
     tags=["auth"],
-    dependencies=[rate_limit("auth")],
     responses=problem_responses(429, 503),
 )
+# Anonymous routes count per client address whatever token is sent; logout per user.
+_ANONYMOUS = [rate_limit("auth", by_ip=True)]
+_AUTHENTICATED = [rate_limit("auth")]
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -40,6 +41,7 @@ def _token_response(response: Response, pair: auth_service.TokenPair) -> TokenRe
     "/register",
     status_code=status.HTTP_201_CREATED,
     summary="Create an account",
+    dependencies=_ANONYMOUS,
     responses=problem_responses(409, 422),
 )
 async def register(
@@ -85,10 +87,11 @@ async def _record_login(connection: HTTPConnection, user_id: uuid.UUID) -> None:
 @router.post(
     "/token",
     summary="Log in (OAuth2 password flow)",
+    dependencies=_ANONYMOUS,
     responses=problem_responses(401, 422),
 )
 async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends()],
     response: Response,
     background: BackgroundTasks,
     connection: HTTPConnection,
@@ -107,7 +110,12 @@ async def token(
     return _token_response(response, pair)
 
 
-@router.post("/refresh", summary="Rotate a refresh token", responses=problem_responses(401, 422))
+@router.post(
+    "/refresh",
+    summary="Rotate a refresh token",
+    dependencies=_ANONYMOUS,
+    responses=problem_responses(401, 422),
+)
 async def refresh(
     body: RefreshRequest, response: Response, session: DbSession, settings: Settings
 ) -> TokenResponse:
@@ -119,6 +127,7 @@ async def refresh(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke a refresh token and its family",
+    dependencies=_AUTHENTICATED,
     responses=problem_responses(401, 422),
 )
 async def logout(

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field
+
+# Every string a client sends is bounded here, before any work or Redis key.
+EMAIL_MAX_LENGTH = 320
+PASSWORD_MAX_LENGTH = 1024
+_SCOPE_MAX_LENGTH = 1024
+_CLIENT_FIELD_MAX_LENGTH = 256
+
+
+class LoginForm:
+    """The OAuth2 password-flow form (as FastAPI's `OAuth2PasswordRequestForm`), every field
+    bounded: an oversized field is a 422 before anything is counted or hashed."""
+
+    def __init__(
+        self,
+        *,
+        username: Annotated[str, Form(min_length=1, max_length=EMAIL_MAX_LENGTH)],
+        password: Annotated[str, Form(min_length=1, max_length=PASSWORD_MAX_LENGTH)],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[str, Form(max_length=_SCOPE_MAX_LENGTH)] = "",
+        client_id: Annotated[str | None, Form(max_length=_CLIENT_FIELD_MAX_LENGTH)] = None,
+        client_secret: Annotated[str | None, Form(max_length=_CLIENT_FIELD_MAX_LENGTH)] = None,
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.grant_type = grant_type
+        self.scopes = scope.split()
+        self.client_id = client_id
+        self.client_secret = client_secret
 
 
 class TokenResponse(BaseModel):

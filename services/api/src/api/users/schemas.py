@@ -7,6 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from api.auth.schemas import EMAIL_MAX_LENGTH, PASSWORD_MAX_LENGTH
+
 
 class UserCreate(BaseModel):
     """A registration: an email and a password."""
@@ -17,8 +19,8 @@ class UserCreate(BaseModel):
         }
     )
 
-    email: EmailStr = Field(max_length=320)
-    password: str = Field(min_length=1, max_length=256)
+    email: EmailStr = Field(max_length=EMAIL_MAX_LENGTH)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
 
 
 class UserRead(BaseModel):
