@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from api.main import create_app
 from api.settings import ApiSettings
+from common.ratelimit import build_policies
 from devservices import free_port
 from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 from tests.support.jobs import new_prefix
@@ -315,8 +316,16 @@ class TestRedisDown:
 class TestLogin:
     """Failed logins are limited per account and per address; a locked login costs no hash."""
 
-    async def _login(self, client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-        return await client.post("/v1/auth/token", data={"username": email, "password": password})
+    async def _login(
+        self,
+        client: httpx.AsyncClient,
+        email: str,
+        password: str,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        return await client.post(
+            "/v1/auth/token", data={"username": email, "password": password}, headers=headers
+        )
 
     async def test_n_wrong_passwords_lock_the_account_even_for_the_right_one(
         self,
@@ -374,6 +383,70 @@ class TestLogin:
             for n in range(4)
         ]
         assert statuses == [401, 401, 401, 429]
+
+    async def test_an_attacker_address_does_not_lock_the_owner_out(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        """Failures are counted per (account, address): the owner's address keeps its own."""
+        user: RegisteredUser = await make_user()
+        settings = limited_settings(rate_limit_login_account="3/minute", forwarded_allow_ips=[PEER])
+        client = await client_factory(create_app(settings))
+        attacker = {"X-Forwarded-For": "198.51.100.66"}
+        owner = {"X-Forwarded-For": "198.51.100.7"}
+        for _ in range(3):
+            assert_problem(await self._login(client, user.email, "wrong password!", attacker), 401)
+        assert_problem(await self._login(client, user.email, user.password, attacker), 429)
+        assert (await self._login(client, user.email, user.password, owner)).status_code == 200
+
+    async def test_a_global_lock_lets_a_recently_successful_address_in(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        make_user: MakeUser,
+    ) -> None:
+        """Many addresses exhaust the account's global count: strangers wait, the owner's
+        known address gets in with the right password (and only with it)."""
+        user: RegisteredUser = await make_user()
+        settings = limited_settings(
+            rate_limit_login_account_global="4/minute;6/hour", forwarded_allow_ips=[PEER]
+        )
+        client = await client_factory(create_app(settings))
+        owner = {"X-Forwarded-For": "198.51.100.7"}
+        assert (await self._login(client, user.email, user.password, owner)).status_code == 200
+        statuses = [
+            (
+                await self._login(
+                    client, user.email, "wrong password!", {"X-Forwarded-For": f"192.0.2.{n}"}
+                )
+            ).status_code
+            for n in range(5)
+        ]
+        assert statuses == [401, 401, 401, 429, 429]
+        # A new address is refused even with the right password, before any hash.
+        stranger = await self._login(
+            client, user.email, user.password, {"X-Forwarded-For": "192.0.2.200"}
+        )
+        body = assert_problem(stranger, 429)
+        assert "account" in body["detail"]
+        # The owner's address: a wrong password is still a 401, the right one gets in.
+        assert_problem(await self._login(client, user.email, "wrong password!", owner), 401)
+        assert (await self._login(client, user.email, user.password, owner)).status_code == 200
+
+    async def test_global_tiers_are_policies_that_fail_closed(
+        self, limited_settings: Callable[..., ApiSettings]
+    ) -> None:
+        settings = limited_settings(rate_limit_login_account_global="10/minute;30/hour;100/day")
+        specs = settings.rate_limit_specs()
+        assert {name: specs[name] for name in specs if name.startswith("login_account_global")} == {
+            "login_account_global": "10 per 1 minute",
+            "login_account_global.2": "30 per 1 hour",
+            "login_account_global.3": "100 per 1 day",
+        }
+        policies = build_policies(settings, specs)
+        assert not any(policies[name].fail_open for name in specs if name.startswith("login"))
 
     async def test_unknown_and_known_account_timing(
         self,

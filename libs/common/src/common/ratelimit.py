@@ -65,6 +65,23 @@ def _check_limit(value: str) -> str:
 LimitSpec = Annotated[str, AfterValidator(_check_limit)]
 
 
+def _check_limits(value: str) -> str:
+    try:
+        limits.parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"not limits such as '10/minute;30/hour': {exc}") from exc
+    return value
+
+
+def split_limits(value: str) -> list[str]:
+    """`10/minute;30/hour` as `["10 per 1 minute", "30 per 1 hour"]`."""
+    return [str(item) for item in limits.parse_many(value)]
+
+
+# A settings field holding several limits, each applied: `10/minute;30/hour;100/day`.
+LimitSpecs = Annotated[str, AfterValidator(_check_limits)]
+
+
 class RateLimitUnavailable(AppError):
     """Raised when Redis cannot count a hit and the policy fails closed."""
 
@@ -206,10 +223,14 @@ def key_digest(identity: str) -> str:
 
 
 def build_policies(settings: CommonSettings, specs: Mapping[str, str]) -> dict[str, Policy]:
-    """Policies from name to limit text; fail-closed ones per `RATE_LIMIT_FAIL_CLOSED`."""
+    """Policies from name to limit text; fail-closed ones per `RATE_LIMIT_FAIL_CLOSED`.
+
+    A tier `name.2` of a policy family fails as `name` does.
+    """
     closed = set(settings.rate_limit_fail_closed)
     return {
-        name: Policy.parse(name, spec, fail_open=name not in closed) for name, spec in specs.items()
+        name: Policy.parse(name, spec, fail_open=name.partition(".")[0] not in closed)
+        for name, spec in specs.items()
     }
 
 

@@ -193,7 +193,7 @@ class CommonSettings(BaseSettings):
     """Share of `MEMORY_LIMIT` kept free (allocator slack, page cache, kernel memory); the
     service plans with the rest."""
     rate_limit_fail_closed: StrList = Field(
-        default_factory=lambda: ["auth", "login_account", "login_ip"]
+        default_factory=lambda: ["auth", "login_account", "login_account_global", "login_ip"]
     )
     """Rate-limit policies that answer 503 (rather than serve the request uncounted) when
     Redis cannot count."""

@@ -8,6 +8,7 @@ GENEROUS_RATE_LIMITS = {
     "rate_limit_reads": "100000/minute",
     "rate_limit_login_ip": "100000/minute",
     "rate_limit_login_account": "1000/minute",
+    "rate_limit_login_account_global": "100000/minute",
     "rate_limit_ws_connect_ip": "100000/minute",
     "rate_limit_ws_connect_user": "100000/minute",
     "rate_limit_ws_messages": "100000/minute",

@@ -7,8 +7,9 @@ from functools import lru_cache
 from pydantic import Field, model_validator
 
 from api.auth.passwords import OWASP_ARGON2ID, Argon2Params
+from api.auth.throttle import global_policy_names
 from common.contracts.realtime import TICKET_TTL_SECONDS
-from common.ratelimit import LimitSpec
+from common.ratelimit import LimitSpec, LimitSpecs, split_limits
 from common.settings import CommonSettings, load_settings
 
 
@@ -44,7 +45,8 @@ class ApiSettings(CommonSettings):
     """Lifetime of an unused WebSocket ticket (`POST /v1/realtime/ticket`), seconds."""
     # Rate limits per route group, per user (verified token) or else per client IP.
     rate_limit_auth: LimitSpec = "20/minute"
-    """The `auth` policy: register, token, refresh, logout; per user, else per client IP."""
+    """The `auth` policy: register, token and refresh per client IP (whatever token is sent);
+    logout and password change per user."""
     rate_limit_writes: LimitSpec = "60/minute"
     """The `writes` policy: job creation and cancel, realtime tickets."""
     rate_limit_reads: LimitSpec = "600/minute"
@@ -53,8 +55,15 @@ class ApiSettings(CommonSettings):
     rate_limit_login_ip: LimitSpec = "30/15 minutes"
     """Login attempts per client IP, successful ones too."""
     rate_limit_login_account: LimitSpec = "5/15 minutes"
-    """Failed logins per account before it is locked for the rest of the window; a successful
-    login resets the count."""
+    """Failed logins on one account from one client IP before that address is locked out of
+    that account for the rest of the window; a successful login from it resets the count."""
+    rate_limit_login_account_global: LimitSpecs = "10/minute;30/hour;100/day"
+    """Login attempts on one account from all addresses together, in tiers separated by `;`
+    (growing delays for a distributed guesser). Beyond it only an address that logged in to
+    the account within `LOGIN_KNOWN_ADDRESS_DAYS` has its password checked."""
+    login_known_address_days: int = Field(default=30, ge=0, le=365)
+    """How long an address that logged in successfully stays able to log in to that account
+    through a global lock (`0`: never)."""
 
     @property
     def argon2_params(self) -> Argon2Params:
@@ -77,12 +86,14 @@ class ApiSettings(CommonSettings):
 
     def rate_limit_specs(self) -> dict[str, str]:
         """Each rate-limit policy's name and limit."""
+        tiers = split_limits(self.rate_limit_login_account_global)
         return {
             "auth": self.rate_limit_auth,
             "writes": self.rate_limit_writes,
             "reads": self.rate_limit_reads,
             "login_ip": self.rate_limit_login_ip,
             "login_account": self.rate_limit_login_account,
+            **dict(zip(global_policy_names(len(tiers)), tiers, strict=True)),
         }
 
 

@@ -100,11 +100,16 @@ async def token(
     hasher: Hasher,
 ) -> TokenResponse:
     limiter: RateLimiter = connection.state.rate_limiter
-    account = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
+    redis = connection.state.redis
+    prefix = settings.redis_key_prefix
+    attempt = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
+    await throttle.refuse_unless_known(redis, attempt, prefix=prefix)
     user, pair = await auth_service.login(
         session, settings, email=form.username, password=form.password, hasher=hasher
     )
-    await throttle.forget_failures(limiter, account=account)
+    await throttle.record_success(
+        limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days
+    )
     # After the response: the login does not wait for this bookkeeping write.
     background.add_task(_record_login, connection, user.id)
     return _token_response(response, pair)

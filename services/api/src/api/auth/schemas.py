@@ -7,9 +7,11 @@ from typing import Annotated, Literal
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth.passwords import MAX_PASSWORD_CHARS
+
 # Every string a client sends is bounded here, before any work or Redis key.
 EMAIL_MAX_LENGTH = 320
-PASSWORD_MAX_LENGTH = 1024
+PASSWORD_MAX_LENGTH = MAX_PASSWORD_CHARS
 _SCOPE_MAX_LENGTH = 1024
 _CLIENT_FIELD_MAX_LENGTH = 256
 
