@@ -144,6 +144,13 @@ images: ## build the api, worker, realtime (deploy/Dockerfile) and console image
 	docker build --force-rm -f deploy/console.Dockerfile $${PYTHON_IMAGE:+--build-arg PYTHON_IMAGE=$$PYTHON_IMAGE} \
 	  -t $(IMAGE_PREFIX)/console:$(IMAGE_TAG) .
 
+# The stack's JWT_SECRET: the environment's, else one generated once into
+# .run/jwt_secret (the file `make dev` uses too). Nothing committed is a secret:
+# the settings refuse a committed, empty or short one in every environment.
+up down down-v logs ps _compose: export JWT_SECRET ?= $(shell test -s .run/jwt_secret || \
+  { mkdir -p .run && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_hex(32))" \
+  > .run/jwt_secret; }; cat .run/jwt_secret)
+
 .PHONY: _compose
 _compose:
 	@test -n "$(COMPOSE)" # else scripts/compose.sh has said what is missing

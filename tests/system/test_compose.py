@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -220,6 +221,7 @@ class TestComposeFile:
             pytest.skip(f"no Compose here: {found.stderr.splitlines()[0]}")
         settings = {"CORS_ORIGINS", "CONSOLE_PORT", "API_PORT", "REALTIME_PORT"}
         env = {key: value for key, value in os.environ.items() if key not in settings}
+        env["JWT_SECRET"] = secrets.token_hex(32)  # no default: `make up` generates one
         (tmp_path / "empty.env").write_text("")  # and no developer's .env either
         resolved = subprocess.run(
             [*found.stdout.split(), "--env-file", str(tmp_path / "empty.env"), "config"],

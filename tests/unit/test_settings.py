@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import subprocess
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -171,10 +174,66 @@ class TestProductionChecks:
 
     def test_same_unsafe_values_are_allowed_outside_production(self) -> None:
         settings = ApiSettings(
-            _env_file=None,
-            environment="development",
-            jwt_secret="changeme",
-            cors_origins=["*"],
-            debug=True,
+            _env_file=None, environment="development", cors_origins=["*"], debug=True
         )
         assert len(settings.production_problems()) == 3
+
+
+_SECRET_ASSIGNMENT = re.compile(
+    r"""JWT_SECRET\s*(?:=|:)\s*(?:\$\{JWT_SECRET:-)?["']?(?P<value>[^\s"'}]+)""", re.IGNORECASE
+)
+
+
+def _committed_secrets() -> set[str]:
+    """Every literal `JWT_SECRET` value in the repository's history (not references)."""
+    log = subprocess.run(
+        ["git", "log", "--all", "-p", "--format=", "-G", "JWT_SECRET"],
+        cwd=Path(__file__).parents[2], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    values = {match["value"] for match in _SECRET_ASSIGNMENT.finditer(log)}
+    # Literal values only, not the names of variables that hold one.
+    return {
+        value
+        for value in values
+        if re.fullmatch(r"[A-Za-z0-9+/=_-]{8,}", value) and "jwt_secret" not in value.lower()
+    }
+
+
+class TestSecretsInEveryEnvironment:
+    """An empty, committed, placeholder or short JWT_SECRET is refused everywhere (#15 §5)."""
+
+    ENVIRONMENTS = ["development", "test", "production"]
+
+    @pytest.mark.parametrize("environment", ENVIRONMENTS)
+    @pytest.mark.parametrize(
+        ("secret", "reason"),
+        [
+            ("", "is empty"),
+            ("compose-development-only-jwt-secret-0123456789", "committed in this repository"),
+            ("changeme", "placeholder"),
+            ("abcdefghij0123456789", "at least 32 bytes"),
+        ],
+    )
+    def test_unusable_secret_is_refused(self, environment: str, secret: str, reason: str) -> None:
+        with pytest.raises(ValidationError, match=f"JWT_SECRET .*{reason}"):
+            ApiSettings(_env_file=None, environment=environment, jwt_secret=secret)
+
+    @pytest.mark.parametrize("environment", ENVIRONMENTS)
+    def test_empty_secret_in_the_environment_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, environment: str
+    ) -> None:
+        monkeypatch.setenv("ENVIRONMENT", environment)
+        monkeypatch.setenv("JWT_SECRET", "")
+        with pytest.raises(ValidationError, match="JWT_SECRET is empty"):
+            ApiSettings(_env_file=None)
+
+    def test_every_secret_ever_committed_here_is_refused(self) -> None:
+        committed = _committed_secrets()
+        assert "compose-development-only-jwt-secret-0123456789" in committed
+        for secret in committed:
+            with pytest.raises(ValidationError, match="JWT_SECRET"):
+                ApiSettings(_env_file=None, environment="development", jwt_secret=secret)
+
+    def test_unset_secret_outside_production_is_random(self) -> None:
+        settings = ApiSettings(_env_file=None, environment="development")
+        assert len(settings.jwt_key()) >= 32

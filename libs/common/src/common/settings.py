@@ -7,6 +7,7 @@ unsafe configuration refuses to start and names the setting.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from enum import StrEnum
@@ -19,6 +20,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "change-me", "change_me", "secret", "password", "dev", "development", "test"}
+)
+# SHA-256 of every secret value this repository has committed (examples, the
+# compose file's old development default): refused in every environment, since
+# anyone can read them. Digests, so the values are not committed once more.
+_COMMITTED_SECRET_DIGESTS = frozenset(
+    {"af06effeea91bae0e36e4940a25c736ebb8b0eea5bf471ff7f05d0108782af91"}
 )
 # libpq's sslmode values mapped to what asyncpg's `ssl` argument accepts.
 _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
@@ -140,9 +147,10 @@ class CommonSettings(BaseSettings):
     noeviction`: an evicted key is a lost message."""
 
     jwt_secret: SecretStr | None = None
-    """HMAC key of the access tokens. Required in production: 32 or more characters, not a
-    placeholder. Elsewhere a missing one becomes a random key per process tree, so tokens do
-    not survive a restart."""
+    """HMAC key of the access tokens, in every environment at least 32 bytes, not empty, not
+    a placeholder and not a value committed in this repository (`openssl rand -hex 32`).
+    Required in production; elsewhere an unset one becomes a random key per process tree, so
+    tokens do not survive a restart."""
     jwt_algorithm: str = "HS256"
     """`HS256`, `HS384` or `HS512`: the only algorithm a token may carry."""
     jwt_issuer: str = "fastapi-microservices"
@@ -214,6 +222,17 @@ class CommonSettings(BaseSettings):
     def _database_url(cls, value: str) -> str:
         return normalize_database_url(value)
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _usable_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Every environment: a guessable key signs tokens anyone can forge, and a
+        # development stack is often reachable from more than its own machine.
+        if value is not None:
+            problem = secret_problem("JWT_SECRET", value.get_secret_value())
+            if problem:
+                raise UnsafeConfiguration(problem)
+        return value
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _hmac_only(cls, value: str) -> str:
@@ -253,13 +272,8 @@ class CommonSettings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Every reason this configuration is unsafe for production (empty when safe)."""
         problems: list[str] = []
-        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
-        if not secret:
+        if self.jwt_secret is None:
             problems.append("JWT_SECRET is required in production")
-        elif secret.lower() in _PLACEHOLDER_SECRETS or len(set(secret)) < 8:
-            problems.append("JWT_SECRET is a placeholder; generate one (openssl rand -hex 32)")
-        elif len(secret) < MIN_SECRET_LENGTH:
-            problems.append(f"JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         if "*" in self.cors_origins and self.cors_allow_credentials:
             problems.append("CORS_ORIGINS is '*' while CORS_ALLOW_CREDENTIALS is on")
         if "*" in self.forwarded_allow_ips:
@@ -272,6 +286,20 @@ class CommonSettings(BaseSettings):
         if self.debug:
             problems.append("DEBUG must be off in production")
         return problems
+
+
+def secret_problem(name: str, secret: str) -> str | None:
+    """Why `secret` cannot be used as the setting `name`, or None when it can."""
+    generate = "generate one (openssl rand -hex 32)"
+    if not secret:
+        return f"{name} is empty; unset it (outside production) or {generate}"
+    if hashlib.sha256(secret.encode()).hexdigest() in _COMMITTED_SECRET_DIGESTS:
+        return f"{name} is a value committed in this repository; {generate}"
+    if secret.lower() in _PLACEHOLDER_SECRETS or len(set(secret)) < 8:
+        return f"{name} is a placeholder; {generate}"
+    if len(secret.encode()) < MIN_SECRET_LENGTH:
+        return f"{name} must be at least {MIN_SECRET_LENGTH} bytes; {generate}"
+    return None
 
 
 _EPHEMERAL: list[str] = []
