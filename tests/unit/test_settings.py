@@ -202,7 +202,7 @@ def _committed_secrets() -> set[str]:
 class TestSecretsInEveryEnvironment:
     """An empty, committed, placeholder or short JWT_SECRET is refused everywhere (#15 §5)."""
 
-    ENVIRONMENTS = ["development", "test", "production"]
+    ENVIRONMENTS = ("development", "test", "production")
 
     @pytest.mark.parametrize("environment", ENVIRONMENTS)
     @pytest.mark.parametrize(

@@ -100,6 +100,35 @@ class TestRejectedTokens:
         assert caught.value.headers == {"WWW-Authenticate": "Bearer"}
 
 
+class TestIssueTimes:
+    """A token issued in the future, or living longer than our TTL, is refused (#15 §7)."""
+
+    def test_token_issued_in_the_future_is_rejected(self, settings: CommonSettings) -> None:
+        claims = tokens.valid_claims(settings, subject=uuid.uuid4())
+        future = claims["iat"] + settings.jwt_leeway_seconds + 60
+        # nbf stays now, so only iat is wrong.
+        claims.update(iat=future, exp=future + 300)
+        with pytest.raises(InvalidToken):
+            verify_access_token(settings, tokens.sign(settings, claims))
+
+    def test_token_living_longer_than_the_ttl_is_rejected(self, settings: CommonSettings) -> None:
+        claims = tokens.valid_claims(settings, subject=uuid.uuid4())
+        claims["exp"] = claims["iat"] + settings.access_token_ttl_seconds + 1
+        with pytest.raises(InvalidToken):
+            verify_access_token(settings, tokens.sign(settings, claims))
+
+    def test_token_of_exactly_the_ttl_verifies(self, settings: CommonSettings) -> None:
+        claims = tokens.valid_claims(settings, subject=uuid.uuid4())
+        claims["exp"] = claims["iat"] + settings.access_token_ttl_seconds
+        assert verify_access_token(settings, tokens.sign(settings, claims))
+
+    def test_issue_time_in_milliseconds_is_carried(self, settings: CommonSettings) -> None:
+        before = int(time.time() * 1000)
+        token = issue_access_token(settings, subject=uuid.uuid4())
+        principal = verify_access_token(settings, token)
+        assert before <= principal.issued_at_ms <= int(time.time() * 1000)
+
+
 class TestVerifiedTokenCache:
     """A token verified once is remembered until it expires, and only under its own secret."""
 

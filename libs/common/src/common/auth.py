@@ -41,18 +41,22 @@ class Principal:
     user_id: uuid.UUID
     token_id: str
     expires_at: int
+    issued_at_ms: int = 0
+    """When the token was issued, in ms (revocation compares it with the user's cut-off)."""
 
 
 def issue_access_token(
     settings: CommonSettings, *, subject: uuid.UUID, now: int | None = None
 ) -> str:
     """Sign an access token for `subject` valid for `access_token_ttl_seconds`."""
-    issued = int(time.time()) if now is None else now
+    issued_ms = int(time.time() * 1000) if now is None else now * 1000
+    issued = issued_ms // 1000
     claims = {
         "sub": str(subject),
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "iat": issued,
+        "iat_ms": issued_ms,
         "nbf": issued,
         "exp": issued + settings.access_token_ttl_seconds,
         "jti": uuid.uuid4().hex,
@@ -82,10 +86,21 @@ def verify_access_token(settings: CommonSettings, token: str) -> Principal:
         )
         if claims.get("typ") != ACCESS_TOKEN_TYPE:
             raise InvalidToken("not an access token")
+        issued, expires = int(claims["iat"]), int(claims["exp"])
+        # A token from the future or living longer than we issue them was not
+        # made by us as configured now (a leaked key, a changed TTL): refuse it.
+        if issued > time.time() + settings.jwt_leeway_seconds:
+            raise InvalidToken("token issued in the future")
+        if expires - issued > settings.access_token_ttl_seconds:
+            raise InvalidToken("token lifetime longer than ACCESS_TOKEN_TTL_SECONDS")
+        issued_ms = claims.get("iat_ms")
+        if not isinstance(issued_ms, int) or issued_ms // 1000 != issued:
+            issued_ms = issued * 1000
         return Principal(
             user_id=uuid.UUID(str(claims["sub"])),
             token_id=str(claims["jti"]),
-            expires_at=int(claims["exp"]),
+            expires_at=expires,
+            issued_at_ms=issued_ms,
         )
     except InvalidToken as exc:
         _logger.info("rejected token: %s", exc.detail)
@@ -127,6 +142,7 @@ def verify_access_token_cached(settings: CommonSettings, token: str) -> Principa
     key = (
         token, settings.jwt_key(), settings.jwt_algorithm, settings.jwt_audience,
         settings.jwt_issuer, str(settings.jwt_leeway_seconds),
+        str(settings.access_token_ttl_seconds),
     )  # fmt: skip
     principal = _verified_tokens.get(key)
     if principal is None:
@@ -167,8 +183,16 @@ def authenticate(connection: HTTPConnection) -> Principal:
 async def current_principal(
     connection: HTTPConnection, _: Annotated[str | None, Depends(oauth2_scheme)] = None
 ) -> Principal:
-    """The caller of this request, from its bearer token alone (no database query)."""
-    return authenticate(connection)
+    """The caller of this request, from its bearer token (no database query), not revoked.
+
+    The revocation check runs on every request, after the verified-token cache:
+    it reads the user's cut-off from this process's memory (`common.revocation`).
+    """
+    principal = authenticate(connection)
+    revocations = getattr(connection.state, "revocations", None)
+    if revocations is not None:
+        await revocations.check(principal)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

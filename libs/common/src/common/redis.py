@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from common.settings import CommonSettings
 
@@ -25,3 +27,21 @@ def create_redis(settings: CommonSettings) -> Redis:
         decode_responses=False,
     )
     return Redis.from_pool(pool)
+
+
+def create_subscriber_redis(settings: CommonSettings) -> Redis:
+    """A client for one pub/sub subscription; `aclose()` it in `lifespan`.
+
+    Without retries: redis-py retries a failed read by reconnecting, and a
+    task's cancellation can surface there as a timeout it retries, so the
+    cancel would be lost and shutdown would hang.
+    """
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        health_check_interval=10,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+        protocol=2,
+    )

@@ -160,7 +160,11 @@ class CommonSettings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
     """Clock skew allowed on `exp`, `nbf` and `iat`, seconds."""
     access_token_ttl_seconds: int = Field(default=900, ge=30)
-    """Access token lifetime, seconds."""
+    """Access token lifetime, seconds. A token whose `exp - iat` is longer is refused."""
+    token_revocation_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long a process remembers a user's token-revocation cut-off (logout, password
+    change). Other processes learn of a revocation at once over pub/sub; this is the bound
+    when that message is missed. `0` reads Redis on every authenticated request."""
 
     cors_origins: StrList = Field(default_factory=list)
     """Browser origins allowed to call the API; on realtime, the `Origin` allow-list of the

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from api.auth.passwords import PasswordHasher
 from api.settings import ApiSettings
+from common.revocation import Revocations as RevocationStore
 
 
 async def get_api_settings(connection: HTTPConnection) -> ApiSettings:
@@ -23,5 +24,12 @@ async def get_password_hasher(connection: HTTPConnection) -> PasswordHasher:
     return hasher
 
 
+async def get_revocations(connection: HTTPConnection) -> RevocationStore:
+    """The process's access-token revocations (from the lifespan state)."""
+    revocations: RevocationStore = connection.state.revocations
+    return revocations
+
+
 Settings = Annotated[ApiSettings, Depends(get_api_settings)]
 Hasher = Annotated[PasswordHasher, Depends(get_password_hasher)]
+Revocations = Annotated[RevocationStore, Depends(get_revocations)]

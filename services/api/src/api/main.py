@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -33,7 +34,8 @@ from common.middleware import (
     add_edge_middleware,
 )
 from common.ratelimit import RateLimiter, build_policies
-from common.redis import create_redis
+from common.redis import create_redis, create_subscriber_redis
+from common.revocation import Revocations
 from common.tracing import configure_tracing, instrument_app, instrument_engine, shutdown_tracing
 
 DESCRIPTION = """
@@ -81,6 +83,14 @@ def _lifespan(settings: ApiSettings) -> Any:
         _logger.info("worker %d: %s; %s", os.getpid(), budget.describe(), plan.describe())
         # Its hashing server starts on the first login: a worker starts fast.
         password_hasher = PasswordHasher(plan, wait_seconds=settings.password_hash_wait_seconds)
+        revocations = Revocations(
+            redis,
+            prefix=settings.redis_key_prefix,
+            cache_seconds=settings.token_revocation_cache_seconds,
+            token_lifetime_seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds,
+        )
+        subscriber = create_subscriber_redis(settings)
+        revocation_listener = asyncio.create_task(revocations.listen(subscriber))
         lifecycle.install()
         try:
             yield {
@@ -93,6 +103,7 @@ def _lifespan(settings: ApiSettings) -> Any:
                 "password_hasher": password_hasher,
                 "celery": celery,
                 "job_intake": intake,
+                "revocations": revocations,
                 "rate_limiter": RateLimiter(
                     redis,
                     key_prefix=settings.redis_key_prefix,
@@ -102,6 +113,8 @@ def _lifespan(settings: ApiSettings) -> Any:
             }
         finally:
             lifecycle.uninstall()
+            await revocations.stop_listening(revocation_listener)
+            await subscriber.aclose()
             await intake.close()
             celery.close()
             await password_hasher.aclose()

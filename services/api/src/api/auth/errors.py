@@ -4,13 +4,14 @@ Unauthorized (401, WWW-Authenticate: Bearer)
 ├── InvalidCredentials     wrong email or password (same answer for both)
 ├── InvalidRefreshToken    unknown, expired, revoked or reused refresh token
 └── InactiveUser           the account behind a valid token is disabled or gone
+WrongPassword (403)        the current password given to change it is wrong
 HashingBusy (503, Retry-After)  the password hashing budget stayed full for the whole wait
 └── HashingFailed               the hashing process ended before it answered
 """
 
 from __future__ import annotations
 
-from common.errors import AppError, Unauthorized
+from common.errors import AppError, Forbidden, Unauthorized
 
 
 class InvalidCredentials(Unauthorized):
@@ -29,6 +30,12 @@ class InactiveUser(Unauthorized):
     """Raised when the token's user no longer exists or is disabled."""
 
     title = "Inactive user"
+
+
+class WrongPassword(Forbidden):
+    """Raised when a password change names the wrong current password."""
+
+    title = "Wrong password"
 
 
 class HashingBusy(AppError):

@@ -12,7 +12,7 @@ from api.auth import service as auth_service
 from api.auth import throttle
 from api.auth.dependencies import CurrentUser
 from api.auth.schemas import LoginForm, RefreshRequest, TokenResponse
-from api.dependencies import Hasher, Settings
+from api.dependencies import Hasher, Revocations, Settings
 from api.users import service as users_service
 from api.users.schemas import UserCreate, UserRead
 from common.db import DbSession
@@ -136,8 +136,16 @@ async def refresh(
     responses=problem_responses(401, 422),
 )
 async def logout(
-    body: RefreshRequest, user: CurrentUser, session: DbSession, response: Response
+    body: RefreshRequest,
+    user: CurrentUser,
+    session: DbSession,
+    response: Response,
+    revocations: Revocations,
 ) -> None:
     await auth_service.logout(session, user_id=user.id, refresh_token=body.refresh_token)
+    await session.commit()
+    # Every access token of the user issued so far stops working; other devices
+    # refresh theirs (their refresh families stay valid).
+    await revocations.revoke_all(user.id)
     # Set on the injected response, so the rate-limit headers are kept too.
     response.headers.update(_NO_STORE)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth.errors import InactiveUser, InvalidCredentials, InvalidRefreshToken
+from api.auth.errors import InactiveUser, InvalidCredentials, InvalidRefreshToken, WrongPassword
 from api.auth.models import RefreshToken
 from api.auth.passwords import PasswordHasher
 from api.settings import ApiSettings
@@ -130,6 +130,40 @@ async def revoke_family(session: AsyncSession, *, family_id: uuid.UUID, now: dat
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+async def revoke_user_families(session: AsyncSession, *, user_id: uuid.UUID) -> None:
+    """Revoke every live refresh token of `user_id`, in every family."""
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+
+
+async def change_password(
+    session: AsyncSession,
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    hasher: PasswordHasher,
+    min_length: int,
+) -> None:
+    """Check the current password, store a hash of the new one, revoke every refresh token.
+
+    No pooled connection is held while a hash waits or runs: the caller's session
+    is committed (its connection returned) before the first hash, and the
+    writes come after the last.
+    """
+    users_service.check_password_strength(new_password, email=user.email, min_length=min_length)
+    user_id, current_hash = user.id, user.password_hash
+    await session.commit()
+    if not await hasher.verify(current_password, current_hash):
+        raise WrongPassword("The current password is incorrect.")
+    new_hash = await hasher.hash(new_password)
+    await session.execute(update(User).where(User.id == user_id).values(password_hash=new_hash))
+    await revoke_user_families(session, user_id=user_id)
 
 
 async def logout(session: AsyncSession, *, user_id: uuid.UUID, refresh_token: str) -> None:

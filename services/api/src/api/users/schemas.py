@@ -31,3 +31,19 @@ class UserRead(BaseModel):
     id: uuid.UUID
     email: EmailStr
     created_at: datetime
+
+
+class PasswordChange(BaseModel):
+    """A new password, with the current one as proof."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"current_password": "correct horse battery", "new_password": "staple gun 1234"}
+            ]
+        },
+    )
+
+    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    new_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
