@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from api.settings import ApiSettings
-from common.ratelimit import LimitSpec
+from common.ratelimit import LimitSpec, LimitSpecs
 from realtime.settings import RealtimeSettings
 from worker.settings import WorkerSettings
 
@@ -88,6 +88,8 @@ def type_name(field: FieldInfo) -> str:
         return "secret"
     if any(marker in field.metadata for marker in get_args(LimitSpec)[1:]):
         return "rate limit (`N/period`)"
+    if any(marker in field.metadata for marker in get_args(LimitSpecs)[1:]):
+        return "rate limits (`N/period;M/period`)"
     if isinstance(base, type) and issubclass(base, enum.Enum):
         return ", ".join(f"`{member.value}`" for member in base)
     if isinstance(base, type) and issubclass(base, ByteSize):
@@ -97,6 +99,8 @@ def type_name(field: FieldInfo) -> str:
         return names[base]
     if get_origin(base) is list:
         return "list (`a,b` or JSON)"
+    if get_origin(base) is dict:
+        return "JSON object"
     raise PluginError(f"settings reference: no name for the type {annotation!r}")
 
 

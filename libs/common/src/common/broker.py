@@ -21,6 +21,7 @@ from celery.utils.nodenames import anon_nodename
 from common.contracts.kinds import JOB_KINDS, MAX_TIME_LIMIT
 from common.contracts.tasks import (
     JOBS_QUEUE,
+    KIND_HEADER,
     REQUEST_ID_HEADER,
     RUN_JOB_TASK,
     TRACEPARENT_HEADER,
@@ -144,7 +145,7 @@ def send_job(
     """
     soft, hard = JOB_KINDS[kind].limits(params)
     with sending(RUN_JOB_TASK, job_id, traceparent) as carried:
-        headers = {REQUEST_ID_HEADER: request_id, TRACEPARENT_HEADER: carried}
+        headers = {REQUEST_ID_HEADER: request_id, TRACEPARENT_HEADER: carried, KIND_HEADER: kind}
         celery.send_task(
             RUN_JOB_TASK,
             args=[job_id],

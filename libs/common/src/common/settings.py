@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from common.contracts.kinds import DEMO_KINDS
+
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "change-me", "change_me", "secret", "password", "dev", "development", "test"}
@@ -204,6 +206,13 @@ class CommonSettings(BaseSettings):
     memory_headroom: float = Field(default=0.2, ge=0.05, le=0.9)
     """Share of `MEMORY_LIMIT` kept free (allocator slack, page cache, kernel memory); the
     service plans with the rest."""
+    demo_kinds_enabled: bool | None = None
+    """Accept and run the demo job kinds (`demo.countdown`, `demo.flaky`). Unset: on outside
+    production, off in production (a demo countdown can hold a worker for hours)."""
+    job_max_run_seconds: dict[str, int] = Field(default_factory=dict)
+    """Ceiling on one run of a job kind, seconds, as JSON (`{"demo.countdown": 600}`); kinds
+    not named keep their own limit. The API refuses (422) a job whose own limit is longer,
+    and the worker stops a run at the ceiling whatever its message says."""
     rate_limit_fail_closed: StrList = Field(
         default_factory=lambda: ["auth", "login_account", "login_account_global", "login_ip"]
     )
@@ -245,6 +254,22 @@ class CommonSettings(BaseSettings):
         if value not in {"HS256", "HS384", "HS512"}:
             raise ValueError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
         return value
+
+    @field_validator("job_max_run_seconds")
+    @classmethod
+    def _positive_ceilings(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(seconds < 1 for seconds in value.values()):
+            raise ValueError("JOB_MAX_RUN_SECONDS: every ceiling must be at least 1 second")
+        return value
+
+    def is_kind_enabled(self, kind: str) -> bool:
+        """Whether jobs of `kind` are accepted and run here (demo kinds per
+        `DEMO_KINDS_ENABLED`)."""
+        if kind not in DEMO_KINDS:
+            return True
+        if self.demo_kinds_enabled is None:
+            return not self.is_production
+        return self.demo_kinds_enabled
 
     @property
     def sync_database_url(self) -> str:

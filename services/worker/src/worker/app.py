@@ -31,7 +31,12 @@ from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 from common.broker import create_celery
 from common.contracts import events
 from common.contracts.jobs import JobState
-from common.contracts.tasks import REQUEST_ID_HEADER, RUN_JOB_TASK, TRACEPARENT_HEADER
+from common.contracts.tasks import (
+    KIND_HEADER,
+    REQUEST_ID_HEADER,
+    RUN_JOB_TASK,
+    TRACEPARENT_HEADER,
+)
 from common.logging import configure_logging
 from common.request_context import reset_request_id, set_request_id, valid_request_id
 from common.tracing import (
@@ -44,7 +49,16 @@ from worker import capacity
 from worker import metrics as worker_metrics
 from worker.kinds import JOB_FUNCTIONS
 from worker.resources import get_resources
-from worker.runner import Heartbeat, JobCancelled, JobRun, LeaseLost, TransientJobError, claim
+from worker.runner import (
+    Deferred,
+    Heartbeat,
+    JobCancelled,
+    JobRun,
+    LeaseLost,
+    TransientJobError,
+    claim,
+    send_next_of_owner,
+)
 from worker.settings import WorkerSettings, get_settings
 
 _logger = logging.getLogger("worker")
@@ -100,6 +114,22 @@ def _unbind_request_id(task_id: str, **_: Any) -> None:
         reset_request_id(token)
 
 
+def clamp_time_limits(
+    limits: tuple[float | None, float | None], ceiling: int | None
+) -> tuple[float | None, float | None]:
+    """(hard, soft) time limits of a message held to this deployment's `ceiling` for its kind.
+
+    The limits come with the message, from whoever sent it; the worker's own
+    ceiling (`JOB_MAX_RUN_SECONDS`) wins when it is shorter.
+    """
+    if ceiling is None:
+        return limits
+    hard, soft = limits
+    hard = ceiling if hard is None else min(hard, ceiling)
+    soft = max(1, hard - 5) if soft is None else min(soft, max(1, hard - 5))
+    return hard, soft
+
+
 class CorrelatedRequest(Request):
     """A task request whose "Task ... received" line names the job's request id.
 
@@ -109,6 +139,10 @@ class CorrelatedRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.time_limits = clamp_time_limits(
+            self.time_limits,
+            get_settings().job_max_run_seconds.get(str(self.request_dict.get(KIND_HEADER))),
+        )
         _unbind_received()
         request_id = valid_request_id(self.request_dict.get(REQUEST_ID_HEADER))
         _received_token.append(set_request_id(request_id))
@@ -120,6 +154,10 @@ def _unbind_received(**_: Any) -> None:
         reset_request_id(_received_token.pop())
 
 
+class KindDisabled(Exception):
+    """Raised when a job's kind is off in this deployment (`DEMO_KINDS_ENABLED`)."""
+
+
 def backoff(attempt: int, settings: WorkerSettings) -> float:
     """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
     ceiling = min(
@@ -127,6 +165,12 @@ def backoff(attempt: int, settings: WorkerSettings) -> float:
         settings.job_retry_backoff_seconds * 2 ** (attempt - 1),
     )
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
+
+
+# What a job's owner sees when it failed unexpectedly: the exception's text
+# can hold internals (paths, SQL, addresses), so it goes to the log only.
+GENERIC_FAILURE = "The job failed unexpectedly."
+TRANSIENT_FAILURE = "A dependency was unavailable"
 
 
 def _fail(run: JobRun, message: str) -> None:
@@ -138,10 +182,23 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     """Run job `job_id` once, if it is queued; record and publish what happens."""
     resources = get_resources()
     settings = resources.settings
-    run = claim(resources.engine, resources.redis, settings, job_id=uuid.UUID(job_id))
+    try:
+        run = claim(resources.engine, resources.redis, settings, job_id=uuid.UUID(job_id))
+    except Deferred:
+        _logger.info("job %s deferred: its owner has the most jobs running already", job_id)
+        return
     if run is None:
         _logger.info("job %s is not queued; message ignored", job_id)
         return
+    try:
+        _run(task, run)
+    finally:
+        # This owner's turn is over: their next job goes to the end of the queue.
+        send_next_of_owner(resources.engine, task.app, owner_id=run.owner_id)
+
+
+def _run(task: Task[Any, Any], run: JobRun) -> None:
+    job_id = str(run.job_id)
     _logger.info(
         "job %s claimed (%s, attempt %d)",
         job_id,
@@ -158,6 +215,8 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
         with Heartbeat(run):
             if run.cancel_requested:
                 raise JobCancelled(job_id)
+            if not run.settings.is_kind_enabled(run.kind):
+                raise KindDisabled(run.kind)
             function, params_model = JOB_FUNCTIONS[run.kind]
             result = function(run, params_model.model_validate(run.params))
     except JobCancelled:
@@ -167,11 +226,13 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
         _logger.warning("job %s: lease lost; another run owns it now", job_id)
     except SoftTimeLimitExceeded:
         _fail(run, "timed out")
+    except KindDisabled:
+        _fail(run, f"Jobs of kind {run.kind} are not run by this deployment.")
     except TRANSIENT_ERRORS as exc:
         _retry_or_fail(task, run, exc)
-    except Exception as exc:
-        _logger.info("job %s failed", job_id, exc_info=True)
-        _fail(run, f"{type(exc).__name__}: {exc}")
+    except Exception:
+        _logger.warning("job %s failed", job_id, exc_info=True)
+        _fail(run, GENERIC_FAILURE)
     else:
         if run.finish(JobState.SUCCEEDED, result=result):
             run.publish(events.JOB_SUCCEEDED, state="succeeded", progress=100, result=result)
@@ -183,7 +244,8 @@ def _retry_or_fail(task: Task[Any, Any], run: JobRun, exc: BaseException) -> Non
     settings = run.settings
     reason = f"{type(exc).__name__}: {exc}"
     if run.attempt >= settings.job_max_attempts:
-        _fail(run, f"gave up after {run.attempt} attempts: {reason}")
+        _logger.warning("job %s: giving up after %d attempts: %s", run.job_id, run.attempt, reason)
+        _fail(run, f"{TRANSIENT_FAILURE}; gave up after {run.attempt} attempts.")
         return
     delay = backoff(run.attempt, settings)
     if not run.release():

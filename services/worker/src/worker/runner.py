@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from common import publisher
+from common.broker import send_queued_job
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.tracing import is_active as is_tracing
@@ -45,16 +46,39 @@ class TransientJobError(Exception):
     """Raised by a job for a failure worth retrying (a dependency was briefly away)."""
 
 
-_CLAIM = text(
+# Claims of one owner's jobs take turns (a transaction-scoped advisory lock), so
+# two workers cannot both see the owner under the running cap and both claim.
+_LOCK_OWNER = text(
+    """
+    SELECT pg_advisory_xact_lock(hashtextextended(owner_id::text, 15))
+      FROM jobs WHERE id = :id AND state = 'queued'
+    """
+)
+_CLAIM_WITHIN_CAP = text(
     """
     UPDATE jobs
        SET state = 'running', run_id = :run_id, attempt = attempt + 1,
            lease_expires_at = now() + make_interval(secs => :lease),
            started_at = coalesce(started_at, now()), sent_at = coalesce(sent_at, now())
      WHERE id = :id AND state = 'queued'
+       AND (SELECT count(*) FROM jobs AS mine
+             WHERE mine.owner_id = jobs.owner_id AND mine.state = 'running') < :cap
     RETURNING owner_id, kind, params, attempt, cancel_requested, request_id, traceparent
     """
 )
+# A deferred job counts as sent: the hand-off (`send_next_of_owner`) sends it
+# again, and the relay only if that message is lost (`JOB_RESEND_AFTER_SECONDS`).
+_DEFER = text("UPDATE jobs SET sent_at = now() WHERE id = :id AND state = 'queued'")
+_NEXT_OF_OWNER = text(
+    """
+    UPDATE jobs SET sent_at = now()
+     WHERE id = (SELECT id FROM jobs
+                  WHERE owner_id = :owner_id AND state = 'queued'
+                  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING id, kind, params, request_id, traceparent
+    """
+)
+_UNSEND = text("UPDATE jobs SET sent_at = NULL WHERE id = :id AND state = 'queued'")
 _RENEW = text(
     """
     UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -91,7 +115,7 @@ _PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
 # Each statement as psycopg runs it (`%(name)s` parameters), compiled once.
 _DRIVER_SQL = {
     statement: str(statement.compile(dialect=_PSYCOPG))
-    for statement in (_CLAIM, _RENEW, _PROGRESS, _FINISH, _RELEASE)
+    for statement in (_RENEW, _PROGRESS, _FINISH, _RELEASE)
 }
 
 
@@ -222,16 +246,29 @@ class JobRun:
         return matched == 1
 
 
+class Deferred(Exception):
+    """Raised by `claim` when the job's owner already has as many jobs running as allowed."""
+
+
 def claim(
     engine: Engine, redis: Redis, settings: WorkerSettings, *, job_id: uuid.UUID
 ) -> JobRun | None:
-    """Move a queued job to running under a new lease; None if it is not queued."""
+    """Move a queued job to running under a new lease; None if it is not queued.
+
+    `Deferred` (the job stays queued, counted as sent) when its owner has
+    `JOBS_MAX_RUNNING_PER_USER` jobs running already.
+    """
     run_id = uuid.uuid4()
-    row, _ = _execute(
-        engine, _CLAIM, {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
-    )
-    if row is None:
-        return None
+    values = {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
+    with engine.begin() as connection:
+        if connection.execute(_LOCK_OWNER, {"id": job_id}).first() is None:
+            return None  # not queued (any more)
+        row = connection.execute(
+            _CLAIM_WITHIN_CAP, {**values, "cap": settings.jobs_max_running_per_user}
+        ).first()
+        if row is None:
+            connection.execute(_DEFER, {"id": job_id})
+            raise Deferred(str(job_id))
     return JobRun(
         job_id=job_id,
         owner_id=row.owner_id,
@@ -300,6 +337,22 @@ def _renew(run: JobRun) -> None:
 
 
 _keeper = _LeaseKeeper()
+
+
+def send_next_of_owner(engine: Engine, celery: Any, *, owner_id: uuid.UUID) -> None:
+    """After one of the owner's runs: send their oldest queued job (to the queue's end).
+
+    A broker failure leaves the job unsent, for the relay.
+    """
+    with _autocommit(engine) as connection:
+        row = connection.execute(_NEXT_OF_OWNER, {"owner_id": owner_id}).first()
+        if row is None:
+            return
+        try:
+            send_queued_job(celery, row)
+        except Exception as exc:  # the relay sends what is unsent
+            _logger.warning("next job of owner not sent: %s", type(exc).__name__)
+            connection.execute(_UNSEND, {"id": row.id})
 
 
 class Heartbeat:

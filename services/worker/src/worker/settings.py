@@ -16,7 +16,8 @@ class WorkerSettings(CommonSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
     """Celery worker processes; the CPU count when unset."""
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
-    """Port of the worker's `/metrics`, served by the Celery main process; `0` turns it off."""
+    """Port of the worker's `/metrics`, served by the Celery main process; `0` turns it off.
+    It answers only `Authorization: Bearer <METRICS_TOKEN>` when `METRICS_TOKEN` is set."""
     # All interfaces, like the web processes: Prometheus scrapes from another host.
     worker_metrics_host: str = "0.0.0.0"
     """Interface of the worker's `/metrics`. It has no token: serve it on a private network."""
@@ -25,6 +26,10 @@ class WorkerSettings(CommonSettings):
     lease lapses (its worker died) is requeued by the sweep."""
     job_heartbeat_seconds: float = Field(default=5, gt=0)
     """Lease renewal interval; keep it well under `JOB_LEASE_SECONDS`."""
+    jobs_max_running_per_user: int = Field(default=1, ge=1)
+    """Jobs of one user running at once across all workers. A job claimed beyond it goes back
+    to the end of the queue and is sent again when one of the user's jobs ends, so one
+    user's backlog waits behind other users' jobs. Keep it under the total worker slots."""
     job_max_attempts: int = Field(default=5, ge=1)
     """Runs of one job (lost workers and transient errors) before it fails."""
     job_retry_backoff_seconds: float = Field(default=2, ge=0)

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DEMO_COUNTDOWN = "demo.countdown"
 DEMO_FLAKY = "demo.flaky"
 REPORT_JOBS_SUMMARY = "report.jobs_summary"
+# Kinds that exist to show the system working: off in production unless enabled
+# (`DEMO_KINDS_ENABLED`), since they let any account hold a worker for a long time.
+DEMO_KINDS = frozenset({DEMO_COUNTDOWN, DEMO_FLAKY})
 
 
 class CountdownParams(BaseModel):

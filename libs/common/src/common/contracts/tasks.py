@@ -8,3 +8,6 @@ JOBS_QUEUE = "jobs"
 # name for the second, so OpenTelemetry's Celery instrumentation reads it too).
 REQUEST_ID_HEADER = "request_id"
 TRACEPARENT_HEADER = "traceparent"
+# The job's kind, so a worker can hold the run to its own ceiling for that kind
+# (`JOB_MAX_RUN_SECONDS`) before the job's row is read.
+KIND_HEADER = "job_kind"

@@ -15,7 +15,6 @@ from api.jobs.schemas import JobCreate, JobKindRead, JobPage, JobRead
 from common.auth import CurrentPrincipal
 from common.contracts import events
 from common.contracts.jobs import JobState
-from common.contracts.kinds import JOB_KINDS
 from common.db import DbEngine, DbSession
 from common.metrics import JOBS_ACCEPTED
 from common.openapi import problem_responses
@@ -46,6 +45,7 @@ async def create_job(
     intake: Intake,
     connection: HTTPConnection,
     response: Response,
+    settings: Settings,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     job, created = await jobs_service.create_job(
@@ -54,6 +54,7 @@ async def create_job(
         kind=body.kind,
         params=body.params,
         idempotency_key=idempotency_key,
+        settings=settings,
         request_id=get_request_id(),
         traceparent=current_traceparent(connection.headers.get("traceparent")),
     )
@@ -88,14 +89,14 @@ async def list_jobs(
 @router.get(
     "/kinds", summary="The job kinds and their parameters", tags=["jobs"], dependencies=_READS
 )
-async def list_kinds() -> list[JobKindRead]:
+async def list_kinds(settings: Settings) -> list[JobKindRead]:
     return [
         JobKindRead(
             name=kind.name,
             description=kind.description,
             params_schema=kind.params_model.model_json_schema(),
         )
-        for kind in JOB_KINDS.values()
+        for kind in jobs_service.enabled_kinds(settings)
     ]
 
 

@@ -25,20 +25,31 @@ from api.jobs.schemas import JobRead
 from common import publisher
 from common.contracts import events
 from common.contracts.jobs import JobState
-from common.contracts.kinds import JOB_KINDS
+from common.contracts.kinds import JOB_KINDS, JobKind
 from common.db import driver_connection, driver_sql
 from common.errors import field_errors
 from common.models import Job
+from common.settings import CommonSettings
 
 _logger = logging.getLogger("api.jobs")
 
 
-def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The params normalized by the kind's model; `InvalidJob` naming the field otherwise."""
-    spec = JOB_KINDS.get(kind)
+def enabled_kinds(settings: CommonSettings) -> list[JobKind]:
+    """The kinds this deployment accepts (demo kinds per `DEMO_KINDS_ENABLED`)."""
+    return [spec for name, spec in JOB_KINDS.items() if settings.is_kind_enabled(name)]
+
+
+def validate_job(kind: str, params: dict[str, Any], *, settings: CommonSettings) -> dict[str, Any]:
+    """The params normalized by the kind's model; `InvalidJob` naming the field otherwise.
+
+    A kind this deployment does not run, or params whose run could outlast the
+    kind's ceiling (`JOB_MAX_RUN_SECONDS`), are refused as well.
+    """
+    spec = JOB_KINDS.get(kind) if settings.is_kind_enabled(kind) else None
     if spec is None:
+        known = ", ".join(sorted(kind.name for kind in enabled_kinds(settings)))
         raise InvalidJob(
-            f"Unknown job kind {kind!r}; known kinds: {', '.join(sorted(JOB_KINDS))}.",
+            f"Unknown job kind {kind[:100]!r}; known kinds: {known}.",
             extra={
                 "errors": [{"loc": ["body", "kind"], "msg": "unknown job kind", "type": "enum"}]
             },
@@ -51,7 +62,15 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
             error["loc"] = ["body", "params", *error["loc"]]
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
         raise InvalidJob(f"Invalid params for {kind}: {fields}", extra={"errors": errors}) from exc
-    return model.model_dump(mode="json", exclude_none=True)
+    normalized = model.model_dump(mode="json", exclude_none=True)
+    ceiling = settings.job_max_run_seconds.get(kind)
+    _, hard = spec.limits(normalized)
+    if ceiling is not None and hard > ceiling:
+        raise InvalidJob(
+            f"This {kind} job could run for {hard}s; this deployment allows {ceiling}s.",
+            extra={"errors": [{"loc": ["body", "params"], "msg": "run too long", "type": "value"}]},
+        )
+    return normalized
 
 
 def request_hash(kind: str, params: dict[str, Any]) -> str:
@@ -67,6 +86,7 @@ async def create_job(
     kind: str,
     params: dict[str, Any],
     idempotency_key: str | None,
+    settings: CommonSettings,
     request_id: str | None = None,
     traceparent: str | None = None,
 ) -> tuple[JobRow, bool]:
@@ -78,7 +98,7 @@ async def create_job(
     the body matches and raises `IdempotencyKeyReused` if not;
     `TooManyActiveJobs` beyond the per-user limit (exact across processes).
     """
-    params = validate_job(kind, params)
+    params = validate_job(kind, params, settings=settings)
     job = NewJob(
         owner_id=owner_id,
         kind=kind,
