@@ -580,6 +580,10 @@ class TestList:
             {"cursor": _cursor(["yesterday", str(uuid.uuid4())])},
             {"cursor": _cursor(["2024-01-01T00:00:00+00:00", "not-a-uuid"])},
             {"cursor": _cursor([1, 2])},
+            # From issue 15: a list where the id goes raised AttributeError (500).
+            {"cursor": "WyIyMDI0LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgWyJ4Il1d"},
+            {"cursor": _cursor(["2024-01-01T00:00:00", str(uuid.uuid4())])},
+            {"cursor": _cursor(["2024-01-01T00:00:00+00:00", 12345678])},
         ],
         ids=[
             "limit-0",
@@ -590,6 +594,9 @@ class TestList:
             "cursor-bad-time",
             "cursor-bad-id",
             "cursor-numbers",
+            "cursor-list-id",
+            "cursor-naive-time",
+            "cursor-numeric-id",
         ],
     )
     async def test_bad_query_is_422(

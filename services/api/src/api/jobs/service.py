@@ -155,7 +155,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, job_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
+        # Anything but the two strings we wrote (a list, a number, a naive time) is refused.
+        if not isinstance(created, str) or not isinstance(job_id, str):
+            raise TypeError("cursor parts must be strings")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("cursor time without a time zone")
+        return created_at, uuid.UUID(job_id)
     except (ValueError, TypeError) as exc:
         raise InvalidJob(
             "The cursor is not one this API gave out.",
