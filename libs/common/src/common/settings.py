@@ -171,8 +171,9 @@ class CommonSettings(BaseSettings):
     cors_origins: StrList = Field(default_factory=list)
     """Browser origins allowed to call the API; on realtime, the `Origin` allow-list of the
     WebSocket handshake. `*` with credentials is refused in production."""
-    cors_allow_credentials: bool = True
-    """Allow cookies and `Authorization` headers on cross-origin requests."""
+    cors_allow_credentials: bool = False
+    """Answer credentialed cross-origin requests (cookies, TLS client certificates). Off: the
+    API uses no cookies, and a bearer token in `Authorization` needs no credentials mode."""
     cors_max_age: int = Field(default=600, ge=0)
     """Seconds a browser may cache a preflight answer."""
     allowed_hosts: StrList = Field(default_factory=lambda: ["*"])
