@@ -222,6 +222,28 @@ class TestCeleryWorker:
         await eventually(lambda: depth_is(0), within=10)
 
 
+class TestCeleryWorkerToken:
+    """With METRICS_TOKEN set, the worker's /metrics answers only that bearer token (#15 §7)."""
+
+    async def test_scrape_needs_the_token(
+        self,
+        stack_factory: StackFactory,  # noqa: F811 (fixture)
+    ) -> None:
+        stack = await stack_factory()
+        port, token = free_port(), uuid.uuid4().hex
+        await stack.start_worker(
+            WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1", METRICS_TOKEN=token
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                refused = await client.get("/metrics", headers=headers)
+                assert refused.status_code == 401, headers
+                assert refused.headers["www-authenticate"] == "Bearer"
+                assert "jobs_queue_depth" not in refused.text
+            allowed = await scrape(client, token=token)
+        assert allowed.value("jobs_queue_depth") == 0
+
+
 class TestRealtime:
     """The realtime service counts its open sockets and the events it hands them."""
 

@@ -73,11 +73,22 @@ class TestBlueprint:
 class TestResolveEnv:
     """`make rehearse` gives every service what Render would, from the local stand-ins."""
 
-    def test_one_generated_jwt_secret_is_shared_by_every_service(self) -> None:
+    def test_one_generated_jwt_secret_is_shared_by_the_api_and_realtime(self) -> None:
         resolved = _resolve_all()
-        secrets = {env["JWT_SECRET"] for env in resolved.values()}
+        secrets = {resolved[name]["JWT_SECRET"] for name in ("api", "realtime")}
         assert len(secrets) == 1
         assert len(secrets.pop()) >= 32
+
+    def test_secrets_go_only_to_the_services_that_use_them(self) -> None:
+        """JWT_SECRET: API and realtime; METRICS_TOKEN: the three that serve /metrics (#15 §7)."""
+        resolved = _resolve_all()
+        assert {name for name, env in resolved.items() if "JWT_SECRET" in env} == {
+            "api",
+            "realtime",
+        }
+        with_token = {name for name, env in resolved.items() if "METRICS_TOKEN" in env}
+        assert with_token == {"api", "realtime", "worker"}
+        assert len({resolved[name]["METRICS_TOKEN"] for name in with_token}) == 1
 
     def test_database_and_key_value_resolve_to_the_local_servers(self) -> None:
         resolved = _resolve_all()

@@ -33,10 +33,16 @@ class TestImages:
 class TestComposeFile:
     """docker-compose.yml has no JWT_SECRET of its own; `make up` generates one."""
 
-    def test_jwt_secret_has_no_default(self) -> None:
+    def test_jwt_secret_has_no_default_and_reaches_only_api_and_realtime(self) -> None:
         compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-        value = compose["x-app-environment"]["JWT_SECRET"]
-        assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]*\}", value), value
+        given = {
+            name: service["environment"]["JWT_SECRET"]
+            for name, service in compose["services"].items()
+            if "JWT_SECRET" in (service.get("environment") or {})
+        }
+        assert set(given) == {"api", "realtime"}
+        for value in given.values():
+            assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]*\}", value), value
 
     def test_make_up_generates_a_long_secret_when_none_is_set(self, tmp_path: Path) -> None:
         # The Makefile's rule, run in a scratch directory: a 64-hex-digit secret

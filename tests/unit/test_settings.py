@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from api.settings import ApiSettings
 from common.settings import UnsafeConfiguration, normalize_database_url
+from worker.settings import WorkerSettings
 
 GOOD_SECRET = secrets.token_hex(32)
 
@@ -174,9 +175,21 @@ class TestProductionChecks:
 
     def test_same_unsafe_values_are_allowed_outside_production(self) -> None:
         settings = ApiSettings(
-            _env_file=None, environment="development", cors_origins=["*"], debug=True
+            _env_file=None,
+            environment="development",
+            cors_origins=["*"],
+            cors_allow_credentials=True,
+            debug=True,
         )
         assert len(settings.production_problems()) == 3
+
+    def test_cors_credentials_are_off_by_default(self) -> None:
+        assert ApiSettings(_env_file=None).cors_allow_credentials is False
+
+    def test_the_worker_needs_no_jwt_secret_in_production(self) -> None:
+        """The worker never sees a token, so it is not given the secret (#15 §7)."""
+        settings = WorkerSettings(_env_file=None, environment="production")
+        assert settings.production_problems() == []
 
 
 _SECRET_ASSIGNMENT = re.compile(

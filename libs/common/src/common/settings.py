@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -103,6 +103,10 @@ class CommonSettings(BaseSettings):
         case_sensitive=False,
         use_attribute_docstrings=True,
     )
+
+    # Whether this service signs or verifies access tokens: only then is a
+    # JWT_SECRET required in production (the worker and scheduler get none).
+    needs_jwt_secret: ClassVar[bool] = True
 
     environment: Environment = Environment.DEVELOPMENT
     """`development`, `test` or `production`; production turns on the safety checks (an unsafe
@@ -302,7 +306,7 @@ class CommonSettings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Every reason this configuration is unsafe for production (empty when safe)."""
         problems: list[str] = []
-        if self.jwt_secret is None:
+        if self.jwt_secret is None and self.needs_jwt_secret:
             problems.append("JWT_SECRET is required in production")
         if "*" in self.cors_origins and self.cors_allow_credentials:
             problems.append("CORS_ORIGINS is '*' while CORS_ALLOW_CREDENTIALS is on")

@@ -15,17 +15,23 @@ read at scrape time, from Redis and Postgres.
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import os
 import re
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -36,6 +42,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from common.contracts.jobs import JobState
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication
 from common.contracts.tasks import JOBS_QUEUE
 from common.metrics import JOB_DURATION, JOBS_FINISHED, JOBS_RETRIED, JOBS_RUNNING, JOBS_STARTED
 from common.multiproc import (
@@ -139,6 +148,52 @@ def _sweep_dead_processes() -> None:
             mark_process_dead(int(match.group(1)))
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access line per scrape on stderr (as prometheus_client's own server)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _start_server(host: str, port: int, app: WSGIApplication) -> None:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+
+
+def _bearer_only(app: WSGIApplication, expected: bytes) -> WSGIApplication:
+    """`app` behind `Authorization: Bearer <METRICS_TOKEN>` (401 otherwise), as on the web
+    services; compared in constant time."""
+
+    def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), expected):
+            return app(environ, start_response)
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Not authenticated",
+                "status": 401,
+                "detail": "The metrics need the bearer token set in METRICS_TOKEN.",
+            }
+        ).encode()
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "application/problem+json"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", "Bearer"),
+            ],
+        )
+        return [body]
+
+    return guarded
+
+
 def serve(settings: WorkerSettings) -> bool:
     """Serve metrics from this (main) process; False if they are off or the port is taken."""
     if not settings.worker_metrics_port:
@@ -146,10 +201,11 @@ def serve(settings: WorkerSettings) -> bool:
     prepare_multiprocess_dir()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(settings))
+    app = make_wsgi_app(registry)
+    if settings.metrics_token is not None:
+        app = _bearer_only(app, settings.metrics_token.get_secret_value().encode())
     try:
-        start_http_server(
-            settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=registry
-        )
+        _start_server(settings.worker_metrics_host, settings.worker_metrics_port, app)
     except OSError as exc:
         # Metrics are not worth refusing to run jobs for.
         _logger.error(

@@ -12,6 +12,8 @@ from common.settings import CommonSettings, load_settings
 class WorkerSettings(CommonSettings):
     """Settings of the Celery worker and of the scheduled work."""
 
+    needs_jwt_secret = False  # jobs never see a token
+
     service_name: str = "worker"
     worker_concurrency: int | None = Field(default=None, ge=1)
     """Celery worker processes; the CPU count when unset."""
@@ -20,7 +22,7 @@ class WorkerSettings(CommonSettings):
     It answers only `Authorization: Bearer <METRICS_TOKEN>` when `METRICS_TOKEN` is set."""
     # All interfaces, like the web processes: Prometheus scrapes from another host.
     worker_metrics_host: str = "0.0.0.0"
-    """Interface of the worker's `/metrics`. It has no token: serve it on a private network."""
+    """Interface of the worker's `/metrics` (guarded by `METRICS_TOKEN` when set)."""
     job_lease_seconds: float = Field(default=30, gt=0)
     """A running job's lease, renewed every heartbeat and at every progress step. A job whose
     lease lapses (its worker died) is requeued by the sweep."""
