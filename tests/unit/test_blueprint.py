@@ -98,6 +98,20 @@ class TestResolveEnv:
             assert resolved[name]["DATABASE_URL"] == BACKING.database_url
         assert "DATABASE_URL" not in resolved["realtime"], "realtime needs no Postgres"
 
+    def test_docs_in_production_are_one_setting_of_the_shared_group(self) -> None:
+        """Decided once, in the group every service reads (#15 §7)."""
+        groups = {g["name"]: g["envVars"] for g in BLUEPRINT["envVarGroups"]}
+        shared = {var["key"]: var for var in groups["app-shared"]}
+        assert shared["DOCS_ENABLED"]["value"] == "true"
+        elsewhere = [
+            name
+            for name, spec in SERVICES.items()
+            for var in spec.get("envVars", [])
+            if var.get("key") == "DOCS_ENABLED"
+        ]
+        assert elsewhere == []
+        assert {env["DOCS_ENABLED"] for env in _resolve_all().values()} == {"true"}
+
     def test_production_settings_that_the_app_insists_on(self) -> None:
         for name, env in _resolve_all().items():
             assert env["ENVIRONMENT"] == "production", name
