@@ -52,15 +52,29 @@ class TestRequestMetrics:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         settings = settings_factory(
-            redis_key_prefix=new_prefix(redis_key_prefix), rate_limit_reads="1/minute"
+            redis_key_prefix=new_prefix(redis_key_prefix),
+            rate_limit_reads="1/minute",
+            log_level="INFO",
         )
         client = await client_factory(create_app(settings))
-        with caplog.at_level(logging.INFO, logger="access"):
+        # create_app configured logging and so dropped caplog's root handler:
+        # listen on the access logger itself, after it.
+        access = logging.getLogger("access")
+        access.addHandler(caplog.handler)
+        try:
             for _ in range(3):
                 response = await client.get("/metrics")
                 assert response.status_code == 200
                 assert "ratelimit" not in response.headers
-        assert not [r for r in caplog.records if r.name == "access"]
+            assert not [r for r in caplog.records if r.name == "access"]
+            # The control: an ordinary request is access-logged through the same handler.
+            assert (await client.get("/health/ready")).status_code in {200, 503}
+            assert (await client.get("/v1/jobs/kinds")).status_code == 200
+        finally:
+            access.removeHandler(caplog.handler)
+        logged = [r for r in caplog.records if r.name == "access"]
+        assert logged, "the capture sees access lines (else the first half proves nothing)"
+        assert all("/metrics" not in r.getMessage() for r in logged)
 
     async def test_metrics_token_is_enforced(
         self, client_factory: ClientFactory, settings_factory: Callable[..., ApiSettings]
