@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -62,6 +63,37 @@ class TestReadiness:
         assert body["checks"]["postgres"]["status"] == "ok"
         # Bounded by the check timeout, not by the client's retries and backoff.
         assert elapsed < settings.health_check_timeout + 1.0
+
+    async def test_a_redis_that_never_answers_fails_at_the_check_timeout(
+        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+    ) -> None:
+        """A server that accepts and never answers (a refused port fails in milliseconds
+        and never reaches the timeout branch)."""
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # keep the connection open, answer nothing
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            settings = settings_factory(
+                redis_url=f"redis://127.0.0.1:{port}/0",
+                health_check_timeout=0.5,
+                redis_socket_timeout=30,
+            )
+            client = await client_factory(create_app(settings))
+            response = await client.get("/health/ready")
+            body = response.json()
+            assert response.status_code == 503
+            assert body["failing"] == ["redis"]
+            assert body["checks"]["redis"]["error"] == "timed out after 0.5s"
+            assert body["checks"]["redis"]["latency_ms"] >= 500
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
+            await server.wait_closed()
 
     async def test_liveness_does_not_depend_on_redis(
         self, client_factory: ClientFactory, settings_factory: SettingsFactory
