@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.main import create_app
 from api.settings import ApiSettings
 from common.db import create_engine
+from common.metrics import track_pool
 from tests.integration.conftest import ClientFactory, RegisteredUser
 from tests.support.jobs import new_prefix
 from tests.support.metrics import local_sample, scrape
@@ -121,6 +123,15 @@ class TestDomainMetrics:
 
 class TestPoolMetrics:
     """The pool gauges follow checkouts of an engine from `common.db`."""
+
+    async def test_size_gauge_reads_the_pool_not_a_setting(self, settings: ApiSettings) -> None:
+        # A pool built without our settings: only the pool itself knows it holds 4.
+        engine = create_async_engine(settings.database_url, pool_size=4)
+        try:
+            track_pool(engine.sync_engine.pool)
+            assert local_sample("db_pool_size") == 4
+        finally:
+            await engine.dispose()
 
     async def test_checked_out_gauge_moves_with_connections(self, settings: ApiSettings) -> None:
         engine = create_engine(settings.model_copy(update={"db_pool_size": 3}))

@@ -105,7 +105,7 @@ def create_engine(settings: CommonSettings) -> AsyncEngine:
         **pool_options(settings),
     )
     ping_idle_connections(engine.sync_engine, settings)
-    track_pool(engine.sync_engine.pool, size=settings.db_pool_size)
+    track_pool(engine.sync_engine.pool)
     return engine
 
 

@@ -120,13 +120,15 @@ def exposition_registry() -> CollectorRegistry:
     return registry
 
 
-def track_pool(pool: Pool, *, size: int) -> None:
+def track_pool(pool: Pool) -> None:
     """Count `pool`'s checked-out connections in `db_pool_checked_out`; record its size.
 
-    One pool per process: `db_pool_size` is set, not added to, so an engine
-    rebuilt in the same process does not count twice.
+    The size is read from the pool itself (what it holds), not from the setting
+    it was built from. One pool per process: `db_pool_size` is set, not added
+    to, so an engine rebuilt in the same process does not count twice.
     """
-    DB_POOL_SIZE.set(size)
+    size = getattr(pool, "size", None)
+    DB_POOL_SIZE.set(size() if callable(size) else 0)
 
     def on_checkout(*_: object) -> None:
         DB_POOL_CHECKED_OUT.inc()
