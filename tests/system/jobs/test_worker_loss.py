@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +53,33 @@ class TestWorkerKilledMidJob:
         assert types.count("job.requeued") == 1, types
         assert types.count("job.started") == 2, types
         assert types[-1] == "job.succeeded", types
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+class TestBrokerRedelivery:
+    """Late acks and reject-on-worker-lost, alone: no scheduler, so no lease sweep (#15 §8).
+
+    A pool process killed mid-job must not take its message with it: the main
+    process rejects it back to the queue and its next pool process receives it
+    again. (It then finds the job still leased and leaves it to the sweep.)
+    """
+
+    async def test_a_killed_pool_process_gives_its_message_back(self, stack: JobsStack) -> None:
+        user, worker = await asyncio.gather(stack.new_user(), stack.start_worker())
+        job = await user.post_job("demo.countdown", {"steps": 40, "interval": 0.25})
+        await user.wait_for_job(job["id"], lambda j: j["progress"] >= 5, within=20)
+        ignored = f"job {job['id']} is not queued; message ignored"
+        assert ignored not in worker.log()
+
+        (child,) = _children(worker.pid)
+        os.kill(child, signal.SIGKILL)
+        # Only the broker can deliver it again: nothing else sends while no scheduler runs.
+        await worker.wait_for_log(ignored, within=30)
+        assert "WorkerLostError" in worker.log()
 
 
 class TestLiveWorkerKeepsItsJob:
