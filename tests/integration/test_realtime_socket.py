@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,8 @@ from redis.asyncio import Redis
 from common import publisher
 from common.auth import issue_access_token
 from common.contracts import events
-from common.contracts.realtime import ticket_key
+from common.contracts.realtime import ticket_key, ticket_value
+from common.revocation import Revocations
 from devharness.realtime import listen, refusal, ws_url
 from realtime.settings import RealtimeSettings
 from tests.support import tokens
@@ -319,3 +321,76 @@ class TestResume:
         await listener.wait_events(2)
         assert listener.event_ids == live, "after a reset only live events follow"
         await listener.close()
+
+
+# Issue 15 §6: an open socket ends with its token, at `exp` and on revocation.
+def _revocations(redis: Redis, realtime: RunningRealtime) -> Revocations:
+    settings = realtime.settings
+    return Revocations(
+        redis,
+        prefix=settings.redis_key_prefix,
+        cache_seconds=0,
+        token_lifetime_seconds=settings.access_token_ttl_seconds,
+    )
+
+
+class TestRevocation:
+    """Logging out everywhere closes the user's sockets and refuses their old tokens."""
+
+    async def test_open_socket_is_closed_when_the_users_tokens_are_revoked(
+        self,
+        realtime: RunningRealtime,
+        redis: Redis,
+    ) -> None:
+        user_id, other = uuid.uuid4(), uuid.uuid4()
+        mine = await listen(
+            realtime.ws_url, token=issue_access_token(realtime.settings, subject=user_id)
+        )
+        theirs = await listen(
+            realtime.ws_url, token=issue_access_token(realtime.settings, subject=other)
+        )
+        await _revocations(redis, realtime).revoke_all(user_id)
+        assert await mine.wait_closed(within=10) == 1008
+        assert mine.close_reason == "token revoked"
+        assert not theirs.is_closed
+        await theirs.close()
+
+    async def test_revoked_token_is_refused_at_the_handshake(
+        self,
+        realtime: RunningRealtime,
+        redis: Redis,
+    ) -> None:
+        user_id = uuid.uuid4()
+        token = issue_access_token(realtime.settings, subject=user_id)
+        await _revocations(redis, realtime).revoke_all(user_id)
+        assert await refusal(realtime.ws_url, token=token) == (1008, "invalid or expired token")
+        fresh = issue_access_token(realtime.settings, subject=user_id)
+        listener = await listen(realtime.ws_url, token=fresh)
+        await listener.close()
+
+
+class TestExpiry:
+    """A socket does not outlive the token it was opened with."""
+
+    async def test_socket_is_closed_at_its_tokens_exp(self, realtime: RunningRealtime) -> None:
+        settings = realtime.settings
+        # Issued so that it expires two seconds from now.
+        issued = int(time.time()) - settings.access_token_ttl_seconds + 2
+        token = issue_access_token(settings, subject=uuid.uuid4(), now=issued)
+        listener = await listen(realtime.ws_url, token=token)
+        assert await listener.wait_closed(within=15) == 1008
+        assert listener.close_reason == "token expired"
+
+    async def test_ticket_socket_ends_when_the_tickets_token_does(
+        self,
+        realtime: RunningRealtime,
+        redis: Redis,
+    ) -> None:
+        ticket = "e" * 43
+        value = ticket_value(
+            str(uuid.uuid4()), expires_at=int(time.time()) + 2, issued_at_ms=int(time.time() * 1000)
+        )
+        await redis.set(ticket_key(realtime.settings.redis_key_prefix, ticket), value, ex=30)
+        listener = await listen(ws_url(realtime.ws_url, ticket=ticket), origin=ORIGIN)
+        assert await listener.wait_closed(within=15) == 1008
+        assert listener.close_reason == "token expired"

@@ -9,7 +9,13 @@ import pytest
 from redis.asyncio import Redis
 
 from api.settings import ApiSettings
-from common.contracts.realtime import TICKET_TTL_SECONDS, is_ticket_shaped, ticket_key
+from common.auth import verify_access_token
+from common.contracts.realtime import (
+    TICKET_TTL_SECONDS,
+    is_ticket_shaped,
+    parse_ticket_value,
+    ticket_key,
+)
 from tests.integration.conftest import RegisteredUser
 
 
@@ -38,7 +44,11 @@ class TestTicket:
         assert is_ticket_shaped(body["ticket"])
         assert response.headers["cache-control"] == "no-store"
         key = ticket_key(settings.redis_key_prefix, body["ticket"])
-        assert await redis.get(key) == user.id.encode()
+        user_id, expires_at, issued_at_ms = parse_ticket_value((await redis.get(key)).decode())
+        assert user_id == user.id
+        # The token's times travel with the ticket: the socket ends when the token does.
+        token = verify_access_token(settings, user.access_token)
+        assert (expires_at, issued_at_ms) == (token.expires_at, token.issued_at_ms)
         assert 0 < await redis.ttl(key) <= TICKET_TTL_SECONDS
 
     async def test_each_ticket_is_new(

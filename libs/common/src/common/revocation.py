@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -61,7 +62,13 @@ class Revocations:
     """Reads and writes users' cut-offs; one per process, built in `lifespan`."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str, cache_seconds: float, token_lifetime_seconds: int
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        cache_seconds: float,
+        token_lifetime_seconds: int,
+        on_revoke: Callable[[uuid.UUID, int], None] | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -70,6 +77,8 @@ class Revocations:
         # user id -> (cut-off ms, 0 for none; when this process read it, monotonic).
         self._cache: dict[uuid.UUID, tuple[int, float]] = {}
         self._stopping = False
+        # Told of every announced revocation (realtime closes the user's sockets).
+        self._on_revoke = on_revoke
         self._pubsub: PubSub | None = None
 
     def _remember(self, user_id: uuid.UUID, cutoff: int) -> None:
@@ -98,7 +107,7 @@ class Revocations:
         except (RedisError, OSError) as exc:
             _logger.warning("revocation store unavailable: %s", type(exc).__name__)
             return
-        if principal.issued_at_ms <= cutoff:
+        if cutoff and principal.issued_at_ms <= cutoff:
             _logger.info("rejected token: revoked")
             raise InvalidToken("token revoked")
 
@@ -120,8 +129,13 @@ class Revocations:
 
     def _apply(self, message: Any) -> None:
         user, _, cutoff = str(message, "utf-8").partition(" ")
-        with contextlib.suppress(ValueError):
-            self._remember(uuid.UUID(user), int(cutoff))
+        try:
+            user_id, cutoff_ms = uuid.UUID(user), int(cutoff)
+        except ValueError:
+            return
+        self._remember(user_id, cutoff_ms)
+        if self._on_revoke is not None:
+            self._on_revoke(user_id, cutoff_ms)
 
     async def listen(self, pubsub_redis: Redis) -> None:
         """Apply announced cut-offs as they come, until `stop_listening`; resubscribe after

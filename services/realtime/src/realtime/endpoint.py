@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from common.auth import InvalidToken, Principal
 from common.contracts.events import user_stream
 from common.contracts.realtime import (
     CLOSE_MESSAGE_TOO_BIG,
@@ -28,7 +29,9 @@ from common.contracts.realtime import (
 from common.health import Lifecycle
 from common.metrics import WS_CONNECTIONS
 from common.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+from common.revocation import Revocations
 from realtime.handshake import (
+    BadCredentials,
     HandshakeRejected,
     authenticate,
     check_connect_limit,
@@ -57,11 +60,17 @@ async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
     lifecycle: Lifecycle = websocket.state.lifecycle
     limiter: RateLimiter = websocket.state.rate_limiter
     user_sockets: UserSockets = websocket.state.user_sockets
+    revocations: Revocations = websocket.state.revocations
     try:
         check_origin(websocket, settings)
         # Per address before any credential work, per user after it.
         await check_connect_limit(limiter, "ws_connect_ip", f"ip:{client_ip(websocket)}")
-        user_id = await authenticate(websocket, settings, redis)
+        principal = await authenticate(websocket, settings, redis)
+        try:
+            await revocations.check(principal)
+        except InvalidToken:
+            raise BadCredentials("invalid or expired token") from None
+        user_id = str(principal.user_id)
         await check_connect_limit(limiter, "ws_connect_user", f"user:{user_id}")
         start_from = resume_point(websocket)
     except HandshakeRejected as exc:
@@ -91,7 +100,9 @@ async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         await websocket.accept()
         del websocket
-        await _open(scope, receive, send, settings, hub, redis, user_id, connection_id, start_from)
+        await _open(
+            scope, receive, send, settings, hub, redis, principal, connection_id, start_from
+        )
     finally:
         await user_sockets.release(user_id, connection_id)
 
@@ -103,10 +114,11 @@ async def _open(
     settings: RealtimeSettings,
     hub: Hub,
     redis: Redis,
-    user_id: str,
+    principal: Principal,
     connection_id: str,
     start_from: StreamId | None,
 ) -> None:
+    user_id = str(principal.user_id)
     extensions = scope.get("extensions") or {}
     _forget_handshake(scope)
     session = Session(
@@ -119,8 +131,16 @@ async def _open(
         send=functools.partial(_send_text, send),
         send_nowait=extensions.get(SEND_NOWAIT_EXTENSION),
         on_close=_closer(extensions.get(CLOSE_NOWAIT_EXTENSION), send, settings),
+        token_issued_at_ms=principal.issued_at_ms,
     )
-    await _serve(receive, session, hub=hub, settings=settings, start_from=start_from)
+    await _serve(
+        receive,
+        session,
+        hub=hub,
+        settings=settings,
+        start_from=start_from,
+        expires_at=principal.expires_at,
+    )
 
 
 def _forget_handshake(scope: Scope) -> None:
@@ -193,6 +213,7 @@ async def _serve(
     hub: Hub,
     settings: RealtimeSettings,
     start_from: StreamId | None,
+    expires_at: int,
 ) -> None:
     # One task per socket, this one: it starts delivery, then reads the client's
     # messages. Frames go out from the fan-out synchronously (or through a pump task
@@ -210,11 +231,17 @@ async def _serve(
             "last_event_id": str(start_from) if start_from else None,
         },
     )
+    # The socket ends with its token (a ticket's: the token it was issued for); a
+    # timer, not a task, so an open socket still costs one task.
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()), session.close, CLOSE_POLICY_VIOLATION, "token expired"
+    )
     WS_CONNECTIONS.inc()
     try:
         await _start(session, start_from)
         await _receive(receive, session, settings)
     finally:
+        expiry.cancel()
         WS_CONNECTIONS.dec()
         hub.unregister(session)
         session.cancel_tasks()

@@ -10,11 +10,14 @@ HandshakeRejected      the socket is closed with 1008 and the reason; never serv
 
 from __future__ import annotations
 
+import time
+import uuid
+
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from common.auth import InvalidToken, bearer_token, verify_access_token
-from common.contracts.realtime import is_ticket_shaped, ticket_key
+from common.auth import InvalidToken, Principal, bearer_token, verify_access_token
+from common.contracts.realtime import is_ticket_shaped, parse_ticket_value, ticket_key
 from common.ratelimit import RateLimiter
 from realtime.settings import RealtimeSettings
 from realtime.streams import StreamId, parse_stream_id
@@ -76,13 +79,13 @@ def check_origin(websocket: WebSocket, settings: RealtimeSettings) -> None:
         raise OriginNotAllowed(f"origin not allowed: {origin[:64]}")
 
 
-async def authenticate(websocket: WebSocket, settings: RealtimeSettings, redis: Redis) -> str:
-    """The user id the handshake's bearer token or ticket speaks for."""
+async def authenticate(websocket: WebSocket, settings: RealtimeSettings, redis: Redis) -> Principal:
+    """Who the handshake's bearer token or ticket speaks for, with the token's times."""
     token = bearer_token(websocket)
     ticket = websocket.query_params.get("ticket")
     if token is not None:
         try:
-            return str(verify_access_token(settings, token).user_id)
+            return verify_access_token(settings, token)
         except InvalidToken:
             raise BadCredentials("invalid or expired token") from None
     if ticket is None:
@@ -91,10 +94,19 @@ async def authenticate(websocket: WebSocket, settings: RealtimeSettings, redis: 
         raise BadCredentials("unknown, expired or already used ticket")
     # GETDEL: consumed in the same step it is read, so two handshakes racing
     # with one ticket cannot both win.
-    user_id = await redis.getdel(ticket_key(settings.redis_key_prefix, ticket))
-    if user_id is None:
+    stored = await redis.getdel(ticket_key(settings.redis_key_prefix, ticket))
+    if stored is None:
         raise BadCredentials("unknown, expired or already used ticket")
-    return user_id.decode() if isinstance(user_id, bytes) else str(user_id)
+    user_id, expires_at, issued_at_ms = parse_ticket_value(
+        stored.decode() if isinstance(stored, bytes) else str(stored)
+    )
+    try:
+        user = uuid.UUID(user_id)
+    except ValueError:
+        raise BadCredentials("unknown, expired or already used ticket") from None
+    if expires_at is None:  # a ticket stored before tickets carried the token's times
+        expires_at = int(time.time()) + settings.access_token_ttl_seconds
+    return Principal(user, "ticket", expires_at, issued_at_ms)
 
 
 def resume_point(websocket: WebSocket) -> StreamId | None:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+import uuid
 from collections import defaultdict
 
 from redis.asyncio import Redis
@@ -24,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.contracts.events import user_channel
-from common.contracts.realtime import CLOSE_GOING_AWAY
+from common.contracts.realtime import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 from common.metrics import REDIS_RECONNECTS, WS_EVENTS_DELIVERED
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
@@ -96,6 +97,13 @@ class Hub:
             sessions.discard(session)
             if not sessions:
                 del self._sessions[session.user_id]
+
+    def revoke(self, user_id: uuid.UUID, cutoff_ms: int) -> None:
+        """Close the user's sockets opened with a token issued up to `cutoff_ms` (logout,
+        password change)."""
+        for session in list(self._sessions.get(str(user_id), ())):
+            if session.token_issued_at_ms <= cutoff_ms:
+                session.close(CLOSE_POLICY_VIOLATION, "token revoked")
 
     async def check(self) -> None:
         """Readiness: fail while the subscription is down."""

@@ -22,7 +22,8 @@ from common.middleware import (
     add_edge_middleware,
 )
 from common.ratelimit import RateLimiter, build_policies
-from common.redis import create_redis
+from common.redis import create_redis, create_subscriber_redis
+from common.revocation import Revocations
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime import capacity, endpoint
 from realtime.hub import Hub, create_pubsub_redis
@@ -47,6 +48,16 @@ def _lifespan(settings: RealtimeSettings) -> Any:
         user_sockets = UserSockets(
             redis, prefix=settings.redis_key_prefix, cap=settings.ws_max_connections_per_user
         )
+        # Logout and password change close the user's sockets (and refuse old tokens).
+        revocations = Revocations(
+            redis,
+            prefix=settings.redis_key_prefix,
+            cache_seconds=settings.token_revocation_cache_seconds,
+            token_lifetime_seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds,
+            on_revoke=hub.revoke,
+        )
+        subscriber = create_subscriber_redis(settings)
+        revocation_listener = asyncio.create_task(revocations.listen(subscriber))
         hub.start()
         renewing = asyncio.create_task(user_sockets.keep_renewing(hub.open_sockets))
         lifecycle.install()
@@ -57,6 +68,7 @@ def _lifespan(settings: RealtimeSettings) -> Any:
                 "hub": hub,
                 "user_sockets": user_sockets,
                 "lifecycle": lifecycle,
+                "revocations": revocations,
                 "rate_limiter": RateLimiter(
                     redis,
                     key_prefix=settings.redis_key_prefix,
@@ -66,6 +78,8 @@ def _lifespan(settings: RealtimeSettings) -> Any:
             }
         finally:
             lifecycle.uninstall()
+            await revocations.stop_listening(revocation_listener)
+            await subscriber.aclose()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing

@@ -51,9 +51,13 @@ class Session:
         send_nowait: Callable[[str], bool] | None = None,
         on_close: Callable[[int, str], None] | None = None,
         connection_id: str | None = None,
+        token_issued_at_ms: int = 0,
     ) -> None:
         self.id = connection_id or uuid.uuid4().hex
         self.user_id = user_id
+        # When the token (or the ticket's token) was issued: a revocation of the
+        # user's tokens up to a later time closes this socket.
+        self.token_issued_at_ms = token_issued_at_ms
         self.queue_size = queue_size
         self.close_code: int | None = None
         self.close_reason = ""

@@ -49,3 +49,19 @@ def is_ticket_shaped(ticket: str) -> bool:
 def ticket_key(prefix: str, ticket: str) -> str:
     """The Redis key holding the user id a ticket was issued to."""
     return f"{prefix}ws-ticket:{ticket}"
+
+
+def ticket_value(user_id: str, *, expires_at: int, issued_at_ms: int) -> str:
+    """What a ticket's key holds: the user and the times of the token it was issued for,
+    so a socket opened with it ends when that token would, and with its revocation."""
+    return f"{user_id} {expires_at} {issued_at_ms}"
+
+
+def parse_ticket_value(value: str) -> tuple[str, int | None, int]:
+    """(user id, token expiry or None, token issue time in ms) of a stored ticket."""
+    user_id, _, times = value.partition(" ")
+    expires, _, issued = times.partition(" ")
+    try:
+        return user_id, int(expires), int(issued)
+    except ValueError:
+        return user_id, None, 0

@@ -9,6 +9,7 @@ from api.auth.dependencies import CurrentUser
 from api.dependencies import Settings
 from api.realtime import service as realtime_service
 from api.realtime.schemas import TicketRead
+from common.auth import CurrentPrincipal
 from common.openapi import problem_responses
 from common.ratelimit import rate_limit
 
@@ -27,11 +28,15 @@ router = APIRouter(
     responses=problem_responses(401),
 )
 async def create_ticket(
-    user: CurrentUser, settings: Settings, connection: HTTPConnection, response: Response
+    _: CurrentUser,
+    principal: CurrentPrincipal,
+    settings: Settings,
+    connection: HTTPConnection,
+    response: Response,
 ) -> TicketRead:
     ttl = settings.realtime_ticket_ttl_seconds
     ticket = await realtime_service.issue_ticket(
-        connection.state.redis, user_id=user.id, prefix=settings.redis_key_prefix, ttl=ttl
+        connection.state.redis, principal=principal, prefix=settings.redis_key_prefix, ttl=ttl
     )
     response.headers["Cache-Control"] = "no-store"
     return TicketRead(ticket=ticket, expires_in=ttl)
