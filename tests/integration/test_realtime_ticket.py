@@ -44,7 +44,9 @@ class TestTicket:
         assert is_ticket_shaped(body["ticket"])
         assert response.headers["cache-control"] == "no-store"
         key = ticket_key(settings.redis_key_prefix, body["ticket"])
-        user_id, expires_at, issued_at_ms = parse_ticket_value((await redis.get(key)).decode())
+        stored = await redis.get(key)
+        assert isinstance(stored, bytes)
+        user_id, expires_at, issued_at_ms = parse_ticket_value(stored.decode())
         assert user_id == user.id
         # The token's times travel with the ticket: the socket ends when the token does.
         token = verify_access_token(settings, user.access_token)

@@ -17,7 +17,6 @@ from tests.system.jobs.conftest import CELERY, STARTUP_TIMEOUT
 from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
     ORIGIN,
     RealtimeFactory,
-    process_env,
     realtime_factory,
 )
 
