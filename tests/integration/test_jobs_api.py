@@ -584,6 +584,7 @@ class TestList:
             {"cursor": "WyIyMDI0LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgWyJ4Il1d"},
             {"cursor": _cursor(["2024-01-01T00:00:00", str(uuid.uuid4())])},
             {"cursor": _cursor(["2024-01-01T00:00:00+00:00", 12345678])},
+            {"kind": "demo\x00countdown"},
         ],
         ids=[
             "limit-0",
@@ -597,6 +598,7 @@ class TestList:
             "cursor-list-id",
             "cursor-naive-time",
             "cursor-numeric-id",
+            "kind-with-nul",
         ],
     )
     async def test_bad_query_is_422(

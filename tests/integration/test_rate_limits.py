@@ -249,6 +249,13 @@ class TestBoundedInput:
     ) -> None:
         assert_problem(await client.post(path, json=body), 422)
 
+    async def test_nul_in_the_username_gets_422_not_500(self, client: httpx.AsyncClient) -> None:
+        """Found by `make fuzz`: PostgreSQL text cannot hold NUL, so it failed the query."""
+        response = await client.post(
+            "/v1/auth/token", data={"username": "c\x00@example.com", "password": "whatever1"}
+        )
+        assert_problem(response, 422)
+
     async def test_oversized_login_password_gets_422(self, client: httpx.AsyncClient) -> None:
         response = await client.post(
             "/v1/auth/token", data={"username": "a@example.com", "password": "p" * 1025}

@@ -14,6 +14,8 @@ EMAIL_MAX_LENGTH = 320
 PASSWORD_MAX_LENGTH = MAX_PASSWORD_CHARS
 _SCOPE_MAX_LENGTH = 1024
 _CLIENT_FIELD_MAX_LENGTH = 256
+# No control characters (NUL among them, which PostgreSQL text cannot hold).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class LoginForm:
@@ -23,7 +25,9 @@ class LoginForm:
     def __init__(
         self,
         *,
-        username: Annotated[str, Form(min_length=1, max_length=EMAIL_MAX_LENGTH)],
+        username: Annotated[
+            str, Form(min_length=1, max_length=EMAIL_MAX_LENGTH, pattern=NO_CONTROL_CHARACTERS)
+        ],
         password: Annotated[str, Form(min_length=1, max_length=PASSWORD_MAX_LENGTH)],
         grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
         scope: Annotated[str, Form(max_length=_SCOPE_MAX_LENGTH)] = "",

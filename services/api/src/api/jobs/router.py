@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from starlette.requests import HTTPConnection
 
+from api.auth.schemas import NO_CONTROL_CHARACTERS
 from api.dependencies import Settings
 from api.jobs import service as jobs_service
 from api.jobs.dependencies import IdempotencyKey, Intake
@@ -76,7 +77,7 @@ async def list_jobs(
     principal: CurrentPrincipal,
     session: DbSession,
     state: JobState | None = None,
-    kind: str | None = Query(default=None, max_length=100),
+    kind: str | None = Query(default=None, max_length=100, pattern=NO_CONTROL_CHARACTERS),
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = Query(default=None, max_length=200),
 ) -> JobPage:
