@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.jobs import new_prefix
 from tests.support.processes import ManagedProcess, start_process
-from tests.support.realtime import listen, ws_url
+from tests.support.realtime import listen, refusal, ws_url
 from tests.system.conftest import Credentials, RegisterUser, Server, ServerFactory
 from tests.system.jobs.conftest import CELERY, STARTUP_TIMEOUT
 from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
@@ -60,11 +60,14 @@ async def _flow(
     assert (await client.get("/v1/users/me", headers=bearer)).status_code == 200
     scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
     assert scraped.status_code == 200
+    base = f"ws://127.0.0.1:{realtime.port}/ws"
     ticket = (await client.post("/v1/realtime/ticket", headers=bearer)).json()["ticket"]
-    # The worker runs a job whose events reach a socket through Redis.
-    listener = await listen(
-        ws_url(f"ws://127.0.0.1:{realtime.port}/ws"), token=login["access_token"], origin=ORIGIN
-    )
+    unused = (await client.post("/v1/realtime/ticket", headers=bearer)).json()["ticket"]
+    # Refused before the ticket is consumed: it stays valid, and must not be logged.
+    refused = await refusal(ws_url(base, ticket=unused), origin="https://elsewhere.example")
+    assert refused[0] == 1008
+    # The worker runs a job whose events reach a socket (opened with a ticket) through Redis.
+    listener = await listen(ws_url(base, ticket=ticket), origin=ORIGIN)
     job = await client.post(
         "/v1/jobs",
         json={"kind": "demo.countdown", "params": {"steps": 2, "interval": 0}},
@@ -106,6 +109,7 @@ async def _flow(
         "new access token": relogin["access_token"],
         "new refresh token": relogin["refresh_token"],
         "realtime ticket": ticket,
+        "unused realtime ticket": unused,
     }
 
 
