@@ -33,20 +33,23 @@ def _max_examples() -> int:
     return int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 
 
-@pytest.mark.timeout(900)
-async def test_fuzzed_requests_get_no_server_error_and_documented_answers(
-    server_factory: ServerFactory, register_user: RegisterUser, tmp_path: Path
-) -> None:
-    server = await server_factory()
-    credentials = await register_user(server)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as client:
-        login = await client.post("/v1/auth/token", data=credentials.form)
-    assert login.status_code == 200, login.text
+# Operations that end the caller's session (every access token of the user is
+# revoked): fuzzed with a login of their own, so the rest keep a valid token.
+SESSION_ENDING = ("/v1/auth/logout", "/v1/users/me/password")
+
+
+async def _schemathesis(
+    base_url: str, token: str, filters: list[str], cwd: Path, *, keeps_session: bool
+) -> str:
+    """Run schemathesis on the operations `filters` select; its report (asserts exit 0).
+
+    With `keeps_session`, the token must work throughout (no operation run ends it).
+    """
     command = [
         str(SCHEMATHESIS),
         "--no-color",
         "run",
-        f"{server.base_url}/openapi.json",
+        f"{base_url}/openapi.json",
         "--checks",
         ",".join(CHECKS),
         "--max-examples",
@@ -58,12 +61,13 @@ async def test_fuzzed_requests_get_no_server_error_and_documented_answers(
         "--request-timeout",
         "10",
         "--header",
-        f"Authorization: Bearer {login.json()['access_token']}",
+        f"Authorization: Bearer {token}",
+        *filters,
     ]
     process = await asyncio.create_subprocess_exec(
         *command,
         # Its working directory gets a `.schemathesis/` folder; keep it out of the tree.
-        cwd=tmp_path,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -72,3 +76,25 @@ async def test_fuzzed_requests_get_no_server_error_and_documented_answers(
     report = output.decode(errors="replace")
     print(report[-4000:])
     assert process.returncode == 0, report
+    if keeps_session:
+        assert "Authentication failed" not in report, "the bearer token stopped working"
+    return report
+
+
+@pytest.mark.timeout(1800)
+async def test_fuzzed_requests_get_no_server_error_and_documented_answers(
+    server_factory: ServerFactory, register_user: RegisterUser, tmp_path: Path
+) -> None:
+    server = await server_factory()
+    tokens = []
+    for _ in range(2):
+        credentials = await register_user(server)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as client:
+            login = await client.post("/v1/auth/token", data=credentials.form)
+        assert login.status_code == 200, login.text
+        tokens.append(login.json()["access_token"])
+    excluded = [arg for path in SESSION_ENDING for arg in ("--exclude-path", path)]
+    included = [arg for path in SESSION_ENDING for arg in ("--include-path", path)]
+    await _schemathesis(server.base_url, tokens[0], excluded, tmp_path, keeps_session=True)
+    # These end the session they are called with: after the first, 401s are expected.
+    await _schemathesis(server.base_url, tokens[1], included, tmp_path, keeps_session=False)
