@@ -205,7 +205,7 @@ def job_message(job: QueuedJob) -> bytes:
             "argsrepr": repr([job_id]),
             "origin": anon_nodename(),
         }
-    extra = {REQUEST_ID_HEADER: job.request_id, TRACEPARENT_HEADER: carried}
+    extra = {REQUEST_ID_HEADER: job.request_id, TRACEPARENT_HEADER: carried, KIND_HEADER: job.kind}
     headers.update((name, value) for name, value in extra.items() if value is not None)
     body = json.dumps([[job_id], {}, _EMBED]).encode()
     envelope = {
