@@ -187,6 +187,16 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     except Deferred:
         _logger.info("job %s deferred: its owner has the most jobs running already", job_id)
         return
+    except TRANSIENT_ERRORS as exc:
+        # The claim never reached Postgres, or its answer never came back: the job
+        # is still queued and counted as sent, and nothing but the relay's resend
+        # (JOB_RESEND_AFTER_SECONDS) would run it. Ask again after a backoff; the
+        # claim is guarded, so a second message for the job is harmless.
+        delay = backoff(task.request.retries + 1, settings)
+        _logger.warning(
+            "job %s: claim failed (%s); trying again in %.1fs", job_id, type(exc).__name__, delay
+        )
+        raise task.retry(countdown=delay, max_retries=None) from exc
     if run is None:
         _logger.info("job %s is not queued; message ignored", job_id)
         return
