@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 
 from common.errors import Unauthorized
 from common.settings import CommonSettings
+from common.state import state_of
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
 _REQUIRED_CLAIMS = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
@@ -171,7 +172,7 @@ def authenticate(connection: HTTPConnection) -> Principal:
             outcome = InvalidToken("Missing bearer token")
         else:
             try:
-                outcome = verify_access_token_cached(connection.state.settings, token)
+                outcome = verify_access_token_cached(state_of(connection)["settings"], token)
             except InvalidToken as exc:
                 outcome = exc
         connection.scope[_VERIFIED] = outcome
@@ -189,9 +190,7 @@ async def current_principal(
     it reads the user's cut-off from this process's memory (`common.revocation`).
     """
     principal = authenticate(connection)
-    revocations = getattr(connection.state, "revocations", None)
-    if revocations is not None:
-        await revocations.check(principal)
+    await state_of(connection)["revocations"].check(principal)
     return principal
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 # gunicorn's master, rather than when each worker's lifespan makes its engine
 # (about 35 ms of every recycled worker's start).
 import asyncpg  # type: ignore[import-untyped]  # noqa: F401  (preloaded, see above)
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy import ClauseElement, Engine, MetaData, event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DisconnectionError
@@ -25,9 +25,11 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
+from starlette.requests import HTTPConnection
 
 from common.metrics import track_pool
 from common.settings import CommonSettings
+from common.state import database_state
 
 _RETURNED_AT = "returned_at"
 _ASYNCPG_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
@@ -149,16 +151,24 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         await greenlet_spawn(fairy.close)
 
 
-async def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(connection: HTTPConnection) -> AsyncEngine:
     """The process's engine (for `driver_connection`), from the lifespan state."""
-    engine: AsyncEngine = request.state.engine
-    return engine
+    return database_state(connection)["engine"]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def get_autocommit_engine(connection: HTTPConnection) -> AsyncEngine:
+    """The process's engine without transactions (`autocommit_engine`), from the lifespan state."""
+    return database_state(connection)["autocommit_engine"]
+
+
+async def get_session_factory(connection: HTTPConnection) -> async_sessionmaker[AsyncSession]:
+    """The process's session factory, for work that outlives the request's session."""
+    return database_state(connection)["session_factory"]
+
+
+async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """One session per request: committed when the endpoint returns, rolled back if it raises."""
-    factory: async_sessionmaker[AsyncSession] = request.state.session_factory
-    async with factory() as session:
+    async with database_state(connection)["session_factory"]() as session:
         try:
             yield session
             await session.commit()
@@ -171,3 +181,5 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # rather than a success answer for data that was never stored.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
 DbEngine = Annotated[AsyncEngine, Depends(get_engine)]
+AutocommitEngine = Annotated[AsyncEngine, Depends(get_autocommit_engine)]
+SessionFactory = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]

@@ -25,6 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
+from common.state import state_of
+
 HealthCheck = Callable[[], Awaitable[object]]
 _logger = logging.getLogger("common.health")
 
@@ -126,8 +128,8 @@ async def run_checks(checks: Mapping[str, HealthCheck], *, limit: float) -> dict
 def create_health_router() -> APIRouter:
     """`/health/live` and `/health/ready`, reading checks from the lifespan state.
 
-    The lifespan state must hold `lifecycle` (a `Lifecycle`), `health_checks`
-    (name to check) and `settings` (for `health_check_timeout`).
+    They read `lifecycle`, `health_checks` and `settings` (for
+    `health_check_timeout`) of the lifespan's `common.state.CommonState`.
     """
     router = APIRouter(prefix="/health", tags=["health"])
 
@@ -141,9 +143,11 @@ def create_health_router() -> APIRouter:
         responses={503: {"description": "A dependency failed, or the process is draining"}},
     )
     async def ready(connection: HTTPConnection) -> JSONResponse:
-        state = connection.state
-        lifecycle: Lifecycle = state.lifecycle
-        checks = await run_checks(state.health_checks, limit=state.settings.health_check_timeout)
+        state = state_of(connection)
+        lifecycle = state["lifecycle"]
+        checks = await run_checks(
+            state["health_checks"], limit=state["settings"].health_check_timeout
+        )
         failing = [name for name, result in checks.items() if result["status"] != "ok"]
         if lifecycle.draining:
             failing.append("draining")

@@ -49,6 +49,7 @@ from common.errors import AppError, TooManyRequests
 from common.metrics import RATE_LIMIT_BACKEND_FAILURES, RATE_LIMIT_REJECTIONS
 from common.middleware import add_late_headers
 from common.settings import CommonSettings
+from common.state import state_of
 
 _logger = logging.getLogger("common.ratelimit")
 
@@ -276,7 +277,7 @@ def rate_limit(name: str, *, concurrent: bool = False, by_ip: bool = False) -> A
     keyed = _ip_key if by_ip else client_key
 
     async def check_rate_limit(connection: HTTPConnection, response: Response) -> None:
-        limiter: RateLimiter = connection.state.rate_limiter
+        limiter = state_of(connection)["rate_limiter"]
         decision = await limiter.hit(name, keyed(connection))
         if decision is None:
             return
@@ -285,7 +286,7 @@ def rate_limit(name: str, *, concurrent: bool = False, by_ip: bool = False) -> A
         response.headers.update(decision.headers())
 
     async def count_alongside(connection: HTTPConnection) -> AsyncIterator[None]:
-        limiter: RateLimiter = connection.state.rate_limiter
+        limiter = state_of(connection)["rate_limiter"]
         pending = asyncio.ensure_future(limiter.hit(name, keyed(connection)))
         try:
             try:

@@ -20,6 +20,7 @@ from api.jobs.intake import JobIntake
 from api.jobs.router import router as jobs_router
 from api.realtime.router import router as realtime_router
 from api.settings import ApiSettings, get_settings
+from api.state import ApiState
 from api.users.router import router as users_router
 from common.broker import create_celery
 from common.db import autocommit_engine, create_engine, create_session_factory
@@ -58,7 +59,7 @@ TAGS = [
 
 def _lifespan(settings: ApiSettings) -> Any:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[ApiState]:
         # Built here, after gunicorn forked, so no worker shares a pool or a loop
         # (nor the span exporter's thread).
         configure_tracing(settings.service_name)

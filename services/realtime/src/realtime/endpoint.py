@@ -26,10 +26,8 @@ from common.contracts.realtime import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
 )
-from common.health import Lifecycle
 from common.metrics import WS_CONNECTIONS
-from common.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
-from common.revocation import Revocations
+from common.ratelimit import RateLimitUnavailable, client_ip
 from realtime.handshake import (
     BadCredentials,
     HandshakeRejected,
@@ -39,10 +37,10 @@ from realtime.handshake import (
     resume_point,
 )
 from realtime.hub import Hub
-from realtime.presence import UserSockets
 from realtime.serving import CLOSE_NOWAIT_EXTENSION, SEND_NOWAIT_EXTENSION
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
+from realtime.state import realtime_state
 from realtime.streams import StreamId, parse_stream_id
 from realtime.throttle import MessageRate
 
@@ -54,13 +52,14 @@ PATH = "/ws"
 async def events_socket(scope: Scope, receive: Receive, send: Send) -> None:
     """The `/ws` ASGI endpoint (a plain route: no FastAPI dependency machinery per socket)."""
     websocket = WebSocket(scope, receive, send)
-    settings: RealtimeSettings = websocket.state.settings
-    hub: Hub = websocket.state.hub
-    redis: Redis = websocket.state.redis
-    lifecycle: Lifecycle = websocket.state.lifecycle
-    limiter: RateLimiter = websocket.state.rate_limiter
-    user_sockets: UserSockets = websocket.state.user_sockets
-    revocations: Revocations = websocket.state.revocations
+    state = realtime_state(scope)
+    settings = state["settings"]
+    hub = state["hub"]
+    redis = state["redis"]
+    lifecycle = state["lifecycle"]
+    limiter = state["rate_limiter"]
+    user_sockets = state["user_sockets"]
+    revocations = state["revocations"]
     try:
         check_origin(websocket, settings)
         # Per address before any credential work, per user after it.

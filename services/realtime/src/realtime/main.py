@@ -30,6 +30,7 @@ from realtime.hub import Hub, create_pubsub_redis
 from realtime.logs import strip_credentials
 from realtime.presence import UserSockets
 from realtime.settings import RealtimeSettings, get_settings
+from realtime.state import RealtimeState
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
 _logger = logging.getLogger("realtime")
@@ -37,7 +38,7 @@ _logger = logging.getLogger("realtime")
 
 def _lifespan(settings: RealtimeSettings) -> Any:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[RealtimeState]:
         # Built here, after gunicorn forked: one subscription per worker process
         # (and one span exporter thread).
         configure_tracing(settings.service_name)

@@ -12,12 +12,12 @@ from api.auth import service as auth_service
 from api.auth import throttle
 from api.auth.dependencies import CurrentUser
 from api.auth.schemas import LoginForm, RefreshRequest, TokenResponse
-from api.dependencies import Hasher, Revocations, Settings
+from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
 from api.users import service as users_service
 from api.users.schemas import UserCreate, UserRead
-from common.db import DbSession
+from common.db import DbSession, SessionFactory
 from common.openapi import problem_responses
-from common.ratelimit import RateLimiter, client_ip, rate_limit
+from common.ratelimit import client_ip, rate_limit
 
 router = APIRouter(
     prefix="/v1/auth",
@@ -78,8 +78,8 @@ def publish_password_rule(app: FastAPI, *, min_length: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def _record_login(connection: HTTPConnection, user_id: uuid.UUID) -> None:
-    async with connection.state.session_factory() as session:
+async def _record_login(sessions: SessionFactory, user_id: uuid.UUID) -> None:
+    async with sessions() as session:
         await users_service.record_login(session, user_id=user_id)
         await session.commit()
 
@@ -96,11 +96,12 @@ async def token(
     background: BackgroundTasks,
     connection: HTTPConnection,
     session: DbSession,
+    sessions: SessionFactory,
     settings: Settings,
     hasher: Hasher,
+    limiter: Limiter,
+    redis: RedisClient,
 ) -> TokenResponse:
-    limiter: RateLimiter = connection.state.rate_limiter
-    redis = connection.state.redis
     prefix = settings.redis_key_prefix
     attempt = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
     await throttle.refuse_unless_known(redis, attempt, prefix=prefix)
@@ -111,7 +112,7 @@ async def token(
         limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days
     )
     # After the response: the login does not wait for this bookkeeping write.
-    background.add_task(_record_login, connection, user.id)
+    background.add_task(_record_login, sessions, user.id)
     return _token_response(response, pair)
 
 

@@ -1,27 +1,10 @@
-"""Jobs dependencies: the job intake, the Celery sender and the Idempotency-Key header."""
+"""Jobs dependencies: the Idempotency-Key header (the intake is in `api.dependencies`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from celery import Celery
-from fastapi import Depends, Header
-from starlette.requests import HTTPConnection
-
-from api.jobs.intake import JobIntake
-
-
-async def get_intake(connection: HTTPConnection) -> JobIntake:
-    """The process's job intake (group commit), from the lifespan state."""
-    intake: JobIntake = connection.state.job_intake
-    return intake
-
-
-def get_celery(connection: HTTPConnection) -> Celery:
-    """The process's Celery app (sending only), from the lifespan state."""
-    celery: Celery = connection.state.celery
-    return celery
-
+from fastapi import Header
 
 IdempotencyKey = Annotated[
     str | None,
@@ -33,5 +16,3 @@ IdempotencyKey = Annotated[
         description="Same key and body: the same job, never a second one",
     ),
 ]
-CeleryApp = Annotated[Celery, Depends(get_celery)]
-Intake = Annotated[JobIntake, Depends(get_intake)]

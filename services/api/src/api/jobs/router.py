@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Response, status
 from starlette.requests import HTTPConnection
 
 from api.auth.schemas import NO_CONTROL_CHARACTERS
-from api.dependencies import Settings
+from api.dependencies import Intake, RedisClient, Settings
 from api.jobs import service as jobs_service
-from api.jobs.dependencies import IdempotencyKey, Intake
+from api.jobs.dependencies import IdempotencyKey
 from api.jobs.schemas import JobCreate, JobKindRead, JobPage, JobRead
 from common.auth import CurrentPrincipal
 from common.contracts import events
@@ -122,13 +122,13 @@ async def cancel_job(
     principal: CurrentPrincipal,
     session: DbSession,
     settings: Settings,
-    connection: HTTPConnection,
+    redis: RedisClient,
 ) -> JobRead:
     job = await jobs_service.cancel_job(session, owner_id=principal.user_id, job_id=job_id)
     await session.commit()
     if job.state == JobState.CANCELLED:
         await jobs_service.publish_quietly(
-            connection.state.redis,
+            redis,
             events.make_event(
                 events.JOB_CANCELLED,
                 user_id=job.owner_id,

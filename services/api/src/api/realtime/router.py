@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
-from starlette.requests import HTTPConnection
 
 from api.auth.dependencies import CurrentUser
-from api.dependencies import Settings
+from api.dependencies import RedisClient, Settings
 from api.realtime import service as realtime_service
 from api.realtime.schemas import TicketRead
 from common.auth import CurrentPrincipal
@@ -31,12 +30,12 @@ async def create_ticket(
     _: CurrentUser,
     principal: CurrentPrincipal,
     settings: Settings,
-    connection: HTTPConnection,
+    redis: RedisClient,
     response: Response,
 ) -> TicketRead:
     ttl = settings.realtime_ticket_ttl_seconds
     ticket = await realtime_service.issue_ticket(
-        connection.state.redis, principal=principal, prefix=settings.redis_key_prefix, ttl=ttl
+        redis, principal=principal, prefix=settings.redis_key_prefix, ttl=ttl
     )
     response.headers["Cache-Control"] = "no-store"
     return TicketRead(ticket=ticket, expires_in=ttl)
