@@ -18,46 +18,54 @@ _ROUTERS = sorted(Path(api.__file__).parent.glob("**/router.py"))
 _SOCKET_ENDPOINT = Path(realtime.__file__).parent / "endpoint.py"
 
 
+def _last_name(node: ast.expr) -> str:
+    return ast.unparse(node).rsplit(".", 1)[-1]
+
+
 def _connection_names(tree: ast.AST) -> set[str]:
     """Names bound to a connection: annotated parameters and `WebSocket(...)`-style calls."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.arg) and node.annotation is not None:
-            if ast.unparse(node.annotation).rsplit(".", 1)[-1] in _CONNECTION_TYPES:
+            if _last_name(node.annotation) in _CONNECTION_TYPES:
                 names.add(node.arg)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-            if ast.unparse(node.value.func).rsplit(".", 1)[-1] in _CONNECTION_TYPES:
-                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and _last_name(node.value.func) in _CONNECTION_TYPES
+        ):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return names
+
+
+def _reads_state(node: ast.expr, connections: set[str], *, accessors_allowed: bool) -> bool:
+    if isinstance(node, ast.Attribute):  # connection.state
+        return (
+            node.attr == "state"
+            and isinstance(node.value, ast.Name)
+            and node.value.id in connections
+        )
+    if isinstance(node, ast.Subscript):  # scope["state"], read (clearing it is allowed)
+        return (
+            isinstance(node.ctx, ast.Load)
+            and isinstance(node.slice, ast.Constant)
+            and node.slice.value == "state"
+        )
+    if isinstance(node, ast.Call):  # api_state(connection)
+        return not accessors_allowed and _last_name(node.func) in _STATE_ACCESSORS
+    return False
 
 
 def state_reads(source: str, *, accessors_allowed: bool = False) -> list[str]:
     """Each place `source` reads the lifespan state other than through a dependency."""
     tree = ast.parse(source)
     connections = _connection_names(tree)
-    found = []
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and node.attr == "state"
-            and isinstance(node.value, ast.Name)
-            and node.value.id in connections
-        ):
-            found.append(f"line {node.lineno}: {ast.unparse(node)}")
-        elif (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.ctx, ast.Load)
-            and isinstance(node.slice, ast.Constant)
-            and node.slice.value == "state"
-        ):
-            found.append(f"line {node.lineno}: {ast.unparse(node)}")
-        elif (
-            not accessors_allowed
-            and isinstance(node, ast.Call)
-            and ast.unparse(node.func).rsplit(".", 1)[-1] in _STATE_ACCESSORS
-        ):
-            found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.expr)
+        and _reads_state(node, connections, accessors_allowed=accessors_allowed)
+    ]
 
 
 class TestRoutersTakeStateThroughDependencies:
