@@ -6,7 +6,9 @@ service holds instances x processes x (pool + overflow). With autoscaling the
 instances are `scaling.maxInstances`. The sum over the services that get
 `DATABASE_URL` must stay under Postgres' `max_connections` (100 unless the
 server says otherwise: `SHOW max_connections`), less the few it reserves for
-superusers, or a burst is refused connections at the worst moment.
+superusers, or a burst is refused connections at the worst moment. Each
+process checks the same sum against the live server when it starts
+(`common.connection_budget`).
 
     python -m scripts.connection_budget [--max-connections 100]
 """
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.connection_budget import Share, usable_connections
 from scripts import blueprint
 
 POSTGRES_DEFAULT_MAX_CONNECTIONS = 100
@@ -27,18 +30,10 @@ POSTGRES_RESERVED = 3
 
 
 @dataclass(frozen=True)
-class Row:
-    """One service's share of the budget."""
+class Row(Share):
+    """One service's share of the budget (the arithmetic is `common.connection_budget`'s)."""
 
-    service: str
-    instances: int
-    processes: int
-    pool: int
-    overflow: int
-
-    @property
-    def connections(self) -> int:
-        return self.instances * self.processes * (self.pool + self.overflow)
+    service: str = ""
 
 
 def _defaults(service_type: str) -> tuple[int, int]:
@@ -83,7 +78,7 @@ def rows(spec: Mapping[str, Any]) -> list[Row]:
 
 def usable(max_connections: int) -> int:
     """The connections ordinary roles may open."""
-    return max_connections - POSTGRES_RESERVED
+    return usable_connections(max_connections, reserved=POSTGRES_RESERVED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,12 @@ class CommonSettings(BaseSettings):
     `DB_MAX_OVERFLOW`) under Postgres' `max_connections`."""
     db_max_overflow: int = Field(default=20, ge=0)
     """Connections a process may open beyond `DB_POOL_SIZE` under load."""
+    instance_count: int = Field(default=1, ge=1)
+    """Instances of this service that run at once (render.yaml's `numInstances`, or
+    `scaling.maxInstances` with autoscaling). Render does not tell a process how many instances
+    its service has, so the Blueprint sets it to match; only the start-up connection-budget
+    check reads it (a WARNING when instances x processes x (`DB_POOL_SIZE` + `DB_MAX_OVERFLOW`)
+    plus others' connections can exceed Postgres' `max_connections`)."""
     db_pool_ping_after_seconds: float = Field(default=2.0, ge=0)
     """A pooled connection idle longer than this is pinged (one round trip) before use, so a
     server restart costs no request; `0` pings on every checkout, as SQLAlchemy's

@@ -23,6 +23,7 @@ from api.settings import ApiSettings, get_settings
 from api.state import ApiState
 from api.users.router import router as users_router
 from common.broker import create_celery
+from common.connection_budget import check_connection_budget, share_of
 from common.db import autocommit_engine, create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
@@ -93,6 +94,15 @@ def _lifespan(settings: ApiSettings) -> Any:
         subscriber = create_subscriber_redis(settings)
         revocation_listener = asyncio.create_task(revocations.listen(subscriber))
         lifecycle.install()
+        # One query per worker process, off the request path: a warning when this
+        # service's pools can exceed what Postgres allows. Never stops the start.
+        budget_check = asyncio.create_task(
+            check_connection_budget(
+                engine,
+                service=settings.service_name,
+                share=share_of(settings, processes=settings.web_workers),
+            )
+        )
         try:
             yield {
                 "settings": settings,
@@ -114,6 +124,8 @@ def _lifespan(settings: ApiSettings) -> Any:
             }
         finally:
             lifecycle.uninstall()
+            budget_check.cancel()
+            await asyncio.gather(budget_check, return_exceptions=True)
             await revocations.stop_listening(revocation_listener)
             await subscriber.aclose()
             await intake.close()

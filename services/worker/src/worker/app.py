@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
 from typing import Any
 
@@ -47,6 +48,7 @@ from common.tracing import (
 )
 from worker import capacity
 from worker import metrics as worker_metrics
+from worker import resources
 from worker.kinds import JOB_FUNCTIONS
 from worker.resources import get_resources
 from worker.runner import (
@@ -278,9 +280,17 @@ def create_worker_app(settings: WorkerSettings | None = None) -> Celery:
     app.conf.worker_concurrency = processes
 
     @worker_ready.connect(weak=False)
-    def _log_budget(**_: Any) -> None:
+    def _log_budget(sender: Any = None, **_: Any) -> None:
         # Logging is configured by now (not yet when the app is built).
         _logger.info("%s; %s", budget.describe(), sizing)
+        # Once per instance, in the main process, on a thread: the consumer goes on.
+        actual = getattr(getattr(sender, "controller", None), "concurrency", None) or processes
+        threading.Thread(
+            target=resources.check_connection_budget,
+            args=(settings, int(actual)),
+            name="connection-budget",
+            daemon=True,
+        ).start()
 
     @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, Request=CorrelatedRequest)
     def run_job(self: Task[Any, Any], job_id: str) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from redis import Redis
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
 
+from common.connection_budget import check_connection_budget_sync, share_of
 from common.db import ping_idle_connections, pool_options
 from common.tracing import instrument_engine
 from worker.settings import WorkerSettings, get_settings
@@ -69,3 +71,21 @@ def get_resources() -> Resources:
             _current.clear()
             resources = _current[pid] = build(get_settings())
         return resources
+
+
+def check_connection_budget(settings: WorkerSettings, processes: int) -> str | None:
+    """Warn (once, from the main process) when this service's pools can exceed Postgres' limit."""
+    # One connection for one query, named as the pools' are so it is not counted as another's.
+    engine = create_engine(
+        settings.sync_database_url,
+        poolclass=NullPool,
+        connect_args={
+            "application_name": settings.service_name,
+            "connect_timeout": max(1, int(settings.health_check_timeout * 5)),
+        },
+    )
+    try:
+        share = share_of(settings, processes=processes)
+        return check_connection_budget_sync(engine, service=settings.service_name, share=share)
+    finally:
+        engine.dispose()
