@@ -313,6 +313,9 @@ class Cluster:
         if "CORS_ORIGINS" in env:
             env["CORS_ORIGINS"] = self.edge_url
         env["SERVICE_NAME"] = host.name
+        if "INSTANCE_COUNT" in env:
+            # The connection-budget check counts this cluster's hosts, not render.yaml's.
+            env["INSTANCE_COUNT"] = str(len(self.role(service)))
         return env
 
     def command(self, service: str) -> list[str]:
@@ -662,6 +665,7 @@ def describe(cluster: Cluster) -> str:
     lines.append(f"  FORWARDED_ALLOW_IPS={cluster.host('edge').address} (HAProxy only)")
     for key, (value, why) in OVERRIDES.items():
         lines.append(f"  {key}={value} ({why})")
+    lines.append("  INSTANCE_COUNT=<hosts of the service> (the cluster's instances, not render.yaml's)")
     for key, value in cluster.extra_env.items():
         lines.append(f"  {key}={value} (asked for)")
     lines.append(f"logs: {cluster.run_dir}/<host>.log   stop: make cluster-down")
