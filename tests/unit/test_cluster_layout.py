@@ -48,6 +48,13 @@ class TestLayout:
             env = cluster.env(role, host)
             assert env["FORWARDED_ALLOW_IPS"] == cluster.host("edge").address
 
+    def test_the_connection_budget_check_counts_the_clusters_own_hosts(
+        self, cluster: Cluster
+    ) -> None:
+        for role in ("api", "worker"):
+            env = cluster.env(role, cluster.role(role)[0])
+            assert env["INSTANCE_COUNT"] == "3"
+
 
 class TestHaproxyConfig:
     def test_checks_readiness_balances_round_robin_and_appends_x_forwarded_for(
