@@ -665,7 +665,9 @@ def describe(cluster: Cluster) -> str:
     lines.append(f"  FORWARDED_ALLOW_IPS={cluster.host('edge').address} (HAProxy only)")
     for key, (value, why) in OVERRIDES.items():
         lines.append(f"  {key}={value} ({why})")
-    lines.append("  INSTANCE_COUNT=<hosts of the service> (the cluster's instances, not render.yaml's)")
+    lines.append(
+        "  INSTANCE_COUNT=<hosts of the service> (the cluster's instances, not render.yaml's)"
+    )
     for key, value in cluster.extra_env.items():
         lines.append(f"  {key}={value} (asked for)")
     lines.append(f"logs: {cluster.run_dir}/<host>.log   stop: make cluster-down")

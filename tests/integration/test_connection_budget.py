@@ -43,10 +43,12 @@ class TestCheckAgainstServer:
         caplog.set_level(logging.INFO, logger=LOGGER)
         problem = await check_connection_budget(engine, service="budget-test", share=OVER)
         [record] = _warnings(caplog)
-        assert problem is not None and record.getMessage() == problem
+        assert problem is not None
+        assert record.getMessage() == problem
         assert "may open 120000 Postgres connections" in problem
         assert "1000 instances x 4 processes x (10 DB_POOL_SIZE + 20 DB_MAX_OVERFLOW)" in problem
-        assert "max_connections" in problem and "PgBouncer" in problem
+        assert "max_connections" in problem
+        assert "PgBouncer" in problem
 
     async def test_a_share_under_the_limit_logs_nothing(
         self, engine: AsyncEngine, caplog: pytest.LogCaptureFixture

@@ -46,9 +46,8 @@ from common.tracing import (
     shutdown_tracing,
     valid_traceparent,
 )
-from worker import capacity
+from worker import capacity, resources
 from worker import metrics as worker_metrics
-from worker import resources
 from worker.kinds import JOB_FUNCTIONS
 from worker.resources import get_resources
 from worker.runner import (
