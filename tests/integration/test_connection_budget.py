@@ -56,6 +56,8 @@ class TestCheckAgainstServer:
         caplog.set_level(logging.INFO, logger=LOGGER)
         assert await check_connection_budget(engine, service="budget-test", share=UNDER) is None
         assert not _warnings(caplog)
+        [record] = [r for r in caplog.records if r.name == LOGGER]
+        assert record.getMessage().startswith("connection budget: budget-test may open 1 Postgres")
 
     async def test_an_unreachable_server_is_logged_at_info_and_ignored(
         self, caplog: pytest.LogCaptureFixture

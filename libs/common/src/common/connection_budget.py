@@ -116,7 +116,14 @@ def _limits_of(row: Any) -> ServerLimits:
 
 def _report(service: str, share: Share, limits: ServerLimits) -> str | None:
     problem = budget_problem(service, share, limits)
-    if problem is not None:
+    if problem is None:
+        _logger.info(
+            "connection budget: %s may open %d Postgres connections, %d are free",
+            service,
+            share.connections,
+            limits.free,
+        )
+    else:
         _logger.warning(problem)
     return problem
 
