@@ -219,8 +219,6 @@ async def _serve(
     # while a backlog lasts); the idle sweep and the heartbeat are per process.
     opened = time.monotonic()
     session.last_seen = asyncio.get_running_loop().time()
-    session.send_message(_hello(session, settings))
-    hub.register(session)
     _logger.info(
         "websocket open",
         extra={
@@ -237,6 +235,10 @@ async def _serve(
     )
     WS_CONNECTIONS.inc()
     try:
+        # Before the stream is read: what is published from here on arrives live.
+        await hub.register(session)
+        # The hello tells the client it is live: an event published after it reaches it.
+        session.send_message(_hello(session, settings))
         await _start(session, start_from)
         await _receive(receive, session, settings)
     finally:

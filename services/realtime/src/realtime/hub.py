@@ -1,11 +1,18 @@
-"""The fan-out: one Redis pattern subscription per process, routed in memory by user id.
+"""The fan-out: Redis subscriptions routed in memory by user id to this process's sockets.
 
-`PSUBSCRIBE {prefix}events:user:*` on one dedicated connection receives every
-user's events; each is handed to the sockets of its user in this process and
-dropped when there are none. When the connection fails, every socket holds
-its live events and the subscription reconnects with jittered exponential
-backoff; once it is back, each socket replays from its user's stream what it
-missed meanwhile, so nothing published during the outage is lost.
+Two routings (`WS_ROUTING`). `pattern`: `PSUBSCRIBE {prefix}events:user:*` on one
+dedicated connection receives every user's events; each is handed to the sockets
+of its user in this process and dropped when there are none. `per_user`: the same
+connection `SUBSCRIBE`s to the channel of each user with a socket here, on the
+user's first socket, and `UNSUBSCRIBE`s after the last one closes, so Redis sends
+an event only to the processes that hold its user. A socket starts reading its
+stream only once its user's subscription is confirmed: every event is then either
+in what it reads or arrives live, and the session drops the copies by id.
+
+When the connection fails, every socket holds its live events and the
+subscription reconnects with jittered exponential backoff; once it is back (every
+user's channel subscribed again), each socket replays from its user's stream what
+it missed meanwhile, so nothing published during the outage is lost.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -60,7 +68,7 @@ def create_pubsub_redis(settings: RealtimeSettings) -> Redis:
 
 
 class Hub:
-    """This process's sockets by user id, fed from one pattern subscription."""
+    """This process's sockets by user id, fed from one Redis subscription connection."""
 
     def __init__(self, redis: Redis, settings: RealtimeSettings) -> None:
         self._redis = redis
@@ -68,6 +76,17 @@ class Hub:
         self._channel_prefix = user_channel(settings.redis_key_prefix, "")
         self._sessions: dict[str, set[Session]] = defaultdict(set)
         self._connected = False
+        self._per_user = settings.ws_routing == "per_user"
+        # per_user: the connection's own channel, so it stays subscribed (and health
+        # checked) with no user here.
+        self._anchor = f"{settings.redis_key_prefix}realtime:hub:{uuid.uuid4().hex}".encode()
+        self._pubsub: PubSub | None = None
+        self._base_confirmed = False  # the pattern, or the anchor channel
+        # per_user: users whose SUBSCRIBE is sent, with the sockets awaiting its
+        # confirmation; users whose channel is subscribed; users left with no socket.
+        self._pending: dict[str, list[asyncio.Future[None]]] = {}
+        self._subscribed: set[str] = set()
+        self._unneeded: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -87,9 +106,30 @@ class Hub:
             for user_id, sessions in self._sessions.items()
         ]
 
-    def register(self, session: Session) -> None:
-        """Route the user's live events to `session` from now on."""
-        self._sessions[session.user_id].add(session)
+    async def register(self, session: Session) -> None:
+        """Route the user's live events to `session` from now on.
+
+        Returns once they flow: under `per_user`, when Redis confirmed the user's
+        subscription (or the connection was lost: the resync that follows the
+        reconnect then replays what the session missed).
+        """
+        user_id = session.user_id
+        self._sessions[user_id].add(session)
+        if not self._per_user:
+            return
+        self._unneeded.discard(user_id)
+        pubsub = self._pubsub
+        if user_id in self._subscribed or pubsub is None:
+            return  # flowing already, or down: the reconnect subscribes every user here
+        confirmed = asyncio.get_running_loop().create_future()
+        waiters = self._pending.get(user_id)
+        if waiters is not None:
+            waiters.append(confirmed)
+        else:
+            self._pending[user_id] = [confirmed]
+            with contextlib.suppress(RedisError, OSError):  # the listener sees it too
+                await pubsub.subscribe(self._channel(user_id))
+        await confirmed
 
     def unregister(self, session: Session) -> None:
         sessions = self._sessions.get(session.user_id)
@@ -97,6 +137,9 @@ class Hub:
             sessions.discard(session)
             if not sessions:
                 del self._sessions[session.user_id]
+                if self._per_user:
+                    # Batched by the listener, between two reads.
+                    self._unneeded.add(session.user_id)
 
     def revoke(self, user_id: uuid.UUID, cutoff_ms: int) -> None:
         """Close the user's sockets opened with a token issued up to `cutoff_ms` (logout,
@@ -164,22 +207,73 @@ class Hub:
             await asyncio.sleep(self._backoff(failures))
 
     async def _subscribe(self, pubsub: PubSub) -> None:
-        await pubsub.psubscribe(f"{self._channel_prefix}*")
+        self._base_confirmed = False
+        if self._per_user:
+            await self._subscribe_users(pubsub)
+        else:
+            await pubsub.psubscribe(f"{self._channel_prefix}*")
         async with asyncio.timeout(self._settings.redis_socket_timeout):
-            while True:
+            while not self._base_confirmed or self._pending:
                 message = await pubsub.get_message(timeout=_POLL_SECONDS)
-                if message is not None and message["type"] == "psubscribe":
-                    break
+                if message is not None:
+                    self._handle(message)
         # From here on every event is received: sockets may go live again.
         self._connected = True
 
+    async def _subscribe_users(self, pubsub: PubSub) -> None:
+        users = list(self._sessions)
+        for user_id in users:
+            self._pending.setdefault(user_id, [])
+        await pubsub.subscribe(self._anchor, *(self._channel(user_id) for user_id in users))
+        # Sockets registered from here on subscribe their user themselves.
+        self._pubsub = pubsub
+        late = [user_id for user_id in self._sessions if user_id not in self._pending]
+        for user_id in late:
+            self._pending[user_id] = []
+        if late:
+            await pubsub.subscribe(*(self._channel(user_id) for user_id in late))
+
     async def _listen(self, pubsub: PubSub) -> None:
         while True:
-            message = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=_POLL_SECONDS
-            )
-            if message is not None and message["type"] == "pmessage":
-                self._dispatch(message["channel"], message["data"])
+            message = await pubsub.get_message(timeout=_POLL_SECONDS)
+            if message is not None:
+                self._handle(message)
+            if self._unneeded:
+                await self._unsubscribe_unneeded(pubsub)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in ("pmessage", "message"):
+            self._dispatch(message["channel"], message["data"])
+        elif kind == "psubscribe" or message["channel"] == self._anchor:
+            self._base_confirmed = True
+        elif kind == "subscribe":
+            user_id = message["channel"].decode().removeprefix(self._channel_prefix)
+            waiters = self._pending.pop(user_id, None)
+            if waiters is not None:
+                self._subscribed.add(user_id)
+                _release(waiters)
+
+    async def _unsubscribe_unneeded(self, pubsub: PubSub) -> None:
+        # A user whose SUBSCRIBE is unconfirmed waits for the next round, so a later
+        # confirmation always answers a later SUBSCRIBE.
+        gone = [
+            user_id
+            for user_id in self._unneeded
+            if user_id not in self._sessions and user_id not in self._pending
+        ]
+        self._unneeded = {
+            user_id
+            for user_id in self._unneeded
+            if user_id in self._pending and user_id not in self._sessions
+        }
+        channels = [self._channel(user_id) for user_id in gone if user_id in self._subscribed]
+        self._subscribed.difference_update(gone)
+        if channels:
+            await pubsub.unsubscribe(*channels)
+
+    def _channel(self, user_id: str) -> str:
+        return f"{self._channel_prefix}{user_id}"
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         user_id = channel.decode().removeprefix(self._channel_prefix)
@@ -203,6 +297,12 @@ class Hub:
 
     def _lose(self) -> None:
         self._connected = False
+        self._pubsub = None
+        for waiters in self._pending.values():
+            _release(waiters)
+        self._pending.clear()
+        self._subscribed.clear()
+        self._unneeded.clear()
         # Nothing arrives now; hold live delivery so the resync can replay first.
         for session in self._all_sessions():
             session.hold(for_resync=True)
@@ -218,3 +318,9 @@ class Hub:
             self._settings.pubsub_backoff_seconds * 2 ** (failures - 1),
         )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 
@@ -42,6 +43,11 @@ class RealtimeSettings(CommonSettings):
     Redis); a handshake beyond it is accepted and closed with 1008."""
     ws_replay_batch: int = Field(default=100, ge=1, le=10_000)
     """Stream entries read per `XRANGE` while replaying missed events."""
+    ws_routing: Literal["pattern", "per_user"] = "pattern"
+    """How a process receives events: `pattern` subscribes once to every user's channel
+    (each event reaches every process); `per_user` subscribes to the channels of the users
+    with a socket in this process, one subscription per user however many sockets it has
+    (each event reaches only the processes holding its user). See docs/scaling.md."""
     pubsub_backoff_seconds: float = Field(default=0.1, gt=0, le=60)
     """First reconnect delay of the Redis subscription, seconds; it doubles up to
     `PUBSUB_BACKOFF_MAX_SECONDS`, jittered."""
