@@ -88,9 +88,20 @@ async def _wait_ready(server: Realtime) -> None:
     raise TimeoutError(f"realtime not ready within {STARTUP_TIMEOUT:g}s:\n{server.log()}")
 
 
+ROUTINGS = pytest.mark.parametrize("ws_routing", ["pattern", "per_user"])
+"""Run a test under both fan-out routings (`WS_ROUTING`)."""
+
+
+@pytest.fixture
+def ws_routing() -> str:
+    """The servers' `WS_ROUTING`; a test parametrized with `ROUTINGS` runs under both."""
+    return "pattern"
+
+
 @pytest.fixture
 async def realtime_factory(
     request: pytest.FixtureRequest,
+    ws_routing: str,
     server_env: dict[str, str],
     redis_key_prefix: str,
     tmp_path: Path,
@@ -109,6 +120,7 @@ async def realtime_factory(
             "REDIS_KEY_PREFIX": prefix,
             "CORS_ORIGINS": ORIGIN,
             "PUBSUB_BACKOFF_MAX_SECONDS": "0.5",
+            "WS_ROUTING": ws_routing,
             **overrides,
         }
         log_path = tmp_path / f"realtime-{port}.log"

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from devharness.realtime import Listener, listen
 from tests.system.jobs.conftest import StackFactory
-from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
+from tests.system.realtime.conftest import ROUTINGS, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 
@@ -22,6 +22,7 @@ EVENTS = 20
 class TestEndToEnd:
     """A job posted through the API shows up live on its owner's socket, in order."""
 
+    @ROUTINGS
     async def test_countdown_events_arrive_in_order_and_only_to_the_owner(
         self, stack_factory: StackFactory, realtime_factory: RealtimeFactory
     ) -> None:
@@ -55,6 +56,7 @@ class TestEndToEnd:
 class TestAcrossProcesses:
     """Sockets of one user spread over both workers each get every event exactly once."""
 
+    @ROUTINGS
     async def test_fifty_clients_on_two_workers_each_get_each_event_once(
         self, realtime_factory: RealtimeFactory, token_for: TokenFor, redis: Redis
     ) -> None:

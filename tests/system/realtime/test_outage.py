@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from devharness.realtime import listen
 from devservices import EmbeddedRedis, free_port
 from tests.support.polling import eventually
-from tests.system.realtime.conftest import Realtime, RealtimeFactory, TokenFor, publish
+from tests.system.realtime.conftest import ROUTINGS, Realtime, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 
@@ -51,6 +51,7 @@ async def _answers(redis: Redis) -> bool:
 class TestRedisRestart:
     """The subscription comes back by itself and replays what its sockets missed."""
 
+    @ROUTINGS
     async def test_clients_keep_their_sockets_and_lose_nothing_published_after_restart(
         self,
         realtime_factory: RealtimeFactory,

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from common.contracts.events import user_stream
 from devharness.realtime import listen, ws_url
 from tests.system.jobs.conftest import StackFactory
-from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
+from tests.system.realtime.conftest import ROUTINGS, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.system
 class TestResume:
     """Reconnecting with `last_event_id` replays the gap, then goes live."""
 
+    @ROUTINGS
     async def test_reconnect_mid_job_gets_every_event_exactly_once(
         self, stack_factory: StackFactory, realtime_factory: RealtimeFactory
     ) -> None:
