@@ -27,6 +27,7 @@ from common.contracts import events
 from common.settings import CommonSettings
 from devharness.services import ROOT
 from devservices import free_port
+from realtime.settings import RealtimeSettings
 from tests.support.jobs import new_prefix
 from tests.system.conftest import GUNICORN, Server
 from tests.system.jobs.conftest import process_env, stack_factory  # noqa: F401 (fixtures)
@@ -94,8 +95,8 @@ ROUTINGS = pytest.mark.parametrize("ws_routing", ["pattern", "per_user"])
 
 @pytest.fixture
 def ws_routing() -> str:
-    """The servers' `WS_ROUTING`; a test parametrized with `ROUTINGS` runs under both."""
-    return "pattern"
+    """The servers' `WS_ROUTING` (the default); a test marked `ROUTINGS` runs under both."""
+    return str(RealtimeSettings.model_fields["ws_routing"].default)
 
 
 @pytest.fixture

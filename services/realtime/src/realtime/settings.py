@@ -43,11 +43,12 @@ class RealtimeSettings(CommonSettings):
     Redis); a handshake beyond it is accepted and closed with 1008."""
     ws_replay_batch: int = Field(default=100, ge=1, le=10_000)
     """Stream entries read per `XRANGE` while replaying missed events."""
-    ws_routing: Literal["pattern", "per_user"] = "pattern"
-    """How a process receives events: `pattern` subscribes once to every user's channel
-    (each event reaches every process); `per_user` subscribes to the channels of the users
+    ws_routing: Literal["pattern", "per_user"] = "per_user"
+    """How a process receives events: `per_user` subscribes to the channels of the users
     with a socket in this process, one subscription per user however many sockets it has
-    (each event reaches only the processes holding its user). See docs/scaling.md."""
+    (each event reaches only the processes holding its user); `pattern` subscribes once to
+    every user's channel (each event reaches every process). `bench/routing.py` measured
+    both with 8 processes: per_user sends one eighth of the bytes (docs/scaling.md)."""
     pubsub_backoff_seconds: float = Field(default=0.1, gt=0, le=60)
     """First reconnect delay of the Redis subscription, seconds; it doubles up to
     `PUBSUB_BACKOFF_MAX_SECONDS`, jittered."""
