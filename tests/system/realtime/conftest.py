@@ -96,7 +96,7 @@ ROUTINGS = pytest.mark.parametrize("ws_routing", ["pattern", "per_user"])
 @pytest.fixture
 def ws_routing() -> str:
     """The servers' `WS_ROUTING` (the default); a test marked `ROUTINGS` runs under both."""
-    return str(RealtimeSettings.model_fields["ws_routing"].default)
+    return str(RealtimeSettings.model_fields["ws_routing"].default.value)
 
 
 @pytest.fixture

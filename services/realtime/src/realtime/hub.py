@@ -36,7 +36,7 @@ from common.contracts.events import user_channel
 from common.contracts.realtime import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 from common.metrics import REDIS_RECONNECTS, WS_EVENTS_DELIVERED
 from realtime.session import Session
-from realtime.settings import RealtimeSettings
+from realtime.settings import RealtimeSettings, Routing
 from realtime.streams import parse_stream_id
 
 _logger = logging.getLogger("realtime.hub")
@@ -76,7 +76,7 @@ class Hub:
         self._channel_prefix = user_channel(settings.redis_key_prefix, "")
         self._sessions: dict[str, set[Session]] = defaultdict(set)
         self._connected = False
-        self._per_user = settings.ws_routing == "per_user"
+        self._per_user = settings.ws_routing is Routing.PER_USER
         # per_user: the connection's own channel, so it stays subscribed (and health
         # checked) with no user here.
         self._anchor = f"{settings.redis_key_prefix}realtime:hub:{uuid.uuid4().hex}".encode()

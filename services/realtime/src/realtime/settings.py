@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import lru_cache
-from typing import Literal
 
 from pydantic import Field
 
 from common.ratelimit import LimitSpec
 from common.settings import CommonSettings, load_settings
+
+
+class Routing(StrEnum):
+    """How a realtime process receives events from Redis (`WS_ROUTING`)."""
+
+    PATTERN = "pattern"
+    PER_USER = "per_user"
 
 
 class RealtimeSettings(CommonSettings):
@@ -43,7 +50,7 @@ class RealtimeSettings(CommonSettings):
     Redis); a handshake beyond it is accepted and closed with 1008."""
     ws_replay_batch: int = Field(default=100, ge=1, le=10_000)
     """Stream entries read per `XRANGE` while replaying missed events."""
-    ws_routing: Literal["pattern", "per_user"] = "per_user"
+    ws_routing: Routing = Routing.PER_USER
     """How a process receives events: `per_user` subscribes to the channels of the users
     with a socket in this process, one subscription per user however many sockets it has
     (each event reaches only the processes holding its user); `pattern` subscribes once to
