@@ -117,6 +117,35 @@ async def run_routing(stack: Stack) -> list[dict[str, Any]]:
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
+def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """Redis output and p99 against the published rate, one line per routing: `routing.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    for mode, style in (("pattern", "--s"), ("per_user", "-o")):
+        mine = [row for row in rows if row["routing"] == mode]
+        rates = [int(row["delivered"].split("/")[1]) / STEP_SECONDS for row in mine]
+        kib_per_s = [
+            rate * row["redis_out_bytes_per_event"] / 1024
+            for rate, row in zip(rates, mine, strict=True)
+        ]
+        left.plot(rates, kib_per_s, style, label=mode)
+        right.plot(rates, [row["p99_ms"] for row in mine], style, label=mode)
+    left.set_xlabel("events published per second")
+    left.set_ylabel("Redis output (KiB/s)")
+    right.set_xlabel("events published per second")
+    right.set_ylabel("p99 publish-to-receive (ms)")
+    right.set_yscale("log")
+    fig.suptitle(f"Realtime routing: {PROCESSES} processes, {USERS} users with one socket each")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "routing.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -134,6 +163,7 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routing.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out)
     json.dump(rows, sys.stdout, indent=2)
     print()
 
