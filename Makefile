@@ -147,16 +147,19 @@ images: ## build the api, worker, realtime (deploy/Dockerfile) and console image
 # The stack's JWT_SECRET: the environment's, else one generated once into
 # .run/jwt_secret (the file `make dev` uses too). Nothing committed is a secret:
 # the settings refuse a committed, empty or short one in every environment.
-up down down-v logs ps _compose: export JWT_SECRET ?= $(shell test -s .run/jwt_secret || \
-  { mkdir -p .run && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_hex(32))" \
-  > .run/jwt_secret; }; cat .run/jwt_secret)
+# Made after _compose has found Docker and Compose, and read only when a compose
+# recipe runs (`private`: not by _compose, which must run nothing but its check).
+JWT_SECRET_FILE := .run/jwt_secret
+$(JWT_SECRET_FILE):
+	@mkdir -p $(@D) && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $@
+up down down-v logs ps: private export JWT_SECRET ?= $(shell cat $(JWT_SECRET_FILE) 2>/dev/null)
 
 .PHONY: _compose
 _compose:
 	@test -n "$(COMPOSE)" # else scripts/compose.sh has said what is missing
 
 .PHONY: up
-up: _compose ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
+up: _compose $(JWT_SECRET_FILE) ## build and start the compose stack (docker-compose.yml), wait until ready, print the URLs
 	$(COMPOSE) up -d --build
 	@# The published ports as compose resolved them (environment, .env or default).
 	@api=$$($(COMPOSE) port api 8000); ws=$$($(COMPOSE) port realtime 8001); \
@@ -168,19 +171,19 @@ up: _compose ## build and start the compose stack (docker-compose.yml), wait unt
 	echo "logs: make logs   status: make ps   stop: make down (make down-v also deletes the data)"
 
 .PHONY: down
-down: _compose ## stop and remove the compose stack's containers and network (keeps the data volumes)
+down: _compose $(JWT_SECRET_FILE) ## stop and remove the compose stack's containers and network (keeps the data volumes)
 	$(COMPOSE) down --remove-orphans
 
 .PHONY: down-v
-down-v: _compose ## stop the compose stack and delete its volumes (Postgres and Redis data) too
+down-v: _compose $(JWT_SECRET_FILE) ## stop the compose stack and delete its volumes (Postgres and Redis data) too
 	$(COMPOSE) down --remove-orphans --volumes
 
 .PHONY: logs
-logs: _compose ## follow the compose stack's logs (SERVICE=api for one)
+logs: _compose $(JWT_SECRET_FILE) ## follow the compose stack's logs (SERVICE=api for one)
 	$(COMPOSE) logs --follow --tail 100 $(SERVICE)
 
 .PHONY: ps
-ps: _compose ## the compose stack's containers and their health
+ps: _compose $(JWT_SECRET_FILE) ## the compose stack's containers and their health
 	$(COMPOSE) ps
 
 # --- docs: the site in docs/, configured by mkdocs.yml -------------------------
