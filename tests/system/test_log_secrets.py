@@ -18,6 +18,7 @@ from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
     ORIGIN,
     RealtimeFactory,
     realtime_factory,
+    ws_routing,
 )
 
 pytestmark = pytest.mark.system

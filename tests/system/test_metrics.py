@@ -36,6 +36,7 @@ from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
     redis,
     token_for,
     token_settings,
+    ws_routing,
 )
 
 pytestmark = pytest.mark.system
