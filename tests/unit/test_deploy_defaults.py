@@ -48,10 +48,12 @@ class TestComposeFile:
         # The Makefile's rule, run in a scratch directory: a 64-hex-digit secret
         # in .run/jwt_secret, readable by its owner only, reused the next time.
         makefile = (ROOT / "Makefile").read_text()
-        rule = re.search(r"^up down .*?\n(?:  .*\n)*", makefile, re.M)
+        rule = re.search(r"^JWT_SECRET_FILE := .*?^up down [^\n]*\n", makefile, re.M | re.S)
         assert rule is not None
         (tmp_path / "Makefile").write_text(
-            "PYTHON ?= python3\n" + rule.group(0) + "\nup:\n\t@echo $$JWT_SECRET\n"
+            "PYTHON ?= python3\n"
+            + rule.group(0)
+            + "\nup: $(JWT_SECRET_FILE)\n\t@echo $$JWT_SECRET\n"
         )
         env = {"PATH": "/usr/bin:/bin"}
         first = subprocess.run(
