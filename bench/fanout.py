@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -667,23 +667,33 @@ def _redis_url() -> Any:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def standalone_stack(name: str) -> Iterator[Stack]:
+    """A Stack for a realtime-only run on its own: `REDIS_URL`'s Redis, else an embedded one.
+
+    Realtime needs no database: the Blueprint's database URL is never read.
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-run-"))
+    try:
+        with _redis_url() as url:
+            yield Stack(
+                database_url="postgresql://unused@127.0.0.1/unused",
+                redis_url=url,
+                source="environment" if os.environ.get("REDIS_URL") else "embedded",
+                run_dir=run_dir,
+                prefix="bench:" if os.environ.get("REDIS_URL") else "",
+            )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="fanout-run-"))
-    with _redis_url() as url:
-        # Realtime needs no database: the Blueprint's database URL is never read.
-        stack = Stack(
-            database_url="postgresql://unused@127.0.0.1/unused",
-            redis_url=url,
-            source="environment" if os.environ.get("REDIS_URL") else "embedded",
-            run_dir=run_dir,
-            prefix="bench:" if os.environ.get("REDIS_URL") else "",
-        )
+    with standalone_stack("fanout") as stack:
         rows = asyncio.run(run_fanout(stack, profile=args.profile, out_dir=args.out))
-    shutil.rmtree(run_dir, ignore_errors=True)
     json.dump(rows, sys.stdout, indent=2)
     print()
 

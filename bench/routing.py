@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import sys
@@ -37,9 +36,9 @@ from bench.fanout import (
     _ClientProcess,
     _connect,
     _raise_fd_limit,
-    _redis_url,
     _server,
     _step,
+    standalone_stack,
 )
 from bench.stack import Stack
 from common.auth import issue_access_token
@@ -150,17 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="routing-run-"))
-    with _redis_url() as url:
-        stack = Stack(
-            database_url="postgresql://unused@127.0.0.1/unused",
-            redis_url=url,
-            source="environment" if os.environ.get("REDIS_URL") else "embedded",
-            run_dir=run_dir,
-            prefix="bench:" if os.environ.get("REDIS_URL") else "",
-        )
+    with standalone_stack("routing") as stack:
         rows = asyncio.run(run_routing(stack))
-    shutil.rmtree(run_dir, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routing.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.out)

@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.events import user_channel
-from realtime.hub import Hub, create_pubsub_redis
+from common.redis import create_subscriber_redis
+from realtime.hub import Hub
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from tests.support.polling import eventually
@@ -75,7 +76,7 @@ class TestPerUserRegister:
             _env_file=None, redis_url=lagging_redis_url, redis_key_prefix=redis_key_prefix,
             ws_routing="per_user", redis_socket_timeout=5,
         )  # fmt: skip
-        pubsub_redis = create_pubsub_redis(settings)
+        pubsub_redis = create_subscriber_redis(settings)
         redis = Redis.from_url(redis_url, socket_timeout=5)
         hub = Hub(pubsub_redis, settings)
         hub.start()

@@ -30,11 +30,15 @@ def create_redis(settings: CommonSettings) -> Redis:
 
 
 def create_subscriber_redis(settings: CommonSettings) -> Redis:
-    """A client for one pub/sub subscription; `aclose()` it in `lifespan`.
+    """A client for pub/sub subscriptions; `aclose()` it in `lifespan`.
 
-    Without retries: redis-py retries a failed read by reconnecting, and a
-    task's cancellation can surface there as a timeout it retries, so the
-    cancel would be lost and shutdown would hang.
+    Without retries: redis-py retries a failed read by reconnecting and
+    resubscribing silently, which would skip what was published meanwhile (the
+    realtime hub replays that gap from the streams when the error reaches it),
+    and a task's cancellation can surface there as a timeout it retries, so the
+    cancel would be lost and shutdown would hang. RESP2: under RESP3 redis-py
+    formats every pub/sub message into a debug log string (logged or not), a
+    cost paid once per event.
     """
     return Redis.from_url(
         settings.redis_url,

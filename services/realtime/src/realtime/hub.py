@@ -28,8 +28,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.contracts.events import user_channel
@@ -45,26 +43,6 @@ _POLL_SECONDS = 1.0
 
 class SubscriptionDown(RuntimeError):
     """Raised by the readiness check while the Redis subscription is not established."""
-
-
-def create_pubsub_redis(settings: RealtimeSettings) -> Redis:
-    """The subscription's own client; it never reconnects behind our back.
-
-    redis-py retries a failed read by reconnecting and resubscribing silently,
-    which would skip what was published meanwhile. With no retries the error
-    reaches the hub, which replays the gap from the streams.
-    """
-    return Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        socket_timeout=settings.redis_socket_timeout,
-        health_check_interval=10,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        # RESP2: under RESP3 redis-py formats every pub/sub message into a debug
-        # log string (logged or not), a cost paid once per event.
-        protocol=2,
-    )
 
 
 class Hub:

@@ -26,7 +26,7 @@ from common.redis import create_redis, create_subscriber_redis
 from common.revocation import Revocations
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime import capacity, endpoint
-from realtime.hub import Hub, create_pubsub_redis
+from realtime.hub import Hub
 from realtime.logs import strip_credentials
 from realtime.presence import UserSockets
 from realtime.settings import RealtimeSettings, get_settings
@@ -43,7 +43,7 @@ def _lifespan(settings: RealtimeSettings) -> Any:
         # (and one span exporter thread).
         configure_tracing(settings.service_name)
         redis = create_redis(settings)
-        pubsub_redis = create_pubsub_redis(settings)
+        pubsub_redis = create_subscriber_redis(settings)
         hub = Hub(pubsub_redis, settings)
         lifecycle = Lifecycle(drain_seconds=settings.shutdown_drain_seconds)
         user_sockets = UserSockets(
