@@ -55,6 +55,13 @@ class Server:
         """The JSON log lines; other output (a traceback) is skipped."""
         return json_records(self.log())
 
+    def started_workers(self) -> int:
+        """How many workers have finished their application startup, from the log."""
+        return sum(
+            record.get("message") == "Application startup complete."
+            for record in self.log_records()
+        )
+
     def worker_pids(self) -> set[int]:
         """The pids of the master's live child processes (its workers)."""
         try:
@@ -124,20 +131,26 @@ def server_env(
     return env
 
 
-async def _wait_ready(server: Server) -> None:
+async def wait_ready(server: Server, *, workers: int, what: str = "gunicorn") -> None:
+    """Wait for `/health/ready` and for each of the master's `workers` to finish starting.
+
+    Readiness answers as soon as one worker serves, and gunicorn forks the next ones a
+    random fraction of a second apart: a test that spreads connections needs them all.
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT
     async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if server.process.returncode is not None:
                 raise RuntimeError(
-                    f"gunicorn exited with {server.process.returncode} while starting:\n"
+                    f"{what} exited with {server.process.returncode} while starting:\n"
                     + server.log()
                 )
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health/ready")).status_code == 200:
-                    return
+            if server.started_workers() >= workers:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health/ready")).status_code == 200:
+                        return
             await asyncio.sleep(0.05)  # poll interval, not a wait for an event
-    raise TimeoutError(f"gunicorn not ready within {STARTUP_TIMEOUT:g}s:\n{server.log()}")
+    raise TimeoutError(f"{what} not ready within {STARTUP_TIMEOUT:g}s:\n{server.log()}")
 
 
 async def _start_server(env: dict[str, str], log_dir: Path, **overrides: str) -> Server:
@@ -159,7 +172,7 @@ async def _start_server(env: dict[str, str], log_dir: Path, **overrides: str) ->
     )
     server = Server(f"http://127.0.0.1:{port}", port, process, log_path, log_file)
     try:
-        await _wait_ready(server)
+        await wait_ready(server, workers=int(env["WEB_CONCURRENCY"]))
     except BaseException:
         await server.stop()
         raise

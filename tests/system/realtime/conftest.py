@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
@@ -29,11 +28,10 @@ from devharness.services import ROOT
 from devservices import free_port
 from realtime.settings import RealtimeSettings
 from tests.support.jobs import new_prefix
-from tests.system.conftest import GUNICORN, Server
+from tests.system.conftest import GUNICORN, Server, wait_ready
 from tests.system.jobs.conftest import process_env, stack_factory  # noqa: F401 (fixtures)
 
 REALTIME_CONFIG = ROOT / "services" / "realtime" / "gunicorn.conf.py"
-STARTUP_TIMEOUT = 30.0
 ORIGIN = "https://app.example.com"
 _SERVERS = pytest.StashKey[list[Server]]()
 
@@ -76,17 +74,6 @@ class Realtime(Server):
 
 
 RealtimeFactory = Callable[..., Awaitable[Realtime]]
-
-
-async def _wait_ready(server: Realtime) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.returncode is not None:
-            raise RuntimeError(f"realtime exited with {server.process.returncode}:\n{server.log()}")
-        if await server.readiness() == 200:
-            return
-        await asyncio.sleep(0.05)  # poll interval
-    raise TimeoutError(f"realtime not ready within {STARTUP_TIMEOUT:g}s:\n{server.log()}")
 
 
 ROUTINGS = pytest.mark.parametrize("ws_routing", ["pattern", "per_user"])
@@ -135,7 +122,7 @@ async def realtime_factory(
         server = Realtime(f"http://127.0.0.1:{port}", port, process, log_path, log_file)
         server.prefix = prefix
         servers.append(server)
-        await _wait_ready(server)
+        await wait_ready(server, workers=int(env["WEB_CONCURRENCY"]), what="realtime")
         return server
 
     yield make
