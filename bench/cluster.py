@@ -31,13 +31,13 @@ import psycopg
 import websockets
 from redis.asyncio import Redis
 
+from bench.cpu import delta, process_cpu
 from bench.stack import LIFTED_LIMITS
 from scripts import cluster as clusters
 from scripts.cluster import Cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PASSWORD = "correct horse battery staple"  # noqa: S105 (the bench users' password)
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(cluster: Cluster) -> dict[str, float]:
@@ -45,22 +45,13 @@ def cpu_seconds(cluster: Cluster) -> dict[str, float]:
     tiers: dict[str, float] = {}
     for host in cluster.hosts:
         for pid in cluster.host_pids(host):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
+            if (cpu := process_cpu(pid)) is None:
                 continue
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            used = sum(int(value) for value in fields[11:15]) / TICKS
             tier = host.role
             if host.role == "data":
-                tier = "redis" if comm.startswith("redis") else "postgres"
-            tiers[tier] = tiers.get(tier, 0.0) + used
+                tier = "redis" if cpu.comm.startswith("redis") else "postgres"
+            tiers[tier] = tiers.get(tier, 0.0) + cpu.seconds
     return tiers
-
-
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {tier: after.get(tier, 0.0) - before.get(tier, 0.0) for tier in after}
 
 
 async def pg_counts(cluster: Cluster) -> tuple[int, dict[str, int]]:

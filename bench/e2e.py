@@ -2,8 +2,11 @@
 
 An open-loop asyncio generator (uvloop; wrk cannot wait for a WebSocket
 event): send times are fixed in advance at a steady rate and each POST runs as
-its own task, so a slow reply never delays the next send. The client follows
-the real path: a ticket from POST /v1/realtime/ticket, then ws /ws?ticket=...
+its own task, so a slow reply never delays the next send. The jobs come from
+`e2e_users` users in turn, each with its own socket, under the running cap as
+shipped (one job per user at a time: a user's job that arrives while their
+previous one runs waits for it). Each client follows the real path: a ticket
+from POST /v1/realtime/ticket, then ws /ws?ticket=...
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,11 +24,13 @@ import httpx
 import orjson
 import websockets
 
+from bench.cpu import delta, group_cpu_seconds
 from bench.profiles import Profile
 from bench.report import Row, make_row
 from bench.scenarios import NOOP_JOB, User
 from bench.stack import Web
 from common.contracts.events import JOB_SUCCEEDED
+from devharness.processes import ManagedProcess
 
 WARMUP_JOBS = 25
 FINISH_TIMEOUT = 30.0
@@ -130,8 +135,8 @@ async def _post(poster: _Poster, run: _Run) -> None:
     run.check()
 
 
-async def _open_loop(poster: _Poster, run: _Run, *, count: int, rate: float) -> None:
-    """Start `count` POSTs at fixed times `rate` per second apart, without awaiting replies."""
+async def _open_loop(posters: list[_Poster], run: _Run, *, count: int, rate: float) -> None:
+    """Start `count` POSTs at fixed times `rate` per second apart, the users in turn."""
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     tasks = []
@@ -139,8 +144,24 @@ async def _open_loop(poster: _Poster, run: _Run, *, count: int, rate: float) -> 
         delay = start + index / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(poster, run)))
+        tasks.append(asyncio.create_task(_post(posters[index % len(posters)], run)))
     await asyncio.gather(*tasks)
+
+
+class _Readers:
+    """One task per socket, each recording `job.succeeded` into the current run."""
+
+    def __init__(self, sockets: list[websockets.ClientConnection]) -> None:
+        self._sockets = sockets
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def record_into(self, run: _Run) -> None:
+        self.stop()
+        self._tasks = [asyncio.create_task(_read(socket, run)) for socket in self._sockets]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 @contextlib.contextmanager
@@ -169,47 +190,73 @@ def _ws_connect(realtime: Web, ticket: str) -> websockets.connect:
 
 
 async def end_to_end(
-    api: Web, realtime: Web, user: User, profile: Profile
+    api: Web,
+    realtime: Web,
+    users: Sequence[User],
+    profile: Profile,
+    processes: Sequence[ManagedProcess] = (),
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Drive a steady rate of no-op jobs for the profile's duration; the latency rows."""
-    headers = {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
-    poster = _Poster(api.url, {**api.headers, **headers})
-    async with httpx.AsyncClient(base_url=api.url, headers=api.headers, timeout=30) as client:
-        ticket = await client.post("/v1/realtime/ticket", headers=headers)
-        ticket.raise_for_status()
-        async with _ws_connect(realtime, ticket.json()["ticket"]) as socket:
+    """Drive a steady rate of no-op jobs for the profile's duration; the latency rows.
+
+    With the services' `processes`, the rows also say how much CPU each service
+    spent per job in that time (their process groups, workers included): on a
+    busy machine that figure holds still while the latencies do not.
+    """
+    groups = {process.pgid: process.name for process in processes}
+    headers = [
+        {"Authorization": f"Bearer {user.token}", "Content-Type": "application/json"}
+        for user in users
+    ]
+    posters = [_Poster(api.url, {**api.headers, **auth}) for auth in headers]
+    async with contextlib.AsyncExitStack() as stack:
+        async with httpx.AsyncClient(base_url=api.url, headers=api.headers, timeout=30) as client:
+            tickets = [await client.post("/v1/realtime/ticket", headers=auth) for auth in headers]
+        sockets = []
+        for ticket in tickets:
+            ticket.raise_for_status()
+            socket = await stack.enter_async_context(_ws_connect(realtime, ticket.json()["ticket"]))
             hello = orjson.loads(await asyncio.wait_for(socket.recv(), 10))
             assert hello.get("type") == "hello", hello
-            warmup, run = _Run(), _Run()
-            reader = asyncio.create_task(_read(socket, warmup))
-            await _open_loop(poster, warmup, count=WARMUP_JOBS, rate=profile.e2e_rate)
-            warmup.expected = len(warmup.sent)
-            warmup.check()
+            sockets.append(socket)
+        readers = _Readers(sockets)
+        stack.callback(readers.stop)
+        warmup, run = _Run(), _Run()
+        readers.record_into(warmup)
+        await _open_loop(posters, warmup, count=WARMUP_JOBS, rate=profile.e2e_rate)
+        warmup.expected = len(warmup.sent)
+        warmup.check()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(warmup.done.wait(), FINISH_TIMEOUT)
+        readers.record_into(run)
+        count = int(profile.e2e_seconds * profile.e2e_rate)
+        before = group_cpu_seconds(groups)
+        with _own_core():
+            await _open_loop(posters, run, count=count, rate=profile.e2e_rate)
+            run.expected = len(run.sent)
+            run.check()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(warmup.done.wait(), FINISH_TIMEOUT)
-            reader.cancel()
-            reader = asyncio.create_task(_read(socket, run))
-            count = int(profile.e2e_seconds * profile.e2e_rate)
-            with _own_core():
-                await _open_loop(poster, run, count=count, rate=profile.e2e_rate)
-                run.expected = len(run.sent)
-                run.check()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.done.wait(), FINISH_TIMEOUT)
-            reader.cancel()
-    await poster.aclose()
-    return _rows(run, profile, count)
+                await asyncio.wait_for(run.done.wait(), FINISH_TIMEOUT)
+        used = delta(before, group_cpu_seconds(groups))
+    for poster in posters:
+        await poster.aclose()
+    return _rows(run, profile, count, used)
 
 
-def _rows(run: _Run, profile: Profile, count: int) -> tuple[list[Row], dict[str, Any]]:
+def _rows(
+    run: _Run, profile: Profile, count: int, used: dict[str, float]
+) -> tuple[list[Row], dict[str, Any]]:
     latencies = [
         (run.received[job] - sent) * 1000 for job, sent in run.sent.items() if job in run.received
     ]
     lost = count - len(latencies)
+    done = len(latencies) or 1
+    cpu_per_job = {name: seconds * 1000 / done for name, seconds in sorted(used.items())}
     note = (
-        f"{count} no-op jobs at {profile.e2e_rate:g}/s, open loop; "
+        f"{count} no-op jobs at {profile.e2e_rate:g}/s from {profile.e2e_users} users, "
+        "open loop, running cap as shipped; "
         f"p90 {_percentile(latencies, 0.9):.1f} ms, max {max(latencies):.1f} ms, "
         f"mean {statistics.fmean(latencies):.1f} ms; not completed {lost}"
+        + "".join(f"; {name} CPU {ms:.2f} ms/job" for name, ms in cpu_per_job.items())
         if latencies
         else f"no job completed of {count}"
     )
@@ -228,5 +275,9 @@ def _rows(run: _Run, profile: Profile, count: int) -> tuple[list[Row], dict[str,
         )
         for name, fraction, limit in (("p50", 0.5, 25.0), ("p99", 0.99, 100.0))
     ]
-    detail = {"rate": profile.e2e_rate, "latencies_ms": [round(v, 3) for v in latencies]}
+    detail = {
+        "rate": profile.e2e_rate,
+        "users": profile.e2e_users,
+        "latencies_ms": [round(v, 3) for v in latencies],
+    }
     return rows, detail

@@ -19,6 +19,9 @@ class Profile:
     rounds: int
     e2e_seconds: float
     e2e_rate: float
+    # Users whose jobs make up that rate, each with its own socket, under the shipped
+    # running cap (one job per user at a time): a service's traffic comes from many.
+    e2e_users: int
     # Connections posting logins during the storm (each one a hash in flight).
     storm_connections: int
     # Users whose tokens the intake rotates through (one user's intake is serialized).
@@ -33,6 +36,7 @@ PROFILES = {
         rounds=1,
         e2e_seconds=10,
         e2e_rate=200,
+        e2e_users=32,
         storm_connections=8,
         intake_users=8,
     ),
@@ -43,6 +47,7 @@ PROFILES = {
         rounds=3,
         e2e_seconds=60,
         e2e_rate=200,
+        e2e_users=32,
         storm_connections=8,
         intake_users=8,
     ),

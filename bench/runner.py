@@ -78,9 +78,10 @@ async def _http_scenarios(
         stack.start_web("realtime"),
     )
     _say("api, baseline and realtime ready")
-    *users, e2e_user = await scenarios.register(api, profile.intake_users + 1)
-    _say(f"{len(users) + 1} users registered")
-    targets = scenarios.Targets(api, bare, tuple(users))
+    users = await scenarios.register(api, profile.intake_users + profile.e2e_users)
+    _say(f"{len(users)} users registered")
+    e2e_users = users[profile.intake_users :]
+    targets = scenarios.Targets(api, bare, users[: profile.intake_users])
     if "overhead" in chosen:
         await _guarded("API overhead", scenarios.api_overhead(targets, profile), rows)
     if "read" in chosen:
@@ -92,7 +93,8 @@ async def _http_scenarios(
         # Only now a worker: the intake's jobs were purged, nothing is left for it.
         await stack.start_worker()
         _say("worker consuming")
-        work = _with_detail(end_to_end(api, realtime, e2e_user, profile), details, "e2e")
+        e2e = end_to_end(api, realtime, e2e_users, profile, stack.processes)
+        work = _with_detail(e2e, details, "e2e")
         await _guarded("End-to-end latency", work, rows)
         await stack.stop_named("worker")
     await stack.stop_named("realtime")

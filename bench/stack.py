@@ -53,14 +53,14 @@ PYTHON = BIN / "python"
 STARTUP_TIMEOUT = 60.0
 PASSWORD = "correct horse battery staple"  # noqa: S105 (the bench users' password)
 # Limits no benchmark reaches: every request comes from 127.0.0.1 and a few users
-# (the intake posts thousands of jobs that no worker takes; the end-to-end rows
-# run one user's jobs on every worker slot at once).
+# (the intake posts thousands of jobs that no worker takes). The running cap is
+# not lifted: the end-to-end rows spread their jobs over many users, as a
+# service's traffic is, and run under the cap as shipped.
 LIFTED_LIMITS = {
     **dict.fromkeys(GENEROUS_RATE_LIMIT_ENV, "100000000/minute"),
     "JOBS_MAX_ACTIVE_PER_USER": "1000000000",
     # The fan-out and memory scenarios open hundreds of sockets per user.
     "WS_MAX_CONNECTIONS_PER_USER": "100000",
-    "JOBS_MAX_RUNNING_PER_USER": "1000000000",
 }
 # What the worker logs (at INFO, as shipped) once it consumes.
 WORKER_READY = " ready."

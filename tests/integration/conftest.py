@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from api.main import create_app
 from api.settings import ApiSettings
 from devharness.ratelimits import GENEROUS_RATE_LIMITS
+from worker.resources import Resources, build
+from worker.settings import WorkerSettings
 
 PASSWORD = "correct horse battery staple"
 
@@ -132,3 +134,32 @@ async def db_engine(settings: ApiSettings) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(settings.database_url)
     yield engine
     await engine.dispose()
+
+
+WorkerResourcesFactory = Callable[..., Resources]
+
+
+@pytest.fixture(scope="module")
+def worker_resources_factory(
+    database_url: str, redis_url: str, redis_key_prefix: str, jwt_secret: str
+) -> Iterator[WorkerResourcesFactory]:
+    """The worker's engine and Redis client on this run's services, with settings overrides."""
+    built: list[Resources] = []
+
+    def make(**overrides: Any) -> Resources:
+        values = {
+            "environment": "test",
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_key_prefix,
+            "jwt_secret": jwt_secret,
+            **overrides,
+        }
+        settings = WorkerSettings(_env_file=None, **values)
+        built.append(build(settings))
+        return built[-1]
+
+    yield make
+    for resources in built:
+        resources.engine.dispose()
+        resources.redis.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,32 +12,17 @@ from sqlalchemy import insert, select
 
 from common.contracts import events
 from common.models import Job
-from tests.integration.conftest import RegisteredUser
+from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
 from worker.maintenance import purge, sweep
-from worker.resources import Resources, build
-from worker.settings import WorkerSettings
+from worker.resources import Resources
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 
 
 @pytest.fixture(scope="module")
-def resources(
-    database_url: str, redis_url: str, redis_key_prefix: str, jwt_secret: str
-) -> Iterator[Resources]:
+def resources(worker_resources_factory: WorkerResourcesFactory) -> Resources:
     """The worker's engine and Redis client on this run's services, max 3 attempts."""
-    settings = WorkerSettings(
-        _env_file=None,
-        environment="test",
-        database_url=database_url,
-        redis_url=redis_url,
-        redis_key_prefix=redis_key_prefix,
-        jwt_secret=jwt_secret,
-        job_max_attempts=3,
-    )
-    built = build(settings)
-    yield built
-    built.engine.dispose()
-    built.redis.close()
+    return worker_resources_factory(job_max_attempts=3)
 
 
 def _insert_job(resources: Resources, owner_id: str, **values: Any) -> uuid.UUID:

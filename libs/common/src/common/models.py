@@ -61,6 +61,13 @@ class Job(Base):
             "owner_id",
             postgresql_where=text(f"state IN ({ACTIVE_STATES_SQL})"),
         ),
+        # The hand-off's pick: an owner's oldest job held back by the running cap.
+        Index(
+            "ix_jobs_owner_deferred",
+            "owner_id",
+            "created_at",
+            postgresql_where=text("state = 'queued' AND deferred"),
+        ),
         # The sweep's scan: running jobs by lease expiry.
         Index(
             "ix_jobs_running_lease",
@@ -84,6 +91,9 @@ class Job(Base):
     run_id: Mapped[uuid.UUID | None]
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Queued, but held back by its owner's running cap: the finish of one of the
+    # owner's jobs sends it again (`job_finish` and `job_hand_off`, migration 0005).
+    deferred: Mapped[bool] = mapped_column(server_default=text("false"))
     # Correlation of the POST that created the job, for the worker's logs, events
     # and trace; kept on the row because the relay may send the message much later.
     request_id: Mapped[str | None] = mapped_column(String(128))

@@ -58,7 +58,7 @@ from worker.runner import (
     LeaseLost,
     TransientJobError,
     claim,
-    send_next_of_owner,
+    hand_off,
 )
 from worker.settings import WorkerSettings, get_settings
 
@@ -204,8 +204,8 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     try:
         _run(task, run)
     finally:
-        # This owner's turn is over: their next job goes to the end of the queue.
-        send_next_of_owner(resources.engine, task.app, owner_id=run.owner_id)
+        # This owner's turn is over: a job the cap held back goes to the end of the queue.
+        hand_off(resources.engine, task.app, run)
 
 
 def _run(task: Task[Any, Any], run: JobRun) -> None:

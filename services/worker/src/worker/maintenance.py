@@ -7,7 +7,8 @@ once (row locks with SKIP LOCKED, or single guarded UPDATEs).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy import Engine, text
@@ -16,6 +17,7 @@ from common import publisher
 from common.broker import send_queued_job
 from common.contracts import events
 from worker.resources import Resources
+from worker.runner import send_next_of_owner
 
 _logger = logging.getLogger("worker.maintenance")
 
@@ -81,6 +83,8 @@ class Tally:
     failed: int = 0
     cancelled: int = 0
     purged: int = 0
+    # Owners whose lapsed job freed a running slot: a job the cap held back may go.
+    freed: set[uuid.UUID] = field(default_factory=set)
 
 
 def relay(
@@ -112,6 +116,7 @@ def sweep(resources: Resources, *, batch: int = 200) -> Tally:
             _SWEEP, {"max_attempts": settings.job_max_attempts, "batch": batch}
         ).all()
     for row in rows:
+        tally.freed.add(row.owner_id)
         if row.state == "queued":
             tally.requeued += 1
             event_type = events.JOB_REQUEUED
@@ -148,6 +153,8 @@ def run_once(resources: Resources, celery: Celery) -> Tally:
     """One round: sweep first (its requeued jobs are sent by the relay right after)."""
     settings = resources.settings
     tally = sweep(resources)
+    for owner_id in tally.freed:
+        send_next_of_owner(resources.engine, celery, owner_id=owner_id)
     tally.sent, tally.send_failed = relay(
         resources.engine,
         celery,

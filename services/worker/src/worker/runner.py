@@ -46,38 +46,22 @@ class TransientJobError(Exception):
     """Raised by a job for a failure worth retrying (a dependency was briefly away)."""
 
 
-# Claims of one owner's jobs take turns (a transaction-scoped advisory lock), so
-# two workers cannot both see the owner under the running cap and both claim.
-_LOCK_OWNER = text(
+# The claim, the finish and the hand-off are functions (migration 0005): each takes
+# its owner's turn (an advisory lock) and then reads a snapshot that sees every
+# claim and finish committed before, so the running cap is exact in one round trip.
+# No row: the job is not queued (any more). `deferred`: the owner is at the cap;
+# the job stays queued, counted as sent, until the finish of one of the owner's
+# running jobs hands it back to the queue (the relay resends it only if that is lost).
+_CLAIM = text("SELECT * FROM job_claim(:id, :run_id, :lease, :cap)")
+# No row: the job was no longer this run's. `next_id`: the owner's oldest
+# deferred job, already marked sent, for this worker to send.
+_FINISH = text(
     """
-    SELECT pg_advisory_xact_lock(hashtextextended(owner_id::text, 15))
-      FROM jobs WHERE id = :id AND state = 'queued'
-    """
-)
-_CLAIM_WITHIN_CAP = text(
-    """
-    UPDATE jobs
-       SET state = 'running', run_id = :run_id, attempt = attempt + 1,
-           lease_expires_at = now() + make_interval(secs => :lease),
-           started_at = coalesce(started_at, now()), sent_at = coalesce(sent_at, now())
-     WHERE id = :id AND state = 'queued'
-       AND (SELECT count(*) FROM jobs AS mine
-             WHERE mine.owner_id = jobs.owner_id AND mine.state = 'running') < :cap
-    RETURNING owner_id, kind, params, attempt, cancel_requested, request_id, traceparent
+    SELECT * FROM job_finish(:id, :run_id, :state, CAST(:result AS jsonb), :error,
+                             CAST(:final_progress AS smallint))
     """
 )
-# A deferred job counts as sent: the hand-off (`send_next_of_owner`) sends it
-# again, and the relay only if that message is lost (`JOB_RESEND_AFTER_SECONDS`).
-_DEFER = text("UPDATE jobs SET sent_at = now() WHERE id = :id AND state = 'queued'")
-_NEXT_OF_OWNER = text(
-    """
-    UPDATE jobs SET sent_at = now()
-     WHERE id = (SELECT id FROM jobs
-                  WHERE owner_id = :owner_id AND state = 'queued'
-                  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING id, kind, params, request_id, traceparent
-    """
-)
+_HAND_OFF = text("SELECT * FROM job_hand_off(:owner_id)")
 _UNSEND = text("UPDATE jobs SET sent_at = NULL WHERE id = :id AND state = 'queued'")
 _RENEW = text(
     """
@@ -94,15 +78,6 @@ _PROGRESS = text(
     RETURNING cancel_requested
     """
 )
-_FINISH = text(
-    """
-    UPDATE jobs SET state = :state, result = CAST(:result AS jsonb), error = :error,
-           progress = coalesce(CAST(:final_progress AS smallint), progress),
-           finished_at = now(), lease_expires_at = NULL
-     WHERE id = :id AND run_id = :run_id AND state = 'running'
-    RETURNING progress
-    """
-)
 _RELEASE = text(
     """
     UPDATE jobs SET state = 'queued', run_id = NULL, lease_expires_at = NULL, sent_at = now()
@@ -115,7 +90,7 @@ _PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
 # Each statement as psycopg runs it (`%(name)s` parameters), compiled once.
 _DRIVER_SQL = {
     statement: str(statement.compile(dialect=_PSYCOPG))
-    for statement in (_RENEW, _PROGRESS, _FINISH, _RELEASE)
+    for statement in (_CLAIM, _RENEW, _PROGRESS, _FINISH, _RELEASE)
 }
 
 
@@ -179,6 +154,10 @@ class JobRun:
     stop_reason: type[Exception] | None = None
     # The final state this run recorded, if it recorded one (for the metrics).
     outcome: JobState | None = None
+    # The owner's held-back job that the finish took, to send when the run is over.
+    next_job: NextJob | None = None
+    # Whether the run gave the job back for a retry (its slot is free too).
+    released: bool = False
 
     def publish(self, type_: str, **data: Any) -> None:
         """Publish an event about this job; a Redis failure is logged, not raised."""
@@ -227,7 +206,11 @@ class JobRun:
             raise self.stop_reason(f"job {self.job_id}")
 
     def finish(self, state: JobState, *, result: Any = None, error: str | None = None) -> bool:
-        """Record the outcome; False if the job was no longer this run's to finish."""
+        """Record the outcome; False if the job was no longer this run's to finish.
+
+        The same call takes the owner's oldest job the running cap held back, if
+        any, for `hand_off` to send once this run is over.
+        """
         row = self._write(
             _FINISH,
             state=state.value,
@@ -238,12 +221,29 @@ class JobRun:
         if row is None:
             return False
         self.outcome = state
+        if row.next_id is not None:
+            self.next_job = NextJob(
+                row.next_id, row.next_kind, row.next_params, row.next_request_id,
+                row.next_traceparent,
+            )  # fmt: skip
         return True
 
     def release(self) -> bool:
         """Give the job back to the queue (for a retry); False if it was no longer ours."""
         _, matched = _execute(self.engine, _RELEASE, {"id": self.job_id, "run_id": self.run_id})
-        return matched == 1
+        self.released = matched == 1
+        return self.released
+
+
+@dataclass(frozen=True)
+class NextJob:
+    """An owner's job the running cap held back, marked sent again: a `QueuedJob` to send."""
+
+    id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    request_id: str | None
+    traceparent: str | None
 
 
 class Deferred(Exception):
@@ -259,16 +259,17 @@ def claim(
     `JOBS_MAX_RUNNING_PER_USER` jobs running already.
     """
     run_id = uuid.uuid4()
-    values = {"id": job_id, "run_id": run_id, "lease": settings.job_lease_seconds}
-    with engine.begin() as connection:
-        if connection.execute(_LOCK_OWNER, {"id": job_id}).first() is None:
-            return None  # not queued (any more)
-        row = connection.execute(
-            _CLAIM_WITHIN_CAP, {**values, "cap": settings.jobs_max_running_per_user}
-        ).first()
-        if row is None:
-            connection.execute(_DEFER, {"id": job_id})
-            raise Deferred(str(job_id))
+    params = {
+        "id": job_id,
+        "run_id": run_id,
+        "lease": settings.job_lease_seconds,
+        "cap": settings.jobs_max_running_per_user,
+    }
+    row, _ = _execute(engine, _CLAIM, params)
+    if row is None:
+        return None  # not queued (any more)
+    if row.deferred:
+        raise Deferred(str(job_id))
     return JobRun(
         job_id=job_id,
         owner_id=row.owner_id,
@@ -339,20 +340,38 @@ def _renew(run: JobRun) -> None:
 _keeper = _LeaseKeeper()
 
 
-def send_next_of_owner(engine: Engine, celery: Any, *, owner_id: uuid.UUID) -> None:
-    """After one of the owner's runs: send their oldest queued job (to the queue's end).
+def hand_off(engine: Engine, celery: Any, run: JobRun) -> None:
+    """After a run: send the owner's job that the running cap held back, if any.
 
-    A broker failure leaves the job unsent, for the relay.
+    The finish took it already (`next_job`); a run that gave its job back for a
+    retry freed its slot too, and takes one here. A run that lost its lease or
+    could not record its end freed nothing of its own.
+    """
+    if run.next_job is not None:
+        _send_next(engine, celery, run.next_job)
+    elif run.released:
+        send_next_of_owner(engine, celery, owner_id=run.owner_id)
+
+
+def send_next_of_owner(engine: Engine, celery: Any, *, owner_id: uuid.UUID) -> None:
+    """Send the owner's oldest job that the running cap held back, if there is one.
+
+    For a slot freed other than by a finish (a release, the sweep).
     """
     with _autocommit(engine) as connection:
-        row = connection.execute(_NEXT_OF_OWNER, {"owner_id": owner_id}).first()
-        if row is None:
-            return
-        try:
-            send_queued_job(celery, row)
-        except Exception as exc:  # the relay sends what is unsent
-            _logger.warning("next job of owner not sent: %s", type(exc).__name__)
-            connection.execute(_UNSEND, {"id": row.id})
+        row = connection.execute(_HAND_OFF, {"owner_id": owner_id}).first()
+    if row is not None:
+        _send_next(engine, celery, row)
+
+
+def _send_next(engine: Engine, celery: Any, job: Any) -> None:
+    """Send a handed-off job; a broker failure leaves it unsent, for the relay."""
+    try:
+        send_queued_job(celery, job)
+    except Exception as exc:  # the relay sends what is unsent
+        _logger.warning("next job of owner not sent: %s", type(exc).__name__)
+        with _autocommit(engine) as connection:
+            connection.execute(_UNSEND, {"id": job.id})
 
 
 class Heartbeat:
