@@ -291,6 +291,9 @@ class _LeaseKeeper:
 
     A thread started and joined per job cost more CPU than a no-op job's own
     writes; this one starts with the first job and sleeps until a lease is due.
+    A new run wakes it only if it is due before the thread would wake anyway:
+    idle, the thread wakes once per heartbeat, so a run added meanwhile (due a
+    whole heartbeat later) never needs to, and a job costs no thread switch.
     """
 
     def __init__(self) -> None:
@@ -298,6 +301,7 @@ class _LeaseKeeper:
         # run_id -> (run, when its next renewal is due, the context to renew in)
         self._runs: dict[uuid.UUID, tuple[JobRun, float, contextvars.Context]] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0  # when the thread wakes next (monotonic); 0 while it runs
 
     def add(self, run: JobRun) -> None:
         # A thread starts with an empty context: renew in a copy of the job's,
@@ -306,15 +310,20 @@ class _LeaseKeeper:
         with self._changed:
             self._runs[run.run_id] = (run, due, contextvars.copy_context())
             if self._thread is None or not self._thread.is_alive():  # none yet, or forked
-                self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+                self._wakes_at = 0.0
+                self._thread = threading.Thread(
+                    target=self._loop, args=(run.settings.job_heartbeat_seconds,),
+                    name="lease-keeper", daemon=True,
+                )  # fmt: skip
                 self._thread.start()
-            self._changed.notify()
+            elif due < self._wakes_at:
+                self._changed.notify()
 
     def remove(self, run: JobRun) -> None:
         with self._changed:
             self._runs.pop(run.run_id, None)
 
-    def _loop(self) -> None:
+    def _loop(self, idle_seconds: float) -> None:
         while True:
             with self._changed:
                 now = time.monotonic()
@@ -322,8 +331,10 @@ class _LeaseKeeper:
                 for run, ctx in due:
                     self._runs[run.run_id] = (run, now + run.settings.job_heartbeat_seconds, ctx)
                 if not due:
-                    wake = min((at for _, at, _ in self._runs.values()), default=None)
-                    self._changed.wait(None if wake is None else wake - now)
+                    wake = min((at for _, at, _ in self._runs.values()), default=now + idle_seconds)
+                    self._wakes_at = wake
+                    self._changed.wait(wake - now)
+                    self._wakes_at = 0.0
                     continue
             for run, ctx in due:
                 ctx.run(_renew, run)
