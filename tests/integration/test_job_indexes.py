@@ -1,13 +1,19 @@
-"""The intake's per-user active-job count reads only active jobs, not a user's whole history."""
+"""The intake's per-user active-job count reads only active jobs, not a user's whole history.
+
+The count runs inside `job_intake` (a PL/pgSQL function), whose plans EXPLAIN
+does not show: auto_explain sends each nested statement's plan to the client
+as a NOTICE instead, for this transaction only.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.jobs.intake import _INSERT
+from api.jobs.intake import _INTAKE
 from common.contracts.jobs import JobState
 from common.contracts.kinds import DEMO_COUNTDOWN
 from common.db import driver_connection
@@ -22,10 +28,11 @@ class TestActiveJobCount:
         self, db_engine: AsyncEngine
     ) -> None:
         owner = uuid.uuid4()
-        row = (
-            [uuid.uuid4()], [owner], [DEMO_COUNTDOWN], [json.dumps({})], [None], ["hash"],
-            [None], [None], 100, JobState.QUEUED.value,
+        row: tuple[Any, ...] = (
+            [owner], [], [uuid.uuid4()], [owner], [DEMO_COUNTDOWN], [json.dumps({})], [None],
+            ["hash"], [None], [None], 100, JobState.QUEUED.value,
         )  # fmt: skip
+        plans: list[str] = []
         async with driver_connection(db_engine) as connection:
             # Rolled back: no queued job is left for another test's worker.
             transaction = connection.transaction()
@@ -44,9 +51,25 @@ class TestActiveJobCount:
                     owner, DEMO_COUNTDOWN, FINISHED + 3,
                 )  # fmt: skip
                 await connection.execute("ANALYZE jobs")
-                # EXPLAIN plans the statement with these values and runs nothing.
-                plan = "\n".join(r[0] for r in await connection.fetch("EXPLAIN " + _INSERT, *row))
+                await connection.execute(
+                    "LOAD 'auto_explain'; SET LOCAL auto_explain.log_min_duration = 0;"
+                    " SET LOCAL auto_explain.log_nested_statements = on;"
+                    " SET LOCAL auto_explain.log_level = notice;"
+                    " SET LOCAL client_min_messages = notice"
+                )
+
+                def collect(_: Any, message: Any) -> None:
+                    plans.append(str(message))
+
+                connection.add_log_listener(collect)
+                try:
+                    [inserted] = await connection.fetch(_INTAKE, *row)
+                finally:
+                    connection.remove_log_listener(collect)
             finally:
                 await transaction.rollback()
 
-        assert "ix_jobs_owner_active" in plan, plan
+        assert not inserted["existed"]
+        counts = [plan for plan in plans if "count(*)" in plan and "owner_id" in plan]
+        assert counts, plans
+        assert all("ix_jobs_owner_active" in plan for plan in counts), counts

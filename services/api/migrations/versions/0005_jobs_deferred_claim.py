@@ -1,4 +1,4 @@
-"""jobs: deferred queued jobs, and the claim, finish and hand-off as one call each
+"""jobs: deferred queued jobs; the intake, claim, finish and hand-off as one call each
 
 Revision ID: 0005
 Revises: 0004
@@ -10,6 +10,9 @@ lock), and a finish that, holding the same turn, hands the owner's oldest
 deferred job back to the queue. In one SQL statement the count would read the
 snapshot taken before the lock was granted; in a PL/pgSQL function each
 statement takes a fresh one, so the whole exchange is one round trip and exact.
+
+The API's intake round (locks, the previous round's `sent_at`, the insert)
+is one call too, instead of BEGIN, two statements and COMMIT.
 
 A job the cap held back stays `queued` with `deferred` set: the finish of the
 owner's running job sends it again (only then, so no job is sent twice when
@@ -84,6 +87,8 @@ END
 $$
 """
 
+# The owner's turn first, then the row: no function here waits for the lock while it
+# holds a row lock (a claim waiting on that row would close a cycle).
 _FINISH = """
 CREATE FUNCTION job_finish(p_job uuid, p_run uuid, p_state varchar, p_result jsonb,
                            p_error text, p_final_progress smallint)
@@ -95,19 +100,92 @@ DECLARE
     v_owner uuid;
     v_progress smallint;
 BEGIN
+    SELECT j.owner_id INTO v_owner
+      FROM jobs AS j WHERE j.id = p_job AND j.run_id = p_run AND j.state = 'running';
+    IF NOT FOUND THEN
+        RETURN;  -- no longer this run's job: no row
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(v_owner::text, 15));
     UPDATE jobs AS j
        SET state = p_state, result = p_result, error = p_error,
            progress = coalesce(p_final_progress, j.progress),
            finished_at = now(), lease_expires_at = NULL
      WHERE j.id = p_job AND j.run_id = p_run AND j.state = 'running'
-    RETURNING j.owner_id, j.progress INTO v_owner, v_progress;
+    RETURNING j.progress INTO v_progress;
     IF NOT FOUND THEN
-        RETURN;  -- no longer this run's job: no row
+        RETURN;
     END IF;
-    -- The owner's turn, then their oldest deferred job (none unless the cap held one back).
+    -- Their oldest deferred job (none unless the cap held one back).
     RETURN QUERY
         SELECT v_progress, n.id, n.kind, n.params, n.request_id, n.traceparent
           FROM (SELECT 1) AS one LEFT JOIN job_hand_off(v_owner) AS n ON true;
+END
+$$
+"""
+
+# The API's intake round in one call (api/jobs/intake.py): the per-user locks of
+# the round's owners, in their order (so two API processes cannot deadlock); then
+# the previous round's jobs marked sent; then, with a snapshot that sees every job
+# committed before the locks came, each new job either finds its Idempotency-Key's
+# job or is inserted if its owner stays within the active-job limit (counting the
+# round's earlier jobs of the same owner). Returns the rows found or inserted.
+_INTAKE = """
+CREATE FUNCTION job_intake(
+    p_owners uuid[], p_sent uuid[], p_ids uuid[], p_owner_ids uuid[], p_kinds text[],
+    p_params jsonb[], p_keys text[], p_hashes text[], p_request_ids text[],
+    p_traceparents text[], p_max_active integer, p_state text)
+RETURNS TABLE (ord bigint, existed boolean, id uuid, owner_id uuid, kind varchar,
+               state varchar, progress smallint, params jsonb, result jsonb, error text,
+               request_id varchar, traceparent varchar, request_hash varchar,
+               created_at timestamptz, started_at timestamptz, finished_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('jobs:' || o.owner_id::text, 0))
+       FROM unnest(p_owners) WITH ORDINALITY AS o(owner_id, n)
+      ORDER BY o.n;
+    UPDATE jobs AS j SET sent_at = now() WHERE j.id = ANY(p_sent) AND j.sent_at IS NULL;
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM unnest(p_ids, p_owner_ids, p_kinds, p_params, p_keys, p_hashes,
+                             p_request_ids, p_traceparents)
+               WITH ORDINALITY AS i(id, owner_id, kind, params, idempotency_key,
+                                    request_hash, request_id, traceparent, ord)
+    ),
+    existing AS (
+        SELECT i.ord, j.id
+          FROM input AS i JOIN jobs AS j
+            ON j.owner_id = i.owner_id AND j.idempotency_key = i.idempotency_key
+    ),
+    fresh AS (
+        SELECT i.*, row_number() OVER (PARTITION BY i.owner_id ORDER BY i.ord) AS nth
+          FROM input AS i
+         WHERE i.ord NOT IN (SELECT e.ord FROM existing AS e)
+    ),
+    active AS (
+        SELECT j.owner_id, count(*) AS n
+          FROM jobs AS j
+         WHERE j.owner_id IN (SELECT i.owner_id FROM input AS i)
+           AND j.state IN ('queued', 'running')
+         GROUP BY j.owner_id
+    ),
+    inserted AS (
+        INSERT INTO jobs AS j (id, owner_id, kind, params, idempotency_key, request_hash,
+                               request_id, traceparent, state, progress)
+        SELECT f.id, f.owner_id, f.kind, f.params, f.idempotency_key, f.request_hash,
+               f.request_id, f.traceparent, p_state, 0
+          FROM fresh AS f LEFT JOIN active AS a ON a.owner_id = f.owner_id
+         WHERE coalesce(a.n, 0) + f.nth <= p_max_active
+        RETURNING j.id, j.owner_id, j.kind::varchar, j.state::varchar, j.progress, j.params,
+                  j.result, j.error, j.request_id::varchar, j.traceparent::varchar,
+                  j.request_hash::varchar, j.created_at, j.started_at, j.finished_at
+    )
+    SELECT i.ord, false, ins.* FROM inserted AS ins JOIN input AS i ON i.id = ins.id
+    UNION ALL
+    SELECT e.ord, true, j.id, j.owner_id, j.kind::varchar, j.state::varchar, j.progress,
+           j.params, j.result, j.error, j.request_id::varchar, j.traceparent::varchar,
+           j.request_hash::varchar, j.created_at, j.started_at, j.finished_at
+      FROM existing AS e JOIN jobs AS j ON j.id = e.id;
 END
 $$
 """
@@ -122,6 +200,7 @@ def upgrade() -> None:
     op.execute(_HAND_OFF)
     op.execute(_CLAIM)
     op.execute(_FINISH)
+    op.execute(_INTAKE)
     # CONCURRENTLY: built while the running release keeps inserting jobs.
     with op.get_context().autocommit_block():
         op.create_index(
@@ -144,6 +223,10 @@ def downgrade() -> None:
             postgresql_concurrently=True,
             if_exists=True,
         )
+    op.execute(
+        "DROP FUNCTION job_intake(uuid[], uuid[], uuid[], uuid[], text[], jsonb[], text[],"
+        " text[], text[], text[], integer, text)"
+    )
     op.execute("DROP FUNCTION job_finish(uuid, uuid, varchar, jsonb, text, smallint)")
     op.execute("DROP FUNCTION job_claim(uuid, uuid, double precision, integer)")
     op.execute("DROP FUNCTION job_hand_off(uuid)")

@@ -5,10 +5,11 @@ the insert, COMMIT and its WAL flush), its own event, its own broker round
 trip and its own `sent_at` update. Here one task per process takes what the
 requests have queued and handles it together:
 
-1. one transaction marks the jobs sent in the previous round, takes the
-   per-user advisory locks (in one order, so two processes cannot deadlock)
-   and inserts the new jobs with their idempotency and active-job checks, in
-   one statement; its commit is one WAL flush for all of them;
+1. one call of a SQL function (`job_intake`, one round trip) takes the
+   per-user advisory locks (in one order, so two processes cannot deadlock),
+   marks the jobs sent in the previous round and inserts the new jobs with
+   their idempotency and active-job checks; its commit is one WAL flush for
+   all of them;
 2. the `job.queued` events and then the messages go out in one Redis
    pipeline (events first: a worker may publish `job.started` as soon as it
    has the message), on the event loop, with no thread and no kombu producer;
@@ -40,64 +41,19 @@ from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
 from common import publisher
 from common.broker import job_message, queue_key
 from common.contracts import events
-from common.contracts.jobs import ACTIVE_STATES_SQL, JobState
+from common.contracts.jobs import JobState
 from common.db import driver_connection
 from common.tracing import is_active as is_tracing
 
 _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
 
-# Mark the previous round's jobs sent, and take the per-user locks in a fixed
-# order: $1 owners (sorted), $2 ids sent.
-_LOCK = """
-WITH marked AS (
-    UPDATE jobs SET sent_at = now() WHERE id = ANY($2::uuid[]) AND sent_at IS NULL
-)
-SELECT pg_advisory_xact_lock(hashtextextended('jobs:' || owner_id::text, 0))
-  FROM unnest($1::uuid[]) WITH ORDINALITY AS owners(owner_id, ord)
- ORDER BY ord
-"""
-# After the locks (so the statement's snapshot sees every job committed
-# before): each input row either finds its Idempotency-Key's job, or is
-# inserted if its owner stays within the active-job limit ($9), counting the
-# batch's earlier jobs of the same owner. Returns the rows found or inserted.
-_INSERT = """
-WITH input AS (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
-        $7::text[], $8::text[]
-    ) WITH ORDINALITY AS i(id, owner_id, kind, params, idempotency_key, request_hash,
-                            request_id, traceparent, ord)
-),
-existing AS (
-    SELECT i.ord, j.id
-      FROM input i JOIN jobs j
-        ON j.owner_id = i.owner_id AND j.idempotency_key = i.idempotency_key
-),
-fresh AS (
-    SELECT i.*, row_number() OVER (PARTITION BY i.owner_id ORDER BY i.ord) AS nth
-      FROM input i
-     WHERE i.ord NOT IN (SELECT ord FROM existing)
-),
-active AS (
-    SELECT owner_id, count(*) AS n
-      FROM jobs
-     WHERE owner_id IN (SELECT owner_id FROM input) AND state IN (ACTIVE_STATES)
-     GROUP BY owner_id
-),
-inserted AS (
-    INSERT INTO jobs (id, owner_id, kind, params, idempotency_key, request_hash,
-                      request_id, traceparent, state, progress)
-    SELECT f.id, f.owner_id, f.kind, f.params, f.idempotency_key, f.request_hash,
-           f.request_id, f.traceparent, $10, 0
-      FROM fresh f LEFT JOIN active a ON a.owner_id = f.owner_id
-     WHERE coalesce(a.n, 0) + f.nth <= $9
-    RETURNING *
-)
-SELECT i.ord, false AS existed, ins.* FROM inserted ins JOIN input i ON i.id = ins.id
-UNION ALL
-SELECT e.ord, true AS existed, j.* FROM existing e JOIN jobs j ON j.id = e.id
-""".replace("ACTIVE_STATES", ACTIVE_STATES_SQL)
+# One round in one call (migration 0005, `job_intake`): the per-user advisory
+# locks of the round's owners in a fixed order, then the previous round's jobs
+# marked sent, then each job found by its Idempotency-Key or inserted if its owner
+# stays within the active-job limit (counted with a snapshot taken after the
+# locks). Returns the rows found or inserted, with their input's 1-based `ord`.
+_INTAKE = "SELECT * FROM job_intake($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 _MARK_SENT = "UPDATE jobs SET sent_at = now() WHERE id = ANY($1::uuid[]) AND sent_at IS NULL"
 
 
@@ -228,7 +184,7 @@ class JobIntake:
         else:
             outcomes = {}
             if sent_ids:
-                await _transaction(self._engine, [(_MARK_SENT, (sent_ids,))])
+                await _statement(self._engine, _MARK_SENT, (sent_ids,))
         for row, request in sent:
             _resolve(request, row, created=True)
         created: list[tuple[JobRow, _Request]] = []
@@ -252,7 +208,7 @@ class JobIntake:
     async def _commit(
         self, requests: list[_Request], sent_ids: list[uuid.UUID]
     ) -> dict[int, tuple[JobRow, bool]]:
-        """One transaction: mark `sent_ids` sent, lock, insert; {index: (row, existed)}."""
+        """One call: lock, mark `sent_ids` sent, insert; {index: (row, existed)}."""
         jobs = [request.job for request in requests]
         owners = sorted({job.owner_id for job in jobs})
         columns = (
@@ -265,12 +221,10 @@ class JobIntake:
             [job.request_id for job in jobs],
             [job.traceparent for job in jobs],
         )
-        records = await _transaction(
+        records = await _statement(
             self._engine,
-            [
-                (_LOCK, (owners, sent_ids)),
-                (_INSERT, (*columns, self._max_active, JobState.QUEUED.value)),
-            ],
+            _INTAKE,
+            (owners, sent_ids, *columns, self._max_active, JobState.QUEUED.value),
         )
         return {
             record["ord"] - 1: (JobRow.from_record(record), record["existed"]) for record in records
@@ -315,23 +269,19 @@ class JobIntake:
         self._sent.extend(created)
 
 
-async def _transaction(engine: AsyncEngine, statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
-    """Run `statements` in one transaction; the last one's rows.
+async def _statement(engine: AsyncEngine, sql: str, args: tuple[Any, ...]) -> Any:
+    """Run one statement, atomic by itself (no BEGIN and COMMIT around it); its rows.
 
-    On the driver's own connection: SQLAlchemy's execution layer around BEGIN,
-    the statements and COMMIT cost more CPU than their work (profiled: half of
-    a lone request's intake). With tracing on, through SQLAlchemy, whose
-    instrumentation traces them like every other query.
+    On the driver's own connection: SQLAlchemy's execution layer costs more
+    CPU than the statement's work (profiled: half of a lone request's intake).
+    With tracing on, through SQLAlchemy, whose instrumentation traces it like
+    every other query.
     """
     if is_tracing():
         async with engine.begin() as connection:
-            for sql, args in statements:
-                result = await connection.exec_driver_sql(sql, args)
+            result = await connection.exec_driver_sql(sql, args)
             return result.mappings().all() if result.returns_rows else []
-    async with driver_connection(engine) as driver, driver.transaction():
-        for sql, args in statements[:-1]:
-            await driver.execute(sql, *args)
-        sql, args = statements[-1]
+    async with driver_connection(engine) as driver:
         return await driver.fetch(sql, *args)
 
 
