@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.jobs.intake import _INTAKE
 from common.contracts.jobs import JobState
 from common.contracts.kinds import DEMO_COUNTDOWN
 from common.db import driver_connection
+from common.jobs_repository import INTAKE
 
 FINISHED = 2000
 
@@ -63,7 +63,7 @@ class TestActiveJobCount:
 
                 connection.add_log_listener(collect)
                 try:
-                    [inserted] = await connection.fetch(_INTAKE, *row)
+                    [inserted] = await connection.fetch(INTAKE, *row)
                 finally:
                     connection.remove_log_listener(collect)
             finally:

@@ -43,7 +43,7 @@ class TestStateMachine:
             (JobState.QUEUED, ["running"]),
             (JobState.RUNNING, ["queued"]),
             (JobState.SUCCEEDED, ["running"]),
-            (JobState.FAILED, ["queued", "running"]),
+            (JobState.FAILED, ["running"]),
             (JobState.CANCELLED, ["queued", "running"]),
         ],
     )

@@ -24,8 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from common.contracts.jobs import ACTIVE_STATES_SQL
+from common.contracts.jobs import ACTIVE_STATES_SQL, JobState
 from common.db import Base
+
+_ALL_STATES = ", ".join(f"'{state.value}'" for state in JobState)
 
 
 class Job(Base):
@@ -34,9 +36,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_range"),
-        CheckConstraint(
-            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state_valid"
-        ),
+        CheckConstraint(f"state IN ({_ALL_STATES})", name="state_valid"),
         # Listing: a user's jobs, newest first, with a stable tie-break.
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
         # One job per (user, Idempotency-Key).
@@ -52,7 +52,7 @@ class Job(Base):
             "ix_jobs_queued_sent",
             "sent_at",
             "created_at",
-            postgresql_where=text("state = 'queued'"),
+            postgresql_where=text(f"state = '{JobState.QUEUED.value}'"),
         ),
         # A user's active jobs, counted for the per-user limit at every intake
         # round: without it the count reads every job the user ever had.
@@ -66,20 +66,22 @@ class Job(Base):
             "ix_jobs_owner_deferred",
             "owner_id",
             "created_at",
-            postgresql_where=text("state = 'queued' AND deferred"),
+            postgresql_where=text(f"state = '{JobState.QUEUED.value}' AND deferred"),
         ),
         # The sweep's scan: running jobs by lease expiry.
         Index(
             "ix_jobs_running_lease",
             "lease_expires_at",
-            postgresql_where=text("state = 'running'"),
+            postgresql_where=text(f"state = '{JobState.RUNNING.value}'"),
         ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(100))
-    state: Mapped[str] = mapped_column(String(16), server_default=text("'queued'"))
+    state: Mapped[str] = mapped_column(
+        String(16), server_default=text(f"'{JobState.QUEUED.value}'")
+    )
     progress: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
+from common import jobs_repository as jobs
 from common.contracts.kinds import (
     DEMO_COUNTDOWN,
     DEMO_FLAKY,
@@ -35,22 +34,6 @@ def flaky(run: JobRun, params: FlakyParams) -> dict[str, Any]:
     return {"attempts": run.attempt}
 
 
-_SUMMARY = text(
-    """
-    SELECT kind, state, count(*) AS jobs,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95,
-           max(seconds) AS max
-      FROM (SELECT kind, state, owner_id, id,
-                   extract(epoch FROM finished_at - started_at) AS seconds
-              FROM jobs) AS timed
-     WHERE owner_id = :owner_id AND id <> :job_id
-     GROUP BY GROUPING SETS ((kind, state), (kind), ())
-     ORDER BY kind NULLS LAST, state NULLS LAST
-    """
-)
-
-
 def _seconds(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
@@ -58,7 +41,9 @@ def _seconds(value: Any) -> float | None:
 def jobs_summary(run: JobRun, params: JobsSummaryParams) -> dict[str, Any]:
     """Per-kind and per-state counts and duration percentiles of the owner's other jobs."""
     with run.engine.connect() as connection:
-        rows = connection.execute(_SUMMARY, {"owner_id": run.owner_id, "job_id": run.job_id}).all()
+        rows = connection.execute(
+            jobs.SUMMARY, {"owner_id": run.owner_id, "job_id": run.job_id}
+        ).all()
     kinds: dict[str, dict[str, Any]] = {}
     total = 0
     for row in rows:

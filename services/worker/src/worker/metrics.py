@@ -37,10 +37,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from common import jobs_repository as jobs
 from common.contracts.jobs import JobState
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ from common.multiproc import (
 from worker.settings import WorkerSettings, get_settings
 
 _logger = logging.getLogger("worker.metrics")
-_OUTBOX_BACKLOG = text("SELECT count(*) FROM jobs WHERE state = 'queued' AND sent_at IS NULL")
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 _serving: list[str] = []
 
@@ -133,7 +133,7 @@ class WorkerCollector(Collector):
     def _outbox_backlog(self) -> int | None:
         try:
             with self._engine.connect() as connection:
-                return int(connection.execute(_OUTBOX_BACKLOG).scalar_one())
+                return int(connection.execute(jobs.OUTBOX_BACKLOG).scalar_one())
         except SQLAlchemyError as exc:
             _logger.warning("outbox backlog unavailable: %s", type(exc).__name__)
             return None

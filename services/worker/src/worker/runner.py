@@ -21,9 +21,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import namedtuple_row
 from redis import Redis
-from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
+from common import jobs_repository as jobs
 from common import publisher
 from common.broker import send_queued_job
 from common.contracts import events
@@ -46,51 +47,11 @@ class TransientJobError(Exception):
     """Raised by a job for a failure worth retrying (a dependency was briefly away)."""
 
 
-# The claim, the finish and the hand-off are functions (migration 0005): each takes
-# its owner's turn (an advisory lock) and then reads a snapshot that sees every
-# claim and finish committed before, so the running cap is exact in one round trip.
-# No row: the job is not queued (any more). `deferred`: the owner is at the cap;
-# the job stays queued, counted as sent, until the finish of one of the owner's
-# running jobs hands it back to the queue (the relay resends it only if that is lost).
-_CLAIM = text("SELECT * FROM job_claim(:id, :run_id, :lease, :cap)")
-# No row: the job was no longer this run's. `next_id`: the owner's oldest
-# deferred job, already marked sent, for this worker to send.
-_FINISH = text(
-    """
-    SELECT * FROM job_finish(:id, :run_id, :state, CAST(:result AS jsonb), :error,
-                             CAST(:final_progress AS smallint))
-    """
-)
-_HAND_OFF = text("SELECT * FROM job_hand_off(:owner_id)")
-_UNSEND = text("UPDATE jobs SET sent_at = NULL WHERE id = :id AND state = 'queued'")
-_RENEW = text(
-    """
-    UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
-     WHERE id = :id AND run_id = :run_id AND state = 'running'
-    RETURNING cancel_requested
-    """
-)
-_PROGRESS = text(
-    """
-    UPDATE jobs SET progress = :progress,
-           lease_expires_at = now() + make_interval(secs => :lease)
-     WHERE id = :id AND run_id = :run_id AND state = 'running'
-    RETURNING cancel_requested
-    """
-)
-_RELEASE = text(
-    """
-    UPDATE jobs SET state = 'queued', run_id = NULL, lease_expires_at = NULL, sent_at = now()
-     WHERE id = :id AND run_id = :run_id AND state = 'running'
-    """
-)
-
-
 _PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
 # Each statement as psycopg runs it (`%(name)s` parameters), compiled once.
 _DRIVER_SQL = {
     statement: str(statement.compile(dialect=_PSYCOPG))
-    for statement in (_CLAIM, _RENEW, _PROGRESS, _FINISH, _RELEASE)
+    for statement in (jobs.CLAIM, jobs.RENEW, jobs.PROGRESS, jobs.FINISH, jobs.RELEASE)
 }
 
 
@@ -187,7 +148,7 @@ class JobRun:
 
     def renew(self) -> None:
         """Extend the lease (the heartbeat); notes a cancel request or a lost lease."""
-        row = self._write(_RENEW, lease=self.settings.job_lease_seconds)
+        row = self._write(jobs.RENEW, lease=self.settings.job_lease_seconds)
         if row is None:
             self._halt(LeaseLost)
         elif row.cancel_requested:
@@ -196,7 +157,7 @@ class JobRun:
     def progress(self, percent: int, **data: Any) -> None:
         """Record progress (0-100), renew the lease, publish; stops on cancel or lost lease."""
         percent = max(0, min(100, int(percent)))
-        row = self._write(_PROGRESS, progress=percent, lease=self.settings.job_lease_seconds)
+        row = self._write(jobs.PROGRESS, progress=percent, lease=self.settings.job_lease_seconds)
         self._check(row)
         self.publish(events.JOB_PROGRESS, progress=percent, **data)
 
@@ -212,7 +173,7 @@ class JobRun:
         any, for `hand_off` to send once this run is over.
         """
         row = self._write(
-            _FINISH,
+            jobs.FINISH,
             state=state.value,
             final_progress=100 if state is JobState.SUCCEEDED else None,
             result=None if result is None else json.dumps(result),
@@ -230,7 +191,7 @@ class JobRun:
 
     def release(self) -> bool:
         """Give the job back to the queue (for a retry); False if it was no longer ours."""
-        _, matched = _execute(self.engine, _RELEASE, {"id": self.job_id, "run_id": self.run_id})
+        _, matched = _execute(self.engine, jobs.RELEASE, {"id": self.job_id, "run_id": self.run_id})
         self.released = matched == 1
         return self.released
 
@@ -265,7 +226,7 @@ def claim(
         "lease": settings.job_lease_seconds,
         "cap": settings.jobs_max_running_per_user,
     }
-    row, _ = _execute(engine, _CLAIM, params)
+    row, _ = _execute(engine, jobs.CLAIM, params)
     if row is None:
         return None  # not queued (any more)
     if row.deferred:
@@ -370,7 +331,7 @@ def send_next_of_owner(engine: Engine, celery: Any, *, owner_id: uuid.UUID) -> N
     For a slot freed other than by a finish (a release, the sweep).
     """
     with _autocommit(engine) as connection:
-        row = connection.execute(_HAND_OFF, {"owner_id": owner_id}).first()
+        row = connection.execute(jobs.HAND_OFF, {"owner_id": owner_id}).first()
     if row is not None:
         _send_next(engine, celery, row)
 
@@ -382,7 +343,7 @@ def _send_next(engine: Engine, celery: Any, job: Any) -> None:
     except Exception as exc:  # the relay sends what is unsent
         _logger.warning("next job of owner not sent: %s", type(exc).__name__)
         with _autocommit(engine) as connection:
-            connection.execute(_UNSEND, {"id": job.id})
+            connection.execute(jobs.UNSEND, {"id": job.id})
 
 
 class Heartbeat:

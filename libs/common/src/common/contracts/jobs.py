@@ -5,8 +5,10 @@
       │          └──▶ queued   (lease expired: the sweep requeues, attempt + 1)
       └──▶ cancelled
 
-Every transition is one guarded `UPDATE ... WHERE state IN (...)`, so a
-redelivered message cannot run a finished job again or move it back.
+Every transition is one guarded statement of `common.jobs_repository`, so a
+redelivered message cannot run a finished job again or move it back;
+`tests/integration/test_job_transitions.py` holds those statements to
+`TRANSITIONS`, every move they make and none they must not.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 ACTIVE_STATES_SQL = ", ".join(f"'{state.value}'" for state in sorted(ACTIVE_STATES))
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.RUNNING: frozenset(
         {JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
     ),

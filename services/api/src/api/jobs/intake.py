@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.jobs.errors import IdempotencyKeyReused, TooManyActiveJobs
-from common import publisher
+from common import jobs_repository, publisher
 from common.broker import job_message, queue_key
 from common.contracts import events
 from common.contracts.jobs import JobState
@@ -47,14 +47,6 @@ from common.tracing import is_active as is_tracing
 
 _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
-
-# One round in one call (migration 0005, `job_intake`): the per-user advisory
-# locks of the round's owners in a fixed order, then the previous round's jobs
-# marked sent, then each job found by its Idempotency-Key or inserted if its owner
-# stays within the active-job limit (counted with a snapshot taken after the
-# locks). Returns the rows found or inserted, with their input's 1-based `ord`.
-_INTAKE = "SELECT * FROM job_intake($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-_MARK_SENT = "UPDATE jobs SET sent_at = now() WHERE id = ANY($1::uuid[]) AND sent_at IS NULL"
 
 
 @dataclass(frozen=True)
@@ -184,7 +176,7 @@ class JobIntake:
         else:
             outcomes = {}
             if sent_ids:
-                await _statement(self._engine, _MARK_SENT, (sent_ids,))
+                await _statement(self._engine, jobs_repository.MARK_SENT, (sent_ids,))
         for row, request in sent:
             _resolve(request, row, created=True)
         created: list[tuple[JobRow, _Request]] = []
@@ -223,7 +215,7 @@ class JobIntake:
         )
         records = await _statement(
             self._engine,
-            _INTAKE,
+            jobs_repository.INTAKE,
             (owners, sent_ids, *columns, self._max_active, JobState.QUEUED.value),
         )
         return {
