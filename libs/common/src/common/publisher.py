@@ -8,6 +8,7 @@ carries the id the stream assigned (the schema and the names are in
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -23,6 +24,7 @@ local payload = '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2)
 redis.call('PUBLISH', KEYS[2], payload)
 return id
 """
+_logger = logging.getLogger("common.publisher")
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
 
 
@@ -53,3 +55,19 @@ async def apublish_event(redis: AsyncRedis, event: Event, *, prefix: str = "") -
     script = redis.register_script(_PUBLISH_LUA)
     event_id = await script(keys=keys, args=[STREAM_MAXLEN, event_body(event)])
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+def publish_quietly(redis: Redis, event: Event, *, prefix: str = "") -> None:
+    """`publish_event`, a failure logged and not raised: the job's state is in Postgres."""
+    try:
+        publish_event(redis, event, prefix=prefix)
+    except Exception as exc:
+        _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
+
+
+async def apublish_quietly(redis: AsyncRedis, event: Event, *, prefix: str = "") -> None:
+    """`apublish_event`, a failure logged and not raised: the job's state is in Postgres."""
+    try:
+        await apublish_event(redis, event, prefix=prefix)
+    except Exception as exc:
+        _logger.warning("event %s not published: %s", event.type, type(exc).__name__)

@@ -85,10 +85,7 @@ def sweep(resources: Resources, *, batch: int = 200) -> Tally:
             state=row.state,
             attempt=row.attempt,
         )
-        try:
-            publisher.publish_event(resources.redis, event, prefix=settings.redis_key_prefix)
-        except Exception as exc:
-            _logger.warning("event %s not published: %s", event_type, type(exc).__name__)
+        publisher.publish_quietly(resources.redis, event, prefix=settings.redis_key_prefix)
     return tally
 
 

@@ -125,10 +125,7 @@ class JobRun:
         event = events.make_event(
             type_, user_id=self.owner_id, job_id=self.job_id, request_id=self.request_id, **data
         )
-        try:
-            publisher.publish_event(self.redis, event, prefix=self.settings.redis_key_prefix)
-        except Exception as exc:  # the state is in Postgres; the event is best effort
-            _logger.warning("event %s not published: %s", type_, type(exc).__name__)
+        publisher.publish_quietly(self.redis, event, prefix=self.settings.redis_key_prefix)
 
     def _write(self, statement: TextClause, **values: Any) -> Any:
         params = {"id": self.job_id, "run_id": self.run_id, **values}
