@@ -14,14 +14,10 @@ from api.jobs import service as jobs_service
 from api.jobs.dependencies import IdempotencyKey
 from api.jobs.schemas import JobCreate, JobKindRead, JobPage, JobRead
 from common.auth import CurrentPrincipal
-from common.contracts import events
 from common.contracts.jobs import JobState
 from common.db import DbEngine, DbSession
-from common.metrics import JOBS_ACCEPTED
 from common.openapi import problem_responses
 from common.ratelimit import rate_limit
-from common.request_context import get_request_id
-from common.tracing import current_traceparent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(429))
 # Reads change nothing: their limit is counted while they run.
@@ -56,12 +52,9 @@ async def create_job(
         params=body.params,
         idempotency_key=idempotency_key,
         settings=settings,
-        request_id=get_request_id(),
-        traceparent=current_traceparent(connection.headers.get("traceparent")),
+        traceparent=connection.headers.get("traceparent"),
     )
-    if created:
-        JOBS_ACCEPTED.labels(job.kind).inc()
-    else:
+    if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobRead.model_validate(job)
@@ -108,7 +101,8 @@ async def list_kinds(settings: Settings) -> list[JobKindRead]:
     responses=problem_responses(401, 404, 422),
 )
 async def get_job(job_id: uuid.UUID, principal: CurrentPrincipal, engine: DbEngine) -> JobRead:
-    return await jobs_service.read_job(engine, owner_id=principal.user_id, job_id=job_id)
+    job = await jobs_service.read_job(engine, owner_id=principal.user_id, job_id=job_id)
+    return JobRead.model_validate(job)
 
 
 @router.post(
@@ -124,17 +118,11 @@ async def cancel_job(
     settings: Settings,
     redis: RedisClient,
 ) -> JobRead:
-    job = await jobs_service.cancel_job(session, owner_id=principal.user_id, job_id=job_id)
-    await session.commit()
-    if job.state == JobState.CANCELLED:
-        await jobs_service.publish_quietly(
-            redis,
-            events.make_event(
-                events.JOB_CANCELLED,
-                user_id=job.owner_id,
-                job_id=job.id,
-                state="cancelled",
-            ),
-            prefix=settings.redis_key_prefix,
-        )
+    job = await jobs_service.cancel_job(
+        session,
+        owner_id=principal.user_id,
+        job_id=job_id,
+        redis=redis,
+        prefix=settings.redis_key_prefix,
+    )
     return JobRead.model_validate(job)

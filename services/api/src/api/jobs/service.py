@@ -21,15 +21,17 @@ from api.jobs.errors import (
     JobNotFound,
 )
 from api.jobs.intake import JobIntake, JobRow, NewJob
-from api.jobs.schemas import JobRead
 from common import publisher
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.contracts.kinds import JOB_KINDS, JobKind
 from common.db import driver_connection, driver_sql
 from common.errors import field_errors
+from common.metrics import JOBS_ACCEPTED
 from common.models import Job
+from common.request_context import get_request_id
 from common.settings import CommonSettings
+from common.tracing import current_traceparent
 
 _logger = logging.getLogger("api.jobs")
 
@@ -87,16 +89,16 @@ async def create_job(
     params: dict[str, Any],
     idempotency_key: str | None,
     settings: CommonSettings,
-    request_id: str | None = None,
     traceparent: str | None = None,
 ) -> tuple[JobRow, bool]:
     """Validate, commit and send a queued job (`api.jobs.intake`); returns (job, created).
 
-    `request_id` and `traceparent` name the creating request; they stay on the
-    row so every message sent for the job (now or by the relay) carries them.
-    With an Idempotency-Key seen before, returns that job (created False) if
-    the body matches and raises `IdempotencyKeyReused` if not;
-    `TooManyActiveJobs` beyond the per-user limit (exact across processes).
+    The row keeps the creating request's id and trace (the current span's, or
+    a valid incoming `traceparent`), so every message sent for the job (now
+    or by the relay) carries them. With an Idempotency-Key seen before,
+    returns that job (created False) if the body matches and raises
+    `IdempotencyKeyReused` if not; `TooManyActiveJobs` beyond the per-user
+    limit (exact across processes).
     """
     params = validate_job(kind, params, settings=settings)
     job = NewJob(
@@ -105,10 +107,13 @@ async def create_job(
         params=params,
         idempotency_key=idempotency_key,
         request_hash=request_hash(kind, params),
-        request_id=request_id,
-        traceparent=traceparent,
+        request_id=get_request_id(),
+        traceparent=current_traceparent(traceparent),
     )
-    return await intake.submit(job)
+    row, created = await intake.submit(job)
+    if created:
+        JOBS_ACCEPTED.labels(row.kind).inc()
+    return row, created
 
 
 async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
@@ -121,7 +126,7 @@ async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> 
 
 # Built once, for the driver: the hot read is one prepared statement (job_id, owner_id).
 _READ_JOB = driver_sql(
-    select(*(Job.__table__.c[name] for name in JobRead.model_fields)).where(
+    select(*(Job.__table__.c[name] for name in JobRow.__dataclass_fields__)).where(
         Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
     ),
     "job_id",
@@ -129,13 +134,13 @@ _READ_JOB = driver_sql(
 )
 
 
-async def read_job(engine: AsyncEngine, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> JobRead:
-    """The caller's job as the API shows it, in one statement; `JobNotFound` otherwise."""
+async def read_job(engine: AsyncEngine, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> JobRow:
+    """The caller's job, in one statement; `JobNotFound` otherwise."""
     async with driver_connection(engine) as connection:
         row = await connection.fetchrow(_READ_JOB, job_id, owner_id)
     if row is None:
         raise JobNotFound(f"No job {job_id}.")
-    return JobRead.model_validate(dict(row))
+    return JobRow.from_record(row)
 
 
 async def get_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
@@ -197,7 +202,33 @@ async def list_jobs(
     return jobs[:limit], next_cursor
 
 
-async def cancel_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+async def cancel_job(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    redis: Redis,
+    prefix: str,
+) -> Job:
+    """Cancel the caller's job (`request_cancel`) and commit; announce a cancelled job.
+
+    `job.cancelled` goes out once the cancel is committed; a job asked to stop
+    is announced by the worker when it does.
+    """
+    job = await request_cancel(session, owner_id=owner_id, job_id=job_id)
+    await session.commit()
+    if job.state == JobState.CANCELLED:
+        await publish_quietly(
+            redis,
+            events.make_event(
+                events.JOB_CANCELLED, user_id=job.owner_id, job_id=job.id, state="cancelled"
+            ),
+            prefix=prefix,
+        )
+    return job
+
+
+async def request_cancel(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     """Cancel a queued job now, or ask a running one to stop at its next checkpoint.
 
     Both are single guarded UPDATEs, so a cancel racing the worker's claim or
