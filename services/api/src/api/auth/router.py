@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Response, status
 from starlette.requests import HTTPConnection
 
 from api.auth import service as auth_service
@@ -15,7 +14,7 @@ from api.auth.schemas import LoginForm, RefreshRequest, TokenResponse
 from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
 from api.users import service as users_service
 from api.users.schemas import UserCreate, UserRead
-from common.db import DbSession, SessionFactory
+from common.db import DbSession
 from common.openapi import problem_responses
 from common.ratelimit import client_ip, rate_limit
 
@@ -78,12 +77,6 @@ def publish_password_rule(app: FastAPI, *, min_length: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def _record_login(sessions: SessionFactory, user_id: uuid.UUID) -> None:
-    async with sessions() as session:
-        await users_service.record_login(session, user_id=user_id)
-        await session.commit()
-
-
 @router.post(
     "/token",
     summary="Log in (OAuth2 password flow)",
@@ -93,10 +86,8 @@ async def _record_login(sessions: SessionFactory, user_id: uuid.UUID) -> None:
 async def token(
     form: Annotated[LoginForm, Depends()],
     response: Response,
-    background: BackgroundTasks,
     connection: HTTPConnection,
     session: DbSession,
-    sessions: SessionFactory,
     settings: Settings,
     hasher: Hasher,
     limiter: Limiter,
@@ -105,14 +96,12 @@ async def token(
     prefix = settings.redis_key_prefix
     attempt = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
     await throttle.refuse_unless_known(redis, attempt, prefix=prefix)
-    user, pair = await auth_service.login(
+    pair = await auth_service.login(
         session, settings, email=form.username, password=form.password, hasher=hasher
     )
     await throttle.record_success(
         limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days
     )
-    # After the response: the login does not wait for this bookkeeping write.
-    background.add_task(_record_login, sessions, user.id)
     return _token_response(response, pair)
 
 

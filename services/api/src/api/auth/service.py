@@ -60,11 +60,12 @@ async def login(
     email: str,
     password: str,
     hasher: PasswordHasher,
-) -> tuple[User, TokenPair]:
-    """Check the credentials and start a new token family; one error for every failure.
+) -> TokenPair:
+    """Check the credentials, record the login and start a new token family.
 
-    A hash made with other Argon2 parameters than the current ones is replaced,
-    in the same transaction, by the one the check computed.
+    One error for every failure. A hash made with other Argon2 parameters than
+    the current ones is replaced, in the same transaction, by the one the
+    check computed; `last_login_at` is set in that transaction too.
     """
     user = await users_service.get_user_by_email(session, email)
     # The connection goes back to the pool while the hash waits and runs (up to
@@ -77,7 +78,8 @@ async def login(
         raise InvalidCredentials("Incorrect email or password.")
     if rehashed is not None:
         user.password_hash = rehashed
-    return user, await _issue_pair(session, settings, user_id=user.id, family_id=uuid.uuid4())
+    await users_service.record_login(session, user_id=user.id)
+    return await _issue_pair(session, settings, user_id=user.id, family_id=uuid.uuid4())
 
 
 async def refresh(session: AsyncSession, settings: ApiSettings, *, refresh_token: str) -> TokenPair:
