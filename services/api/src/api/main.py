@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api import docs
 from api.auth.passwords import PasswordHasher
-from api.auth.router import publish_password_rule
+from api.auth.router import password_router, publish_password_rule
 from api.auth.router import router as auth_router
 from api.capacity import hashing_plan, memory_budget
 from api.jobs.intake import JobIntake
@@ -160,6 +160,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(create_metrics_router(token=settings.metrics_token))
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(password_router)
     app.include_router(jobs_router)
     app.include_router(realtime_router)
     publish_password_rule(app, min_length=settings.password_min_length)

@@ -2,8 +2,7 @@
 
 Unauthorized (401, WWW-Authenticate: Bearer)
 ├── InvalidCredentials     wrong email or password (same answer for both)
-├── InvalidRefreshToken    unknown, expired, revoked or reused refresh token
-└── InactiveUser           the account behind a valid token is disabled or gone
+└── InvalidRefreshToken    unknown, expired, revoked or reused refresh token
 WrongPassword (403)        the current password given to change it is wrong
 HashingBusy (503, Retry-After)  the password hashing budget stayed full for the whole wait
 └── HashingFailed               the hashing process ended before it answered
@@ -24,12 +23,6 @@ class InvalidRefreshToken(Unauthorized):
     """Raised when a refresh token cannot be used."""
 
     title = "Invalid refresh token"
-
-
-class InactiveUser(Unauthorized):
-    """Raised when the token's user no longer exists or is disabled."""
-
-    title = "Inactive user"
 
 
 class WrongPassword(Forbidden):

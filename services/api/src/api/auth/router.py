@@ -1,4 +1,8 @@
-"""/v1/auth: register, token (OAuth2 password flow), refresh, logout."""
+"""/v1/auth: register, token (OAuth2 password flow), refresh, logout; and /v1/users/me/password.
+
+The password change sits under /v1/users but is auth's: it hashes, and ends
+every session (`password_router`, mounted beside `api.users.router`).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ from starlette.requests import HTTPConnection
 
 from api.auth import service as auth_service
 from api.auth import throttle
-from api.auth.dependencies import CurrentUser
-from api.auth.schemas import LoginForm, RefreshRequest, TokenResponse
+from api.auth.schemas import LoginForm, PasswordChange, RefreshRequest, TokenResponse, UserCreate
 from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
-from api.users import service as users_service
-from api.users.schemas import UserCreate, UserRead
+from api.users.dependencies import CurrentUser
+from api.users.schemas import UserRead
 from common.db import DbSession
 from common.openapi import problem_responses
 from common.ratelimit import client_ip, rate_limit
@@ -23,7 +26,9 @@ router = APIRouter(
     tags=["auth"],
     responses=problem_responses(429, 503),
 )
-# Anonymous routes count per client address whatever token is sent; logout per user.
+password_router = APIRouter(prefix="/v1/users", tags=["users"], responses=problem_responses(429))
+# Anonymous routes count per client address whatever token is sent; logout and
+# the password change per user.
 _ANONYMOUS = [rate_limit("auth", by_ip=True)]
 _AUTHENTICATED = [rate_limit("auth")]
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -46,7 +51,7 @@ def _token_response(response: Response, pair: auth_service.TokenPair) -> TokenRe
 async def register(
     body: UserCreate, session: DbSession, settings: Settings, hasher: Hasher
 ) -> UserRead:
-    user = await users_service.create_user(
+    user = await auth_service.register(
         session,
         email=str(body.email),
         password=body.password,
@@ -139,3 +144,31 @@ async def logout(
     await revocations.revoke_all(user.id)
     # Set on the injected response, so the rate-limit headers are kept too.
     response.headers.update(_NO_STORE)
+
+
+@password_router.post(
+    "/me/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Change the password; every session of the user is signed out",
+    dependencies=_AUTHENTICATED,
+    responses=problem_responses(401, 403, 422, 503),
+)
+async def change_password(
+    body: PasswordChange,
+    user: CurrentUser,
+    session: DbSession,
+    settings: Settings,
+    hasher: Hasher,
+    revocations: Revocations,
+) -> None:
+    """Every refresh token and access token of the user is revoked, this one's too."""
+    await auth_service.change_password(
+        session,
+        user=user,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        hasher=hasher,
+        min_length=settings.password_min_length,
+    )
+    await session.commit()
+    await revocations.revoke_all(user.id)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Form
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from api.auth.passwords import MAX_PASSWORD_CHARS
+from api.users.schemas import EMAIL_MAX_LENGTH
 
 # Every string a client sends is bounded here, before any work or Redis key.
-EMAIL_MAX_LENGTH = 320
 PASSWORD_MAX_LENGTH = MAX_PASSWORD_CHARS
 _SCOPE_MAX_LENGTH = 1024
 _CLIENT_FIELD_MAX_LENGTH = 256
@@ -68,3 +68,32 @@ class RefreshRequest(BaseModel):
     """A refresh token to rotate or revoke."""
 
     refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class UserCreate(BaseModel):
+    """A registration: an email and a password."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "ada@example.com", "password": "correct horse battery"}]
+        }
+    )
+
+    email: EmailStr = Field(max_length=EMAIL_MAX_LENGTH)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+
+
+class PasswordChange(BaseModel):
+    """A new password, with the current one as proof."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"current_password": "correct horse battery", "new_password": "staple gun 1234"}
+            ]
+        },
+    )
+
+    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    new_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)

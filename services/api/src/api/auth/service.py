@@ -1,4 +1,7 @@
-"""Auth: login, refresh-token rotation with reuse detection, logout."""
+"""Auth: registration, login, refresh-token rotation with reuse detection, logout, password change.
+
+Every password is hashed here (`api.auth.passwords`); `api.users` stores the hashes.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth.errors import InactiveUser, InvalidCredentials, InvalidRefreshToken, WrongPassword
+from api.auth.errors import InvalidCredentials, InvalidRefreshToken, WrongPassword
 from api.auth.models import RefreshToken
 from api.auth.passwords import PasswordHasher
 from api.settings import ApiSettings
 from api.users import service as users_service
+from api.users.errors import InactiveUser
 from api.users.models import User
 from common.auth import issue_access_token
 
@@ -51,6 +55,17 @@ async def _issue_pair(
         refresh_token=refresh,
         expires_in=settings.access_token_ttl_seconds,
     )
+
+
+async def register(
+    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher, min_length: int
+) -> User:
+    """Create an account; `WeakPassword`, or `EmailTaken` when the email exists in any case."""
+    users_service.check_password_strength(password, email=email, min_length=min_length)
+    # Hashed before the first query, so no pooled connection is held while the hash
+    # waits for room and runs (a taken email costs a hash; the answer is the same).
+    password_hash = await hasher.hash(password)
+    return await users_service.create_user(session, email=email, password_hash=password_hash)
 
 
 async def login(
@@ -164,7 +179,7 @@ async def change_password(
     if not await hasher.verify(current_password, current_hash):
         raise WrongPassword("The current password is incorrect.")
     new_hash = await hasher.hash(new_password)
-    await session.execute(update(User).where(User.id == user_id).values(password_hash=new_hash))
+    await users_service.set_password_hash(session, user_id=user_id, password_hash=new_hash)
     await revoke_user_families(session, user_id=user_id)
 
 

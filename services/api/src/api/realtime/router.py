@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.auth.dependencies import CurrentUser
 from api.dependencies import RedisClient, Settings
 from api.realtime import service as realtime_service
 from api.realtime.schemas import TicketRead
+from api.users.dependencies import CurrentUser
 from common.auth import CurrentPrincipal
 from common.openapi import problem_responses
 from common.ratelimit import rate_limit

@@ -26,11 +26,10 @@ from sqlalchemy import func, update
 from api.auth.service import revoke_user_families
 from api.settings import ApiSettings, get_settings
 from api.users.models import User
+from api.users.schemas import EMAIL_MAX_LENGTH
 from common.db import create_engine, create_session_factory
 from common.redis import create_redis
 from common.revocation import Revocations
-
-_MAX_EMAIL = 320  # as the API's own schemas bound it
 
 
 async def set_active(settings: ApiSettings, email: str, *, active: bool) -> uuid.UUID | None:
@@ -69,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["disable", "enable"])
     parser.add_argument("email")
     args = parser.parse_args(argv)
-    if len(args.email) > _MAX_EMAIL:
-        parser.error(f"email: at most {_MAX_EMAIL} characters")
+    if len(args.email) > EMAIL_MAX_LENGTH:
+        parser.error(f"email: at most {EMAIL_MAX_LENGTH} characters")
     active = args.action == "enable"
     user_id = asyncio.run(set_active(get_settings(), args.email, active=active))
     if user_id is None:

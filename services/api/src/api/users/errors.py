@@ -2,12 +2,14 @@
 
 AppError
 ├── EmailTaken (409)      the email is registered already, in any letter case
-└── WeakPassword (422)    the password breaks a strength rule
+├── WeakPassword (422)    the password breaks a strength rule
+└── Unauthorized (401, WWW-Authenticate: Bearer)
+    └── InactiveUser      the account behind a valid token is disabled or gone
 """
 
 from __future__ import annotations
 
-from common.errors import AppError, Conflict
+from common.errors import AppError, Conflict, Unauthorized
 
 
 class EmailTaken(Conflict):
@@ -21,3 +23,9 @@ class WeakPassword(AppError):
 
     status = 422
     title = "Password too weak"
+
+
+class InactiveUser(Unauthorized):
+    """Raised when the token's user no longer exists or is disabled."""
+
+    title = "Inactive user"

@@ -1,4 +1,7 @@
-"""Users: registration, lookup, password rules."""
+"""Users: lookup, creation, password rules; the users table's queries.
+
+Hashing is `api.auth`'s: this module stores hashes it is given.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth.passwords import PasswordHasher
 from api.users.errors import EmailTaken, WeakPassword
 from api.users.models import User
 
@@ -43,14 +45,8 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
 
 
-async def create_user(
-    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher, min_length: int
-) -> User:
-    """Register a user; `EmailTaken` when the email exists in any letter case."""
-    check_password_strength(password, email=email, min_length=min_length)
-    # Hashed before the first query, so no pooled connection is held while the hash
-    # waits for room and runs (a taken email costs a hash; the answer is the same).
-    password_hash = await hasher.hash(password)
+async def create_user(session: AsyncSession, *, email: str, password_hash: str) -> User:
+    """Add a user; `EmailTaken` when the email exists in any letter case."""
     if await get_user_by_email(session, email) is not None:
         raise EmailTaken(f"{email} is already registered.")
     user = User(email=email, password_hash=password_hash)
@@ -69,4 +65,13 @@ async def record_login(session: AsyncSession, *, user_id: uuid.UUID) -> None:
     """Set `last_login_at` to now."""
     await session.execute(
         update(User).where(User.id == user_id).values(last_login_at=datetime.now(UTC))
+    )
+
+
+async def set_password_hash(
+    session: AsyncSession, *, user_id: uuid.UUID, password_hash: str
+) -> None:
+    """Store a new password hash for `user_id`."""
+    await session.execute(
+        update(User).where(User.id == user_id).values(password_hash=password_hash)
     )

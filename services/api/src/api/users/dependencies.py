@@ -1,4 +1,7 @@
-"""Auth dependencies: the token-only principal (common) and the loaded, active user."""
+"""Users dependencies: the signed-in user, loaded and checked active.
+
+The token-only principal (no query) is `common.auth.CurrentPrincipal`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from api.auth.errors import InactiveUser
 from api.users import service as users_service
+from api.users.errors import InactiveUser
 from api.users.models import User
 from common.auth import CurrentPrincipal
 from common.db import DbSession
