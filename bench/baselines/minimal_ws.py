@@ -29,10 +29,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from common.auth import InvalidToken, bearer_token, verify_access_token
 from common.contracts.events import user_channel
 from common.settings import CommonSettings, load_settings
-from realtime.serving import UvicornWorker
+from realtime.serving import WebSocketUvicornWorker
 
 
-class StockUvicornWorker(UvicornWorker):
+class StockUvicornWorker(WebSocketUvicornWorker):
     """The realtime worker's uvicorn settings with uvicorn's stock WebSocket protocol."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

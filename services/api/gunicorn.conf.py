@@ -21,7 +21,7 @@ globals().update(
     gunicorn_settings(
         default_port=8000,
         # uvicorn_worker.UvicornWorker, retiring without dropping a request.
-        worker_class="api.serving.UvicornWorker",
+        worker_class="api.serving.RetiringUvicornWorker",
         max_requests=100_000,
         max_requests_jitter=10_000,
     )

@@ -13,7 +13,7 @@ globals().update(
     gunicorn_settings(
         default_port=8001,
         # uvicorn_worker.UvicornWorker with ws_max_size, heartbeats, no compression.
-        worker_class="realtime.serving.UvicornWorker",
+        worker_class="realtime.serving.WebSocketUvicornWorker",
         # Off by default: handshakes count as requests, and recycling a worker
         # closes every socket it holds (1012), making all of them reconnect at once.
         max_requests=0,

@@ -221,7 +221,7 @@ def max_memory_growth_bytes() -> int:
     return int(float(os.environ.get("GUNICORN_MAX_MEMORY_GROWTH_MB", MAX_MEMORY_GROWTH_MB)) * 2**20)
 
 
-class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
+class RetiringUvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """`uvicorn_worker.UvicornWorker` serving with `_Server` and `RetiringHttpToolsProtocol`."""
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {

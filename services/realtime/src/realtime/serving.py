@@ -362,7 +362,7 @@ def websocket_options(settings: RealtimeSettings) -> dict[str, Any]:
     }
 
 
-class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
+class WebSocketUvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """`uvicorn_worker.UvicornWorker` configured by `websocket_options`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
