@@ -44,7 +44,7 @@ from bench.report import Row, make_row
 from bench.scenarios import FORM, register
 from bench.stack import PASSWORD, Stack, Web
 from common.auth import issue_access_token
-from common.contracts.kinds import DEMO_COUNTDOWN
+from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
 from devharness.cgroups import memory_cgroup_or_reason
 from devharness.realtime import open_idle_sockets

@@ -22,7 +22,7 @@ from bench import wrk
 from bench.profiles import Profile
 from bench.report import Row, make_row
 from bench.stack import PASSWORD, PYTHON, Stack, Web
-from common.contracts.kinds import DEMO_COUNTDOWN
+from common.contracts.job_kinds import DEMO_COUNTDOWN
 
 NOOP_JOB = {"kind": DEMO_COUNTDOWN, "params": {"steps": 1, "interval": 0}}
 JSON = "application/json"

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from common.broker import create_celery, send_job
-from common.contracts.kinds import DEMO_COUNTDOWN
+from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
 
 PARAMS = {"steps": 1, "interval": 0}

@@ -12,7 +12,7 @@ import pytest
 from redis import Redis
 
 from common.broker import create_celery, job_message, queue_key, send_queued_job
-from common.contracts.kinds import DEMO_COUNTDOWN
+from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
 
 # Differ between any two sends: a fresh tag per message, the sending thread's reply queue.

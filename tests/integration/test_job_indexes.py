@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.contracts.jobs import JobState
-from common.contracts.kinds import DEMO_COUNTDOWN
 from common.db import driver_connection
 from common.jobs_repository import INTAKE
 

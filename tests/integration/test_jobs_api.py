@@ -24,7 +24,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.broker import create_celery
 from common.contracts import events
-from common.contracts.kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
+from common.contracts.job_kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
 from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
 from common.models import Job
 from devservices import free_port

@@ -9,8 +9,7 @@ from pydantic import ValidationError
 
 from api.settings import ApiSettings
 from common.broker import VISIBILITY_TIMEOUT, celery_config
-from common.contracts.jobs import ACTIVE_STATES, FINAL_STATES, TRANSITIONS, JobState, sources_of
-from common.contracts.kinds import (
+from common.contracts.job_kinds import (
     DEMO_COUNTDOWN,
     DEMO_FLAKY,
     JOB_KINDS,
@@ -18,8 +17,9 @@ from common.contracts.kinds import (
     REPORT_JOBS_SUMMARY,
     CountdownParams,
 )
+from common.contracts.jobs import ACTIVE_STATES, FINAL_STATES, TRANSITIONS, JobState, sources_of
 from common.settings import normalize_database_url, to_sync_database_url
-from worker.kinds import JOB_FUNCTIONS
+from worker.job_functions import JOB_FUNCTIONS
 
 
 class TestStateMachine:

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from common.metrics import UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
 from common.middleware import AccessLogMiddleware
-from common.multiproc import ENV_VAR
+from common.prometheus_multiprocess import ENV_VAR
 from tests.support.metrics import Scrape, local_sample
 
 
@@ -129,7 +129,7 @@ class TestMetricsEndpoint:
 _FORKED_WORKERS = textwrap.dedent(
     """
     import os, sys
-    from common.multiproc import (
+    from common.prometheus_multiprocess import (
         mark_process_dead, prepare_multiprocess_dir, remove_multiprocess_dir
     )
     {before}

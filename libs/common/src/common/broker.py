@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
-from common.contracts.kinds import JOB_KINDS, MAX_TIME_LIMIT
+from common.contracts.job_kinds import JOB_KINDS, MAX_TIME_LIMIT
 from common.contracts.tasks import (
     JOBS_QUEUE,
     KIND_HEADER,

@@ -13,7 +13,11 @@ import os
 from typing import Any
 
 from common.logging import logging_config
-from common.multiproc import gunicorn_child_exit, gunicorn_on_exit, prepare_multiprocess_dir
+from common.prometheus_multiprocess import (
+    gunicorn_child_exit,
+    gunicorn_on_exit,
+    prepare_multiprocess_dir,
+)
 
 
 def gunicorn_settings(

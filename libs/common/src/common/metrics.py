@@ -3,7 +3,7 @@ and `GET /metrics`.
 
 Metrics are module-level objects, as prometheus_client intends. Under gunicorn
 (several workers) or Celery's prefork pool every process writes its own files
-in `PROMETHEUS_MULTIPROC_DIR` (see `common.multiproc`) and a scrape sums the
+in `PROMETHEUS_MULTIPROC_DIR` (see `common.prometheus_multiprocess`) and a scrape sums the
 live and dead processes' counters and the live processes' gauges. Without that
 variable (tests in process, `make dev`) the default registry is used.
 
@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from common.errors import problem
-from common.multiproc import is_multiprocess
+from common.prometheus_multiprocess import is_multiprocess
 
 # The route label of a request no route matched (404s, rejected hosts): one
 # value however many paths clients make up, so the label set stays bounded.

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.contracts.kinds import DEMO_KINDS
+from common.contracts.job_kinds import DEMO_KINDS
 
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_SECRETS = frozenset(

@@ -48,7 +48,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
-from common.multiproc import ENV_VAR as SCRATCH_DIR_ENV_VAR
+from common.prometheus_multiprocess import ENV_VAR as SCRATCH_DIR_ENV_VAR
 
 MAX_MEMORY_GROWTH_MB = 128
 WARM_REQUESTS = 1000

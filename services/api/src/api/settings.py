@@ -6,8 +6,8 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
+from api.auth.login_attempts import global_policy_names
 from api.auth.passwords import OWASP_ARGON2ID, Argon2Params
-from api.auth.throttle import global_policy_names
 from common.contracts.realtime import TICKET_TTL_SECONDS
 from common.ratelimit import LimitSpec, LimitSpecs, split_limits
 from common.settings import CommonSettings, load_settings

@@ -37,12 +37,12 @@ from realtime.handshake import (
     resume_point,
 )
 from realtime.hub import Hub
+from realtime.message_rate import MessageRate
 from realtime.serving import CLOSE_NOWAIT_EXTENSION, SEND_NOWAIT_EXTENSION
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
 from realtime.state import realtime_state
 from realtime.streams import StreamId, parse_stream_id
-from realtime.throttle import MessageRate
 
 _logger = logging.getLogger("realtime.socket")
 _START_ATTEMPTS = 3

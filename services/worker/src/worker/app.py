@@ -48,7 +48,7 @@ from common.tracing import (
 )
 from worker import capacity, resources
 from worker import metrics as worker_metrics
-from worker.kinds import JOB_FUNCTIONS
+from worker.job_functions import JOB_FUNCTIONS
 from worker.resources import get_resources
 from worker.runner import (
     Deferred,

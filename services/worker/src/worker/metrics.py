@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication
 from common.contracts.tasks import JOBS_QUEUE
 from common.metrics import JOB_DURATION, JOBS_FINISHED, JOBS_RETRIED, JOBS_RUNNING, JOBS_STARTED
-from common.multiproc import (
+from common.prometheus_multiprocess import (
     ENV_VAR,
     is_alive,
     mark_process_dead,

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Response, status
 from starlette.requests import HTTPConnection
 
+from api.auth import login_attempts
 from api.auth import service as auth_service
-from api.auth import throttle
 from api.auth.schemas import LoginForm, PasswordChange, RefreshRequest, TokenResponse, UserCreate
 from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
 from api.users.dependencies import CurrentUser
@@ -99,12 +99,14 @@ async def token(
     redis: RedisClient,
 ) -> TokenResponse:
     prefix = settings.redis_key_prefix
-    attempt = await throttle.admit_login(limiter, email=form.username, ip=client_ip(connection))
-    await throttle.refuse_unless_known(redis, attempt, prefix=prefix)
+    attempt = await login_attempts.admit_login(
+        limiter, email=form.username, ip=client_ip(connection)
+    )
+    await login_attempts.refuse_unless_known(redis, attempt, prefix=prefix)
     pair = await auth_service.login(
         session, settings, email=form.username, password=form.password, hasher=hasher
     )
-    await throttle.record_success(
+    await login_attempts.record_success(
         limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days
     )
     return _token_response(response, pair)

@@ -23,8 +23,8 @@ from api.jobs.errors import (
 from api.jobs.intake import JobIntake, JobRow, NewJob
 from common import publisher
 from common.contracts import events
+from common.contracts.job_kinds import JOB_KINDS, JobKind
 from common.contracts.jobs import JobState
-from common.contracts.kinds import JOB_KINDS, JobKind
 from common.db import driver_connection, driver_sql
 from common.errors import field_errors
 from common.metrics import JOBS_ACCEPTED

@@ -2,7 +2,7 @@
 
 The API validates `params` against the kind's model before it accepts a job;
 the worker maps the same names to the functions that run them
-(`worker.kinds`). Adding a kind means adding it here and there.
+(`worker.job_functions`). Adding a kind means adding it here and there.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The functions that run each job kind, by the names registered in `common.contracts.kinds`."""
+"""The functions that run each job kind, by the names registered in `common.contracts.job_kinds`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from common import jobs_repository as jobs
-from common.contracts.kinds import (
+from common.contracts.job_kinds import (
     DEMO_COUNTDOWN,
     DEMO_FLAKY,
     REPORT_JOBS_SUMMARY,
