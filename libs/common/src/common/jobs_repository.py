@@ -18,7 +18,8 @@ Who calls what:
 - the worker's maintenance: `TAKE_UNSENT`, `UNMARK_SENT`, `SWEEP`, `PURGE`;
 - the worker's metrics: `OUTBOX_BACKLOG`; the `report.jobs_summary` kind: `SUMMARY`;
 - the API's intake (asyncpg, `$n` parameters): `INTAKE`, `MARK_SENT`;
-- the API's jobs service: `read_job`, `list_query`, `cancel_queued`, `request_cancel`.
+- the API's jobs service: `read_job`, `get_query`, `list_query`, `cancel_queued`,
+  `request_cancel`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, TextClause, Update, bindparam, select, text, tuple_, update
+from sqlalchemy import Select, TextClause, bindparam, select, text, tuple_, update
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from common.contracts.jobs import ACTIVE_STATES_SQL, FINAL_STATES, JobState
 from common.db import driver_sql
@@ -203,7 +205,7 @@ def list_query(
     return query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
 
 
-def cancel_queued(owner_id: uuid.UUID, job_id: uuid.UUID, now: datetime) -> Update:
+def cancel_queued(owner_id: uuid.UUID, job_id: uuid.UUID, now: datetime) -> ReturningUpdate[Job]:
     """queued -> cancelled, at once (the owner's job only); returns the job."""
     return (
         update(Job)
@@ -214,7 +216,7 @@ def cancel_queued(owner_id: uuid.UUID, job_id: uuid.UUID, now: datetime) -> Upda
     )
 
 
-def request_cancel(owner_id: uuid.UUID, job_id: uuid.UUID) -> Update:
+def request_cancel(owner_id: uuid.UUID, job_id: uuid.UUID) -> ReturningUpdate[Job]:
     """A running job is asked to stop at its next checkpoint; returns the job."""
     return (
         update(Job)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.jobs.errors import (
@@ -21,19 +19,17 @@ from api.jobs.errors import (
     JobNotFound,
 )
 from api.jobs.intake import JobIntake, JobRow, NewJob
-from common import publisher
+from common import jobs_repository, publisher
 from common.contracts import events
 from common.contracts.job_kinds import JOB_KINDS, JobKind
 from common.contracts.jobs import JobState
-from common.db import driver_connection, driver_sql
+from common.db import driver_connection
 from common.errors import field_errors
 from common.metrics import JOBS_ACCEPTED
 from common.models import Job
 from common.request_context import get_request_id
 from common.settings import CommonSettings
 from common.tracing import current_traceparent
-
-_logger = logging.getLogger("api.jobs")
 
 
 def enabled_kinds(settings: CommonSettings) -> list[JobKind]:
@@ -116,22 +112,8 @@ async def create_job(
     return row, created
 
 
-async def publish_quietly(redis: Redis, event: events.Event, *, prefix: str) -> None:
-    """Publish an event; a Redis failure is logged, never raised (the state is in Postgres)."""
-    try:
-        await publisher.apublish_event(redis, event, prefix=prefix)
-    except Exception as exc:
-        _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
-
-
 # Built once, for the driver: the hot read is one prepared statement (job_id, owner_id).
-_READ_JOB = driver_sql(
-    select(*(Job.__table__.c[name] for name in JobRow.__dataclass_fields__)).where(
-        Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
-    ),
-    "job_id",
-    "owner_id",
-)
+_READ_JOB = jobs_repository.read_job(list(JobRow.__dataclass_fields__))
 
 
 async def read_job(engine: AsyncEngine, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> JobRow:
@@ -145,7 +127,7 @@ async def read_job(engine: AsyncEngine, *, owner_id: uuid.UUID, job_id: uuid.UUI
 
 async def get_job(session: AsyncSession, *, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     """The caller's job; `JobNotFound` for a missing job and for someone else's alike."""
-    job = await session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
+    job = await session.scalar(jobs_repository.get_query(owner_id, job_id))
     if job is None:
         raise JobNotFound(f"No job {job_id}.")
     return job
@@ -188,15 +170,13 @@ async def list_jobs(
     cursor: str | None,
 ) -> tuple[list[Job], str | None]:
     """The caller's jobs, newest first, one page; keyset pagination on (created_at, id)."""
-    query = select(Job).where(Job.owner_id == owner_id)
-    if state is not None:
-        query = query.where(Job.state == state.value)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    if cursor is not None:
-        created, job_id = _decode_cursor(cursor)
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = jobs_repository.list_query(
+        owner_id,
+        limit=limit + 1,
+        state=None if state is None else state.value,
+        kind=kind,
+        after=None if cursor is None else _decode_cursor(cursor),
+    )
     jobs = list((await session.scalars(query)).all())
     next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
@@ -218,7 +198,7 @@ async def cancel_job(
     job = await request_cancel(session, owner_id=owner_id, job_id=job_id)
     await session.commit()
     if job.state == JobState.CANCELLED:
-        await publish_quietly(
+        await publisher.apublish_quietly(
             redis,
             events.make_event(
                 events.JOB_CANCELLED, user_id=job.owner_id, job_id=job.id, state="cancelled"
@@ -235,22 +215,10 @@ async def request_cancel(session: AsyncSession, *, owner_id: uuid.UUID, job_id: 
     finish can never produce a cancelled-then-succeeded job.
     """
     now = datetime.now(UTC)
-    cancelled = await session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.owner_id == owner_id, Job.state == JobState.QUEUED.value)
-        .values(state=JobState.CANCELLED.value, finished_at=now)
-        .returning(Job)
-        .execution_options(populate_existing=True)
-    )
+    cancelled = await session.scalar(jobs_repository.cancel_queued(owner_id, job_id, now))
     if cancelled is not None:
         return cancelled
-    requested = await session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.owner_id == owner_id, Job.state == JobState.RUNNING.value)
-        .values(cancel_requested=True)
-        .returning(Job)
-        .execution_options(populate_existing=True)
-    )
+    requested = await session.scalar(jobs_repository.request_cancel(owner_id, job_id))
     if requested is not None:
         return requested
     job = await get_job(session, owner_id=owner_id, job_id=job_id)
