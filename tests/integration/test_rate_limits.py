@@ -71,6 +71,21 @@ class TestPolicies:
         assert 1 <= int(denied.headers["retry-after"]) <= 60
         assert denied.headers["ratelimit"].startswith('"reads";r=0;')
 
+    async def test_a_redis_that_lost_the_script_goes_on_counting(
+        self,
+        client_factory: ClientFactory,
+        limited_settings: Callable[..., ApiSettings],
+        redis_url: str,
+    ) -> None:
+        client = await client_factory(create_app(limited_settings(rate_limit_reads="3/minute")))
+        assert await _statuses(client, 1) == [200]
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.script_flush()  # as after a restart without persistence
+        finally:
+            await redis.aclose()
+        assert await _statuses(client, 3) == [200, 200, 429]
+
     async def test_health_is_never_limited(
         self, client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
     ) -> None:

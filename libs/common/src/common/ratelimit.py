@@ -40,7 +40,7 @@ from fastapi.params import Depends as DependsParam
 from limits import RateLimitItem
 from pydantic import AfterValidator
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
@@ -158,12 +158,26 @@ class RateLimiter:
     def __init__(self, redis: Redis, *, key_prefix: str, policies: Mapping[str, Policy]) -> None:
         # The process's own client and pool (and its timeouts), not a second one.
         self._redis = redis
-        self._script = redis.register_script(_HIT_LUA)
+        self._script = redis.register_script(_HIT_LUA)  # loads the script when Redis lost it
         self._key_prefix = f"{key_prefix}ratelimit:mw"
         self.policies = dict(policies)
         # Hit ids, unique across processes (a random prefix) and hits (a counter).
         self._hit_prefix = os.urandom(6).hex()
         self._hits = itertools.count()
+
+    async def _evalsha(self, key: str, *args: Any) -> Any:
+        """The hit script by its digest (EVALSHA as one command).
+
+        redis-py's script object costs about as much client CPU per call as the
+        command itself; it is used only to load the script when Redis lost it
+        (a restart, SCRIPT FLUSH).
+        """
+        try:
+            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._script.sha, 1, key, *args
+            )
+        except NoScriptError:
+            return await self._script(keys=[key], args=list(args))
 
     def _hit_id(self) -> str:
         return f"{self._hit_prefix}{next(self._hits):x}"
@@ -183,10 +197,8 @@ class RateLimiter:
         """
         policy = self.policies[name]
         try:
-            allowed, remaining, reset_us = await self._script(
-                keys=[self._key(policy, key)],
-                args=[policy.item.amount, policy.window * 1_000_000, self._hit_id()],
-            )
+            arguments = (self._key(policy, key), policy.item.amount, policy.window * 1_000_000)
+            allowed, remaining, reset_us = await self._evalsha(*arguments, self._hit_id())
         except (RedisError, OSError) as exc:
             self._note_unavailable(policy, exc)
             if policy.fail_open:

@@ -154,6 +154,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         lifespan=_lifespan(settings),
         debug=False,
+        # FastAPI's own OpenTelemetry layer stays off: `common.tracing` instruments
+        # the app when OTEL is configured, and /metrics is Prometheus'. Off, it
+        # costs no look at the global providers per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(create_health_router())
