@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.main import create_app
 from api.settings import ApiSettings
 from api.users.models import User
+from devharness.polling import eventually
 from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 from tests.support import tokens
-from tests.support.polling import eventually
 from tests.support.problems import assert_problem
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from api.main import create_app
 from api.settings import ApiSettings
 from common.connection_budget import Share, check_connection_budget
+from devharness.polling import eventually
 from tests.integration.conftest import ClientFactory
-from tests.support.polling import eventually
 from worker import resources
 from worker.settings import WorkerSettings
 

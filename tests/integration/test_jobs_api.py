@@ -27,9 +27,9 @@ from common.contracts import events
 from common.contracts.job_kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
 from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
 from common.models import Job
+from devharness.polling import eventually
 from devservices import free_port
 from tests.integration.conftest import ClientFactory, RegisteredUser
-from tests.support.polling import eventually
 from tests.support.problems import assert_problem
 from worker.maintenance import relay
 

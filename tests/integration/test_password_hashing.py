@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.auth.passwords import Argon2Params
 from api.main import create_app
 from api.settings import ApiSettings
-from tests.support.polling import eventually
+from devharness.polling import eventually
 from tests.support.problems import assert_problem
 
 PASSWORD = "correct horse battery staple"

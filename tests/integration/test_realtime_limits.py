@@ -11,11 +11,11 @@ import pytest
 import websockets
 
 from common.auth import issue_access_token
+from devharness.polling import eventually
 from devharness.realtime import Listener, listen, refusal
 from realtime import capacity
 from realtime.settings import RealtimeSettings
 from tests.support.jobs import new_prefix
-from tests.support.polling import eventually
 from tests.support.realtime_server import RunningRealtime, serve_realtime
 
 RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]

@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from common.contracts.events import user_channel
 from common.redis import create_subscriber_redis
+from devharness.polling import eventually
 from realtime.hub import Hub
 from realtime.session import Session
 from realtime.settings import RealtimeSettings
-from tests.support.polling import eventually
 
 LAG = 0.3  # seconds each command to Redis spends in the proxy
 

@@ -9,9 +9,9 @@ import httpx
 
 from api.main import create_app
 from api.settings import ApiSettings
+from devharness.polling import eventually
 from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 from tests.support.jobs import new_prefix
-from tests.support.polling import eventually
 from tests.support.problems import assert_problem
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from common.models import Job
+from devharness.polling import eventually
 from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
-from tests.support.polling import eventually
 from worker.resources import Resources
 from worker.runner import Heartbeat, JobRun, claim
 

@@ -32,6 +32,7 @@ import websockets
 from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
+from devharness.polling import eventually
 from devharness.processes import environment_without, json_records
 from devharness.realtime import listen
 from devharness.services import ROOT
@@ -39,7 +40,6 @@ from scripts import blueprint
 from scripts import cluster as clusters
 from scripts.cluster import Cluster, Host
 from tests.support.jobs import JobsUser
-from tests.support.polling import eventually
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [

@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devharness.polling import eventually
 from devharness.realtime import listen
 from devservices import free_port
 from tests.support.metrics import Scrape, scrape
-from tests.support.polling import eventually
 from tests.system.conftest import Server, ServerFactory
 from tests.system.jobs.conftest import (  # noqa: F401 (fixtures)
     StackFactory,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from devharness.polling import eventually
 from devharness.processes import ManagedProcess
 from devservices import EmbeddedRedis
 from tests.support.jobs import JobsUser
-from tests.support.polling import eventually
 from tests.system.jobs.conftest import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from devharness.polling import eventually
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
-from tests.support.polling import eventually
 from tests.system.conftest import ServerFactory
 from tests.system.jobs.conftest import JobsStack
 

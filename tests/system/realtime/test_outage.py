@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from devharness.polling import eventually
 from devharness.realtime import listen
 from devservices import EmbeddedRedis, free_port
-from tests.support.polling import eventually
 from tests.system.realtime.conftest import ROUTINGS, Realtime, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system

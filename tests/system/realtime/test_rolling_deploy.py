@@ -29,10 +29,10 @@ import pytest
 import websockets
 
 from common.contracts.events import STREAM_MAXLEN
+from devharness.polling import eventually
 from devharness.realtime import Listener, listen, ws_url
 from tests.support.balancer import Backend, Balancer
 from tests.support.jobs import EventTap, JobsUser
-from tests.support.polling import eventually
 from tests.system.conftest import Server, ServerFactory
 from tests.system.jobs.conftest import JobsStack, StackFactory
 from tests.system.realtime.conftest import Realtime, RealtimeFactory

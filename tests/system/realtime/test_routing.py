@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.events import user_channel
+from devharness.polling import eventually
 from devharness.realtime import Listener, listen, ws_url
-from tests.support.polling import eventually
 from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system

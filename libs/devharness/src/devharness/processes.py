@@ -13,12 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar, Self
 
 import psutil
+
+from devharness.polling import eventually
 
 STOP_TIMEOUT = 15.0
 
@@ -35,12 +36,35 @@ def environment_without(*names: str) -> dict[str, str]:
 
 @dataclass
 class ManagedProcess:
-    """A child started in a new session: its Popen, its log file and a name for reports."""
+    """A child started in a new session: its Popen, its log file and a name for reports.
+
+    `stop` signals the whole group, so a Celery worker's pool children go with it;
+    a subclass whose leader stops its own children overrides `terminate`.
+    """
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
     _log_file: IO[bytes] = field(repr=False)
+    stop_timeout: ClassVar[float] = STOP_TIMEOUT
+
+    @classmethod
+    def start(
+        cls, name: str, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
+        **fields: Any,
+    ) -> Self:  # fmt: skip
+        """Start `command` in a new session (its own process group), output to `log_path`."""
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return cls(name, process, log_path, log_file, **fields)
 
     @property
     def pid(self) -> int:
@@ -62,18 +86,29 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
+    def check_running(self, waiting_for: str) -> None:
+        """Raise, with the log, if the process has exited: what it was to do never comes."""
+        if not self.is_running():
+            raise RuntimeError(
+                f"{self.name} exited with {self.process.returncode} before {waiting_for}:\n"
+                + self.log()
+            )
+
     async def wait_for_log(self, needle: str, *, within: float) -> None:
         """Return once `needle` is in the log; raise if the process exits or time runs out."""
-        deadline = time.monotonic() + within
-        while needle not in self.log():
-            if not self.is_running():
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode} before logging "
-                    f"{needle!r}:\n{self.log()}"
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not log {needle!r} within {within:g}s")
-            await asyncio.sleep(0.05)  # poll interval
+
+        async def logged() -> bool:
+            if needle in self.log():
+                return True
+            self.check_running(f"logging {needle!r}")
+            return False
+
+        await eventually(
+            logged,
+            within=within,
+            interval=0.05,
+            explain=lambda: f"{self.name} did not log {needle!r}",
+        )
 
     def kill(self) -> None:
         """SIGKILL the whole group at once (a crash: no cleanup, no acks)."""
@@ -87,14 +122,18 @@ class ManagedProcess:
             return await asyncio.to_thread(self.process.wait, within)
         return None
 
-    async def stop(self, within: float = STOP_TIMEOUT) -> int:
-        """SIGTERM the group and wait; SIGKILL it if the leader outlives `within` seconds."""
+    def terminate(self) -> None:
+        """SIGTERM the whole group."""
         # poll() None means the leader is not reaped yet, so its pid (the group
         # id) cannot belong to anyone else when we signal it.
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGTERM)
-        code = await self.wait_exit(within)
+
+    async def stop(self, within: float | None = None) -> int:
+        """`terminate` and wait; SIGKILL the group if the leader outlives `within` seconds."""
+        self.terminate()
+        code = await self.wait_exit(self.stop_timeout if within is None else within)
         if code is None:
             self.kill()
             code = await asyncio.to_thread(self.process.wait)
@@ -117,17 +156,7 @@ def start_process(
     name: str, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path
 ) -> ManagedProcess:
     """Start `command` in a new session (its own process group), output to `log_path`."""
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return ManagedProcess(name, process, log_path, log_file)
+    return ManagedProcess.start(name, command, env=env, cwd=cwd, log_path=log_path)
 
 
 @dataclass(frozen=True)

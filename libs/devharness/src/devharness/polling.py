@@ -1,0 +1,33 @@
+"""Wait for an eventual condition by polling with a deadline, never a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    within: float = 5.0,
+    interval: float = 0.02,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Call `probe` until it returns something truthy; its value, or TimeoutError.
+
+    A probe stops the wait early by raising (a process that exited will never
+    log the line). `explain()` gives the TimeoutError's text: what was seen last.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = f": {explain()}" if explain is not None else ""
+            raise TimeoutError(f"condition not met within {within:g}s{detail}")
+        await asyncio.sleep(interval)
