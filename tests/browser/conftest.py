@@ -25,7 +25,7 @@ from playwright.async_api import (
 
 from devharness.services import ROOT
 from tests.browser.stack import BrowserStack, base_env, start_stack
-from tests.support.jobs import new_prefix
+from tests.fixtures.jobs import new_prefix
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What the machines here need: no sandbox as root, and no background traffic to

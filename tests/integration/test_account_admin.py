@@ -12,8 +12,8 @@ import httpx
 from api.settings import ApiSettings
 from devharness.realtime import listen
 from realtime.settings import RealtimeSettings
+from tests.fixtures.realtime_server import serve_realtime
 from tests.integration.conftest import RegisteredUser
-from tests.support.realtime_server import serve_realtime
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 

@@ -16,9 +16,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from api.users.models import User
 from devharness.polling import eventually
+from tests.fixtures import tokens
+from tests.fixtures.problems import assert_problem
 from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
-from tests.support import tokens
-from tests.support.problems import assert_problem
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 

@@ -21,7 +21,7 @@ from api.auth.passwords import Argon2Params
 from api.main import create_app
 from api.settings import ApiSettings
 from devharness.polling import eventually
-from tests.support.problems import assert_problem
+from tests.fixtures.problems import assert_problem
 
 PASSWORD = "correct horse battery staple"
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]

@@ -15,8 +15,8 @@ from devharness.polling import eventually
 from devharness.realtime import Listener, listen, refusal
 from realtime import capacity
 from realtime.settings import RealtimeSettings
-from tests.support.jobs import new_prefix
-from tests.support.realtime_server import RunningRealtime, serve_realtime
+from tests.fixtures.jobs import new_prefix
+from tests.fixtures.realtime_server import RunningRealtime, serve_realtime
 
 RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
 

@@ -20,9 +20,9 @@ from common.contracts.realtime import ticket_key, ticket_value
 from common.revocation import Revocations
 from devharness.realtime import listen, refusal, ws_url
 from realtime.settings import RealtimeSettings
-from tests.support import tokens
-from tests.support.jobs import new_prefix
-from tests.support.realtime_server import RunningRealtime, serve_realtime
+from tests.fixtures import tokens
+from tests.fixtures.jobs import new_prefix
+from tests.fixtures.realtime_server import RunningRealtime, serve_realtime
 
 ORIGIN = "https://app.example.com"
 RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]

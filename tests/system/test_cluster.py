@@ -39,7 +39,7 @@ from devharness.services import ROOT
 from scripts import blueprint
 from scripts import cluster as clusters
 from scripts.cluster import Cluster, Host
-from tests.support.jobs import JobsUser
+from tests.fixtures.jobs import JobsUser
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 pytestmark = [

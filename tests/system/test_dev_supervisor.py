@@ -28,7 +28,7 @@ from devharness.processes import Snapshot, environment_without
 from devharness.services import ROOT
 from devservices import free_ports
 from devservices._ports import is_listening
-from tests.support.terminal import Terminal
+from tests.fixtures.terminal import Terminal
 
 pytestmark = pytest.mark.system
 PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -11,7 +11,7 @@ import pytest
 
 from devharness.processes import ManagedProcess, start_process
 from devharness.realtime import listen, refusal, ws_url
-from tests.support.jobs import new_prefix
+from tests.fixtures.jobs import new_prefix
 from tests.system.conftest import Credentials, RegisterUser, Server, ServerFactory
 from tests.system.jobs.conftest import CELERY, STARTUP_TIMEOUT
 from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)

@@ -22,8 +22,8 @@ import pytest
 from devharness.processes import ManagedProcess, Snapshot, start_process
 from devharness.services import ROOT
 from devservices._ports import is_listening
-from tests.support.devstack import DevPorts, dev_environment
-from tests.support.terminal import Terminal
+from tests.fixtures.devstack import DevPorts, dev_environment
+from tests.fixtures.terminal import Terminal
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from devharness.processes import environment_without
-from tests.support.checkout import copy_tracked_files
+from tests.fixtures.checkout import copy_tracked_files
 
 pytestmark = pytest.mark.system
 # A cold package cache downloads the whole lock; warm, the install takes about 15 s.

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devharness.polling import eventually
 from devharness.realtime import listen
 from devservices import free_port
-from tests.support.metrics import Scrape, scrape
+from tests.fixtures.metrics import Scrape, scrape
 from tests.system.conftest import Server, ServerFactory
 from tests.system.jobs.conftest import (  # noqa: F401 (fixtures)
     StackFactory,

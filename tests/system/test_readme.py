@@ -25,8 +25,8 @@ import pytest
 
 from devharness.processes import start_process
 from devharness.services import ROOT
-from tests.support.checkout import copy_tracked_files
-from tests.support.devstack import DevPorts, dev_environment, wait_ready
+from tests.fixtures.checkout import copy_tracked_files
+from tests.fixtures.devstack import DevPorts, dev_environment, wait_ready
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 

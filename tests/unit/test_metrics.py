@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from common.metrics import UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
 from common.middleware import AccessLogMiddleware
 from common.prometheus_multiprocess import ENV_VAR
-from tests.support.metrics import Scrape, local_sample
+from tests.fixtures.metrics import Scrape, local_sample
 
 
 def _app(token: str | None = None) -> FastAPI:

@@ -16,7 +16,7 @@ from common.auth import (
     verify_access_token_cached,
 )
 from common.settings import CommonSettings
-from tests.support import tokens
+from tests.fixtures import tokens
 
 
 @pytest.fixture(scope="module")

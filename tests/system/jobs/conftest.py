@@ -31,7 +31,7 @@ from devharness.processes import ManagedProcess, start_process
 from devharness.ratelimits import GENEROUS_RATE_LIMITS
 from devharness.services import ROOT
 from devservices import EmbeddedRedis, free_port
-from tests.support.jobs import EventTap, JobsUser, new_prefix
+from tests.fixtures.jobs import EventTap, JobsUser, new_prefix
 from worker.settings import WorkerSettings
 
 CELERY = ROOT / ".venv" / "bin" / "celery"

@@ -16,7 +16,7 @@ import pytest
 from devharness.polling import eventually
 from devharness.processes import ManagedProcess
 from devservices import EmbeddedRedis
-from tests.support.jobs import JobsUser
+from tests.fixtures.jobs import JobsUser
 from tests.system.jobs.conftest import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from devharness.polling import eventually
-from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
 from tests.system.conftest import ServerFactory
 from tests.system.jobs.conftest import JobsStack
 

@@ -27,7 +27,7 @@ from common.settings import CommonSettings
 from devharness.services import ROOT
 from devservices import free_port
 from realtime.settings import RealtimeSettings
-from tests.support.jobs import new_prefix
+from tests.fixtures.jobs import new_prefix
 from tests.system.conftest import GUNICORN, Server, wait_ready
 from tests.system.jobs.conftest import process_env, stack_factory  # noqa: F401 (fixtures)
 

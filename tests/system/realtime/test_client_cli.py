@@ -16,7 +16,7 @@ import pytest
 
 from common.contracts.events import JOB_QUEUED, JOB_SUCCEEDED
 from jobsclient import ApiClient, ApiError, EventStream
-from tests.support.terminal import Terminal
+from tests.fixtures.terminal import Terminal
 from tests.system.conftest import PYTHON, Credentials, RegisterUser, ServerFactory
 from tests.system.jobs.conftest import StackFactory
 from tests.system.realtime.conftest import RealtimeFactory

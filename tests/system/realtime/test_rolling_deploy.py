@@ -1,6 +1,6 @@
 """A rolling deploy of the API and realtime behind a load balancer, under load, loses nothing.
 
-Clients reach both services through `tests.support.balancer` (health checks on
+Clients reach both services through `tests.fixtures.balancer` (health checks on
 `/health/ready`, new connections to ready backends only), as on a platform.
 Each service is replaced the way a rolling deploy does it: start the new
 gunicorn on a new port, wait until the balancer sees it ready, SIGTERM the
@@ -31,8 +31,8 @@ import websockets
 from common.contracts.events import STREAM_MAXLEN
 from devharness.polling import eventually
 from devharness.realtime import Listener, listen, ws_url
-from tests.support.balancer import Backend, Balancer
-from tests.support.jobs import EventTap, JobsUser
+from tests.fixtures.balancer import Backend, Balancer
+from tests.fixtures.jobs import EventTap, JobsUser
 from tests.system.conftest import Server, ServerFactory
 from tests.system.jobs.conftest import JobsStack, StackFactory
 from tests.system.realtime.conftest import Realtime, RealtimeFactory
