@@ -8,7 +8,7 @@ On a failure, a screenshot of each open page goes to `test-artifacts/browser/`.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from playwright.async_api import (
 from devharness.services import ROOT
 from tests.browser.stack import BrowserStack, base_env, start_stack
 from tests.fixtures.jobs import new_prefix
+from tests.fixtures.reports import call_failed, report_logs
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What the machines here need: no sandbox as root, and no background traffic to
@@ -37,9 +38,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 expect.set_options(timeout=15_000)
 
-_STACK = pytest.StashKey[BrowserStack]()
-_FAILED = pytest.StashKey[bool]()
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if CHROMIUM.exists():
@@ -50,23 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On a failure: a screenshot of every page the test opened, and every process's log."""
-    report = yield
-    if report.failed and report.when == "call":
-        item.stash[_FAILED] = True
-        stack = item.session.stash.get(_STACK, None)
-        if stack is not None:
-            report.sections.extend(stack.logs())
-    return report
-
-
 @pytest.fixture(scope="session")
 async def browser_stack(
-    request: pytest.FixtureRequest,
     database_url: str,
     redis_url: str,
     jwt_secret: str,
@@ -81,7 +64,6 @@ async def browser_stack(
         prefix=new_prefix(redis_key_prefix),
     )
     stack = await start_stack(env, tmp_path_factory.mktemp("browser-stack"))
-    request.session.stash[_STACK] = stack
     yield stack
     await stack.stop()
 
@@ -135,11 +117,15 @@ class Pages:
 
 
 @pytest.fixture
-async def pages(request: pytest.FixtureRequest, browser: Browser) -> AsyncIterator[Pages]:
-    """Fresh browser contexts for one test; screenshots of its pages if it fails."""
+async def pages(
+    request: pytest.FixtureRequest, browser: Browser, browser_stack: BrowserStack
+) -> AsyncIterator[Pages]:
+    """Fresh browser contexts for one test; if it fails, screenshots of its pages, and every
+    process's log in its report."""
+    report_logs(request.node, browser_stack.processes.values())
     opened = Pages(browser)
     yield opened
-    if request.node.stash.get(_FAILED, False):
+    if call_failed(request.node):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^\w.-]+", "_", request.node.name)
         for number, page in enumerate(opened.pages):

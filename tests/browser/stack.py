@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ from pathlib import Path
 import httpx
 
 from api.settings import ApiSettings
+from devharness.polling import eventually
 from devharness.processes import ManagedProcess, start_process
+from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from devharness.services import ROOT
 from devservices import free_port
 from realtime.settings import RealtimeSettings
@@ -27,20 +28,8 @@ from worker.settings import WorkerSettings
 BIN = ROOT / ".venv" / "bin"
 CONSOLE_SERVER = ROOT / "services" / "console" / "serve.py"
 STARTUP_TIMEOUT = 30.0
-# Every browser request comes from 127.0.0.1; the limits are not under test here.
 # Not the default (10): the console must take the rule from the API, not know it.
 PASSWORD_MIN_LENGTH = 12
-GENEROUS_RATE_LIMITS = {
-    "RATE_LIMIT_AUTH": "100000/minute",
-    "RATE_LIMIT_WRITES": "100000/minute",
-    "RATE_LIMIT_READS": "100000/minute",
-    "RATE_LIMIT_LOGIN_IP": "100000/minute",
-    "RATE_LIMIT_LOGIN_ACCOUNT": "1000/minute",
-    "RATE_LIMIT_LOGIN_ACCOUNT_GLOBAL": "100000/minute",
-    "RATE_LIMIT_WS_CONNECT_IP": "100000/minute",
-    "RATE_LIMIT_WS_CONNECT_USER": "100000/minute",
-    "RATE_LIMIT_WS_MESSAGES": "100000/minute",
-}
 
 
 def base_env(*, database_url: str, redis_url: str, jwt_secret: str, prefix: str) -> dict[str, str]:
@@ -65,17 +54,20 @@ def base_env(*, database_url: str, redis_url: str, jwt_secret: str, prefix: str)
 
 async def wait_http(url: str, process: ManagedProcess, *, within: float = STARTUP_TIMEOUT) -> None:
     """Return once `url` answers 200; raise with the log if the process exits or time runs out."""
-    deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=2.0) as client:
-        while True:
-            if not process.is_running():
-                raise RuntimeError(f"{process.name} exited while starting:\n{process.log()}")
+
+        async def answers() -> bool:
+            process.check_running("it was ready")
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{process.name} not ready in {within:g}s:\n{process.log()}")
-            await asyncio.sleep(0.05)  # poll interval
+                return (await client.get(url)).status_code == 200
+            return False
+
+        await eventually(
+            answers,
+            within=within,
+            interval=0.05,
+            explain=lambda: f"{process.name} not ready:\n{process.log()}",
+        )
 
 
 @dataclass
@@ -161,7 +153,8 @@ async def start_stack(env: dict[str, str], log_dir: Path) -> BrowserStack:
     console_port = free_port()
     env = {
         **env,
-        **GENEROUS_RATE_LIMITS,
+        # Every browser request comes from 127.0.0.1; the limits are not under test here.
+        **GENEROUS_RATE_LIMIT_ENV,
         "CORS_ORIGINS": f"http://127.0.0.1:{console_port}",
         "PASSWORD_MIN_LENGTH": str(PASSWORD_MIN_LENGTH),
         "PUBSUB_BACKOFF_MAX_SECONDS": "0.5",

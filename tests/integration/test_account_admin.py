@@ -12,8 +12,8 @@ import httpx
 from api.settings import ApiSettings
 from devharness.realtime import listen
 from realtime.settings import RealtimeSettings
+from tests.fixtures.api import RegisteredUser
 from tests.fixtures.realtime_server import serve_realtime
-from tests.integration.conftest import RegisteredUser
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 

@@ -17,8 +17,8 @@ from api.settings import ApiSettings
 from api.users.models import User
 from devharness.polling import eventually
 from tests.fixtures import tokens
+from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.conftest import PASSWORD
+from tests.fixtures.api import PASSWORD
 
 
 class TestRegisterAndLogin:

@@ -13,7 +13,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.connection_budget import Share, check_connection_budget
 from devharness.polling import eventually
-from tests.integration.conftest import ClientFactory
+from tests.fixtures.api import ClientFactory
 from worker import resources
 from worker.settings import WorkerSettings
 

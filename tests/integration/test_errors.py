@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from api.main import create_app
 from api.settings import ApiSettings
 from common.logging import JsonFormatter
+from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 
 
 class TestRoutingErrors:

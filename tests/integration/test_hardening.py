@@ -11,8 +11,8 @@ from sqlalchemy import text
 from api.main import create_app
 from api.settings import ApiSettings
 from common.db import DbSession
+from tests.fixtures.api import ClientFactory
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import ClientFactory
 
 
 async def _bad_query(session: DbSession) -> None:

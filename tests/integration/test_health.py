@@ -14,7 +14,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.health import Lifecycle
 from devservices import free_port
-from tests.integration.conftest import ClientFactory
+from tests.fixtures.api import ClientFactory
 
 SettingsFactory = Callable[..., ApiSettings]
 

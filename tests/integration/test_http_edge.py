@@ -12,8 +12,8 @@ from starlette.requests import Request
 
 from api.main import create_app
 from api.settings import ApiSettings
+from tests.fixtures.api import ClientFactory
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import ClientFactory
 
 SettingsFactory = Callable[..., ApiSettings]
 TEST_CLIENT_ADDRESS = "203.0.113.7"  # what the ASGI transport of the client fixtures reports

@@ -10,8 +10,8 @@ import pytest
 
 from api.main import create_app
 from api.settings import ApiSettings
+from tests.fixtures.api import ClientFactory, RegisteredUser
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import ClientFactory, RegisteredUser
 from worker.app import clamp_time_limits
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]

@@ -20,7 +20,8 @@ from sqlalchemy import Connection, insert, select
 from common import jobs_repository as jobs
 from common.contracts.jobs import FINAL_STATES, TRANSITIONS, JobState
 from common.models import Job
-from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
+from tests.fixtures.api import RegisteredUser
+from tests.fixtures.workers import WorkerResourcesFactory
 from worker.resources import Resources
 
 RUN = uuid.UUID(int=1)

@@ -29,8 +29,8 @@ from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
 from common.models import Job
 from devharness.polling import eventually
 from devservices import free_port
+from tests.fixtures.api import ClientFactory, RegisteredUser
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import ClientFactory, RegisteredUser
 from worker.maintenance import relay
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]

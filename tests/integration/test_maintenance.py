@@ -12,7 +12,8 @@ from sqlalchemy import insert, select
 
 from common.contracts import events
 from common.models import Job
-from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
+from tests.fixtures.api import RegisteredUser
+from tests.fixtures.workers import WorkerResourcesFactory
 from worker.maintenance import purge, sweep
 from worker.resources import Resources
 

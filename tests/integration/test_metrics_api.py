@@ -16,9 +16,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.db import create_engine
 from common.metrics import track_pool
+from tests.fixtures.api import ClientFactory, RegisteredUser
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.metrics import local_sample, scrape
-from tests.integration.conftest import ClientFactory, RegisteredUser
 
 MakeUser = Callable[[], Any]
 

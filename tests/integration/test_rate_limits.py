@@ -17,10 +17,10 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.ratelimit import build_policies
 from devservices import free_port
+from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.metrics import local_sample
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 
 SettingsFactory = Callable[..., ApiSettings]
 MakeUser = Callable[[], Any]

@@ -53,13 +53,6 @@ async def realtime_factory(
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def realtime(realtime_factory: RealtimeFactory) -> RunningRealtime:
     return await realtime_factory()
 

@@ -16,7 +16,7 @@ from common.contracts.realtime import (
     parse_ticket_value,
     ticket_key,
 )
-from tests.integration.conftest import RegisteredUser
+from tests.fixtures.api import RegisteredUser
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import httpx
 from api.main import create_app
 from api.settings import ApiSettings
 from devharness.polling import eventually
+from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.problems import assert_problem
-from tests.integration.conftest import PASSWORD, ClientFactory, RegisteredUser
 
 MakeUser = Callable[[], Awaitable[RegisteredUser]]
 NEW_PASSWORD = "a brand new passphrase 42"

@@ -23,7 +23,8 @@ from common.broker import create_celery
 from common.contracts.jobs import JobState
 from common.contracts.tasks import JOBS_QUEUE
 from common.models import Job
-from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
+from tests.fixtures.api import RegisteredUser
+from tests.fixtures.workers import WorkerResourcesFactory
 from worker.maintenance import run_once
 from worker.resources import Resources
 from worker.runner import Deferred, JobRun, claim, hand_off

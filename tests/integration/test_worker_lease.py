@@ -11,7 +11,8 @@ from sqlalchemy import func, insert, select
 
 from common.models import Job
 from devharness.polling import eventually
-from tests.integration.conftest import RegisteredUser, WorkerResourcesFactory
+from tests.fixtures.api import RegisteredUser
+from tests.fixtures.workers import WorkerResourcesFactory
 from worker.resources import Resources
 from worker.runner import Heartbeat, JobRun, claim
 

@@ -14,7 +14,7 @@ import pytest
 
 from devharness.services import ROOT
 from devservices import free_port
-from tests.system.conftest import GUNICORN, GUNICORN_CONFIG, PYTHON, RegisterUser, Server
+from tests.fixtures.servers import GUNICORN, GUNICORN_CONFIG, PYTHON, RegisterUser, Server
 
 pytestmark = pytest.mark.system
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from devharness.services import ROOT
-from tests.system.conftest import RegisterUser, ServerFactory
+from tests.fixtures.servers import RegisterUser, ServerFactory
 
 pytestmark = [pytest.mark.system, pytest.mark.fuzz]
 SCHEMATHESIS = ROOT / ".venv" / "bin" / "schemathesis"

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.system.conftest import Credentials, RegisterUser, Server, ServerFactory
+from tests.fixtures.servers import Credentials, RegisterUser, Server, ServerFactory
 
 pytestmark = pytest.mark.system
 

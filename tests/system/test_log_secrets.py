@@ -12,14 +12,9 @@ import pytest
 from devharness.processes import ManagedProcess, start_process
 from devharness.realtime import listen, refusal, ws_url
 from tests.fixtures.jobs import new_prefix
-from tests.system.conftest import Credentials, RegisterUser, Server, ServerFactory
-from tests.system.jobs.conftest import CELERY, STARTUP_TIMEOUT
-from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
-    ORIGIN,
-    RealtimeFactory,
-    realtime_factory,
-    ws_routing,
-)
+from tests.fixtures.realtime import ORIGIN, RealtimeFactory
+from tests.fixtures.servers import Credentials, RegisterUser, Server, ServerFactory
+from tests.fixtures.workers import CELERY, STARTUP_TIMEOUT
 
 pytestmark = pytest.mark.system
 WRONG_PASSWORD = "not the password, but still a secret"
@@ -116,7 +111,7 @@ async def _flow(
 
 async def test_no_secret_password_token_or_ticket_is_logged_anywhere(
     server_factory: ServerFactory,
-    realtime_factory: RealtimeFactory,  # noqa: F811 (fixture)
+    realtime_factory: RealtimeFactory,
     register_user: RegisterUser,
     server_env: dict[str, str],
     redis_key_prefix: str,

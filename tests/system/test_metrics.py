@@ -20,24 +20,9 @@ from devharness.polling import eventually
 from devharness.realtime import listen
 from devservices import free_port
 from tests.fixtures.metrics import Scrape, scrape
-from tests.system.conftest import Server, ServerFactory
-from tests.system.jobs.conftest import (  # noqa: F401 (fixtures)
-    StackFactory,
-    db_engine,
-    process_env,
-    stack_factory,
-)
-from tests.system.realtime.conftest import (  # noqa: F401 (fixtures)
-    ORIGIN,
-    RealtimeFactory,
-    TokenFor,
-    publish,
-    realtime_factory,
-    redis,
-    token_for,
-    token_settings,
-    ws_routing,
-)
+from tests.fixtures.realtime import ORIGIN, RealtimeFactory, TokenFor, publish
+from tests.fixtures.servers import Server, ServerFactory
+from tests.fixtures.workers import StackFactory
 
 pytestmark = pytest.mark.system
 
@@ -143,7 +128,7 @@ class TestCeleryWorker:
 
     async def test_a_job_run_shows_started_finished_and_duration(
         self,
-        stack_factory: StackFactory,  # noqa: F811 (fixture)
+        stack_factory: StackFactory,
     ) -> None:
         stack = await stack_factory()
         port = free_port()
@@ -167,7 +152,7 @@ class TestCeleryWorker:
 
     async def test_each_transient_failure_counts_one_retry(
         self,
-        stack_factory: StackFactory,  # noqa: F811 (fixture)
+        stack_factory: StackFactory,
     ) -> None:
         stack = await stack_factory()
         port = free_port()
@@ -188,8 +173,8 @@ class TestCeleryWorker:
 
     async def test_queue_depth_and_outbox_backlog_are_read_at_scrape_time(
         self,
-        stack_factory: StackFactory,  # noqa: F811 (fixture)
-        db_engine: AsyncEngine,  # noqa: F811 (fixture)
+        stack_factory: StackFactory,
+        db_engine: AsyncEngine,
     ) -> None:
         stack = await stack_factory()
         port = free_port()
@@ -228,7 +213,7 @@ class TestCeleryWorkerToken:
 
     async def test_scrape_needs_the_token(
         self,
-        stack_factory: StackFactory,  # noqa: F811 (fixture)
+        stack_factory: StackFactory,
     ) -> None:
         stack = await stack_factory()
         port, token = free_port(), uuid.uuid4().hex
@@ -250,9 +235,9 @@ class TestRealtime:
 
     async def test_connection_gauge_counts_sockets_over_both_workers(
         self,
-        realtime_factory: RealtimeFactory,  # noqa: F811 (fixture)
-        token_for: TokenFor,  # noqa: F811 (fixture)
-        redis: Redis,  # noqa: F811 (fixture)
+        realtime_factory: RealtimeFactory,
+        token_for: TokenFor,
+        redis: Redis,
     ) -> None:
         realtime = await realtime_factory()
         user_id = uuid.uuid4()

@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.system.conftest import ServerFactory
+from tests.fixtures.servers import ServerFactory
 
 pytestmark = pytest.mark.system
 LIMIT = 20

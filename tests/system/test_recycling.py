@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bench import wrk
-from tests.system.conftest import RegisterUser, Server, ServerFactory
+from tests.fixtures.servers import RegisterUser, Server, ServerFactory
 
 pytestmark = pytest.mark.system
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from devservices import EmbeddedRedis
-from tests.system.jobs.conftest import JobsStack, StackFactory
+from tests.fixtures.workers import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 

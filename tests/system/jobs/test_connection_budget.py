@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.system.jobs.conftest import JobsStack
+from tests.fixtures.workers import JobsStack
 
 WARNING = "connection budget: worker may open"
 

@@ -17,7 +17,7 @@ from devharness.polling import eventually
 from devharness.processes import ManagedProcess
 from devservices import EmbeddedRedis
 from tests.fixtures.jobs import JobsUser
-from tests.system.jobs.conftest import JobsStack, StackFactory
+from tests.fixtures.workers import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 

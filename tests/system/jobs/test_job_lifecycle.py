@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.jobs.conftest import JobsStack
+from tests.fixtures.workers import JobsStack
 
 pytestmark = pytest.mark.system
 

@@ -16,8 +16,8 @@ import pytest
 
 from devharness.polling import eventually
 from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
-from tests.system.conftest import ServerFactory
-from tests.system.jobs.conftest import JobsStack
+from tests.fixtures.servers import ServerFactory
+from tests.fixtures.workers import JobsStack
 
 pytestmark = pytest.mark.system
 

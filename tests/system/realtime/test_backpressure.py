@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from devharness.realtime import connect, listen
-from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
+from tests.fixtures.realtime import RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 

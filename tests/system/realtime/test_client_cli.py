@@ -16,10 +16,10 @@ import pytest
 
 from common.contracts.events import JOB_QUEUED, JOB_SUCCEEDED
 from jobsclient import ApiClient, ApiError, EventStream
+from tests.fixtures.realtime import RealtimeFactory
+from tests.fixtures.servers import PYTHON, Credentials, RegisterUser, ServerFactory
 from tests.fixtures.terminal import Terminal
-from tests.system.conftest import PYTHON, Credentials, RegisterUser, ServerFactory
-from tests.system.jobs.conftest import StackFactory
-from tests.system.realtime.conftest import RealtimeFactory
+from tests.fixtures.workers import StackFactory
 
 pytestmark = pytest.mark.system
 

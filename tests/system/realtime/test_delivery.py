@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from devharness.realtime import Listener, listen
-from tests.system.jobs.conftest import StackFactory
-from tests.system.realtime.conftest import ROUTINGS, RealtimeFactory, TokenFor, publish
+from tests.fixtures.realtime import ROUTINGS, RealtimeFactory, TokenFor, publish
+from tests.fixtures.workers import StackFactory
 
 pytestmark = pytest.mark.system
 

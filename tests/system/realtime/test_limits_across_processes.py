@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from common.contracts.realtime import CLOSE_POLICY_VIOLATION, new_ticket, ticket_key
 from devharness.polling import eventually
 from devharness.realtime import Listener, listen, refusal, ws_url
-from tests.system.realtime.conftest import ORIGIN, Realtime, RealtimeFactory, TokenFor
+from tests.fixtures.realtime import ORIGIN, Realtime, RealtimeFactory, TokenFor
 
 pytestmark = pytest.mark.system
 

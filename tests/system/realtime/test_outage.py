@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from devharness.polling import eventually
 from devharness.realtime import listen
 from devservices import EmbeddedRedis, free_port
-from tests.system.realtime.conftest import ROUTINGS, Realtime, RealtimeFactory, TokenFor, publish
+from tests.fixtures.realtime import ROUTINGS, Realtime, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 

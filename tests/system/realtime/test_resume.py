@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
 from devharness.realtime import listen, ws_url
-from tests.system.jobs.conftest import StackFactory
-from tests.system.realtime.conftest import ROUTINGS, RealtimeFactory, TokenFor, publish
+from tests.fixtures.realtime import ROUTINGS, RealtimeFactory, TokenFor, publish
+from tests.fixtures.workers import StackFactory
 
 pytestmark = pytest.mark.system
 

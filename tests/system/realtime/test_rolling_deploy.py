@@ -33,9 +33,9 @@ from devharness.polling import eventually
 from devharness.realtime import Listener, listen, ws_url
 from tests.fixtures.balancer import Backend, Balancer
 from tests.fixtures.jobs import EventTap, JobsUser
-from tests.system.conftest import Server, ServerFactory
-from tests.system.jobs.conftest import JobsStack, StackFactory
-from tests.system.realtime.conftest import Realtime, RealtimeFactory
+from tests.fixtures.realtime import Realtime, RealtimeFactory
+from tests.fixtures.servers import Server, ServerFactory
+from tests.fixtures.workers import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 

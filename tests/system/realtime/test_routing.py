@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from common.contracts.events import user_channel
 from devharness.polling import eventually
 from devharness.realtime import Listener, listen, ws_url
-from tests.system.realtime.conftest import RealtimeFactory, TokenFor, publish
+from tests.fixtures.realtime import RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from devharness.realtime import listen
-from tests.system.realtime.conftest import RealtimeFactory, TokenFor
+from tests.fixtures.realtime import RealtimeFactory, TokenFor
 
 pytestmark = pytest.mark.system
 
