@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,8 @@ from urllib.parse import urlencode
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from devharness.polling import eventually
 
 OPEN_TIMEOUT = 10.0
 Message = dict[str, Any]
@@ -76,14 +77,14 @@ class Listener:
         self, condition: Callable[[Listener], bool], *, within: float, what: str
     ) -> None:
         """Poll until `condition(self)`; TimeoutError naming `what` and what arrived."""
-        deadline = time.monotonic() + within
-        while not condition(self):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{what}: not within {within:g}s; got {len(self.events)} events, "
-                    f"others {self.others[-5:]}, close {self.close_code}"
-                )
-            await asyncio.sleep(0.02)  # poll interval
+        await eventually(
+            lambda: condition(self),
+            within=within,
+            explain=lambda: (
+                f"{what}; got {len(self.events)} events, "
+                f"others {self.others[-5:]}, close {self.close_code}"
+            ),
+        )
 
     async def wait_events(self, count: int, *, within: float = 10.0) -> list[Message]:
         await self.wait_until(
