@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 
 from common.contracts.events import JOB_SUCCEEDED, make_event
 from common.publisher import apublish_event
+from devharness.polling import eventually
 from tests.browser.conftest import Pages
 from tests.browser.stack import PASSWORD_MIN_LENGTH, BrowserStack
 
@@ -184,11 +184,15 @@ class TestResume:
 async def _wait_succeeded(page: Page, api_url: str, job_id: str, *, within: float = 30) -> None:
     """Poll the API (with the page's own token) until the job has succeeded."""
     headers = {"Authorization": f"Bearer {await page_token(page)}"}
-    deadline = time.monotonic() + within
     async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=5) as client:
-        while (await client.get(f"/v1/jobs/{job_id}")).json()["state"] != "succeeded":
-            assert time.monotonic() < deadline, f"job {job_id} did not succeed in {within:g}s"
-            await asyncio.sleep(0.1)  # poll interval
+
+        async def succeeded() -> bool:
+            response = await client.get(f"/v1/jobs/{job_id}")
+            return bool(response.json()["state"] == "succeeded")
+
+        await eventually(
+            succeeded, within=within, interval=0.1, explain=lambda: f"job {job_id} not succeeded"
+        )
 
 
 class TestOrigins:

@@ -81,7 +81,7 @@ class TestPerUserRegister:
         hub = Hub(pubsub_redis, settings)
         hub.start()
         try:
-            await eventually(lambda: _true(hub.is_connected), within=10)
+            await eventually(lambda: hub.is_connected, within=10)
             user_id = str(uuid.uuid4())
             session = Session(
                 user_id=user_id, stream="unused", redis=redis, queue_size=8,
@@ -94,7 +94,3 @@ class TestPerUserRegister:
             await hub.stop()
             await pubsub_redis.aclose()
             await redis.aclose()
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -465,12 +465,12 @@ class TestRealtimeHostLoss:
             user = await new_user(cluster, client)
             clients = [Resuming(cluster.edge_ws_url, user.access_token) for _ in range(10)]
             try:
-                await eventually(lambda: _true(all(c.hellos for c in clients)), within=30)
+                await eventually(lambda: all(c.hellos for c in clients), within=30)
                 victim = cluster.host("realtime1")
                 on_victim = await asyncio.to_thread(established, cluster, victim)
                 assert on_victim >= 1
                 job_ids = await post_jobs(user, 10, {"steps": 10, "interval": 0.2})
-                await eventually(lambda: _true(all(c.events for c in clients)), within=30)
+                await eventually(lambda: all(c.events for c in clients), within=30)
                 assert cluster.signal_host(victim, signal.SIGKILL)
                 await eventually(
                     lambda: all_succeeded_once(redis, user.id, job_ids), within=JOB_TIMEOUT
@@ -488,10 +488,6 @@ class TestRealtimeHostLoss:
             finally:
                 await asyncio.gather(*(c.close() for c in clients))
             await asyncio.to_thread(cluster.restart_service, victim)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 class TestSchedulerOverlap:

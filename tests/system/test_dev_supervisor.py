@@ -11,12 +11,10 @@ reader is gone.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import IO
 
 import pytest
 
+from devharness.polling import eventually
 from devharness.processes import Snapshot, environment_without
 from devharness.services import ROOT
 from devservices import free_ports
@@ -147,11 +146,12 @@ def _text(path: Path) -> str:
 
 
 async def wait_for_file(path: Path, needle: str, *, within: float = 20.0) -> str:
-    deadline = time.monotonic() + within
-    while needle not in (text := _text(path)):
-        assert time.monotonic() < deadline, f"{needle!r} not in {path.name}:\n{text}"
-        await asyncio.sleep(0.05)  # poll interval
-    return text
+    return await eventually(
+        lambda: text if needle in (text := _text(path)) else None,
+        within=within,
+        interval=0.05,
+        explain=lambda: f"{needle!r} not in {path.name}:\n{_text(path)}",
+    )
 
 
 def wait_exit(process: subprocess.Popen[bytes]) -> int:
@@ -290,10 +290,13 @@ class TestTerminal:
 
 
 async def _until_gone(snapshot: Snapshot, *, within: float = EXIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + within
-    while left := snapshot.alive():
-        assert time.monotonic() < deadline, f"left running: {left}"
-        await asyncio.sleep(0.05)  # poll interval: a process tree has no exit event
+    # Polled: a process tree has no exit event.
+    await eventually(
+        lambda: not snapshot.alive(),
+        within=within,
+        interval=0.05,
+        explain=lambda: f"left running: {snapshot.alive()}",
+    )
 
 
 class TestEscalation:

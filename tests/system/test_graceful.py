@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from devharness.polling import eventually
 from tests.fixtures.servers import Credentials, RegisterUser, Server, ServerFactory
 
 pytestmark = pytest.mark.system
@@ -65,16 +66,6 @@ async def _client_loop(
                 outcomes.append(
                     Outcome(path, started, time.monotonic(), status=response.status_code)
                 )
-
-
-async def _poll(predicate: object, *, what: str, within: float = DEADLINE) -> None:
-    """Poll `predicate()` every few milliseconds until true, or fail naming `what`."""
-    assert callable(predicate)
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within:g}s")
-        await asyncio.sleep(0.002)
 
 
 def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
@@ -151,7 +142,7 @@ class TestReloadAndShutdownUnderLoad:
             for _ in range(CLIENTS)
         ]
         try:
-            await _poll(lambda: len(outcomes) >= 30, what="30 requests before the reload")
+            await eventually(lambda: len(outcomes) >= 30, within=DEADLINE, interval=0.002)
             old_workers = server.worker_pids()
             assert len(old_workers) == 2, old_workers
 
@@ -162,21 +153,24 @@ class TestReloadAndShutdownUnderLoad:
                 workers = server.worker_pids()
                 return len(workers) == 2 and not workers & old_workers
 
-            await _poll(is_replaced, what="two new workers, the old ones finished")
+            await eventually(is_replaced, within=DEADLINE, interval=0.002)
             # Only the new workers are left, so whatever completes from now on they served.
             after_reload = len(outcomes)
-            await _poll(
+            await eventually(
                 lambda: sum(o.is_ok for o in outcomes[after_reload:]) >= 30,
-                what="30 requests served by the new workers",
+                within=DEADLINE,
+                interval=0.002,
             )
 
             # No new requests from now on: after SIGTERM the listening socket
             # closes, and a connection it never accepted is refused by design.
             stop.set()
             slow = [await _SlowRequest.send(server.port, credentials) for _ in range(3)]
-            await _poll(
+            # Polled every few milliseconds: SIGTERM must come while they are in flight.
+            await eventually(
                 lambda: all(request.is_read_by_server() for request in slow),
-                what="the slow requests read by the workers",
+                within=DEADLINE,
+                interval=0.002,
             )
             sigterm_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)

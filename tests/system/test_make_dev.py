@@ -15,14 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from devharness.polling import eventually
 from devharness.processes import ManagedProcess, Snapshot, start_process
 from devharness.services import ROOT
 from devservices._ports import is_listening
 from tests.fixtures.devstack import DevPorts, dev_environment
+from tests.fixtures.jobs import FINAL_STATES
 from tests.fixtures.terminal import Terminal
 
 pytestmark = pytest.mark.system
@@ -70,10 +73,13 @@ class DevRun:
         return [name for name, port in ports.items() if is_listening(port)]
 
     async def until_all_gone(self, snapshot: Snapshot) -> None:
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while (left := snapshot.alive()) or self.listening():
-            assert time.monotonic() < deadline, f"left: {left}, listening: {self.listening()}"
-            await asyncio.sleep(0.1)  # poll interval: a process tree has no exit event
+        # Polled: a process tree has no exit event.
+        await eventually(
+            lambda: not snapshot.alive() and not self.listening(),
+            within=STOP_TIMEOUT,
+            interval=0.1,
+            explain=lambda: f"left: {snapshot.alive()}, listening: {self.listening()}",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +170,13 @@ class TestMakeDev:
                 assert posted.status_code == 202, posted.text
                 location = posted.headers["location"]
 
-                deadline = time.monotonic() + 60
-                while True:
-                    job = (await client.get(location, headers=headers)).json()
-                    if job["state"] in {"succeeded", "failed", "cancelled"}:
-                        break
-                    assert time.monotonic() < deadline, f"job stuck: {job}\n{dev.log()}"
-                    await dev.wait_exit(0.05)  # poll interval
+                async def final() -> dict[str, Any] | None:
+                    job: dict[str, Any] = (await client.get(location, headers=headers)).json()
+                    return job if job["state"] in FINAL_STATES else None
+
+                job = await eventually(
+                    final, within=60, interval=0.05, explain=lambda: f"job stuck:\n{dev.log()}"
+                )
                 assert job["state"] == "succeeded", job
                 assert job["result"] == {"steps": 4}
                 assert job["progress"] == 100

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from websockets.protocol import State
 from common.auth import issue_access_token
 from common.settings import CommonSettings
 from devharness.cgroups import MemoryCgroup, memory_cgroup_or_reason
+from devharness.polling import eventually
 from devharness.processes import ManagedProcess, start_process
 from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from devharness.realtime import open_idle_sockets
@@ -120,14 +120,15 @@ async def capped(
     print(f"{service}: {how}")
     try:
         async with httpx.AsyncClient(timeout=2) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.is_running(), process.log()
+
+            async def ready() -> bool:
+                process.check_running("it was ready")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{url}/health/ready")).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, process.log()
-                await asyncio.sleep(0.1)  # poll interval: nothing signals readiness
+                    return (await client.get(f"{url}/health/ready")).status_code == 200
+                return False
+
+            # Nothing signals readiness but the endpoint.
+            await eventually(ready, within=60, interval=0.1, explain=process.log)
         yield service_under_test
     finally:
         code = await process.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,11 +32,12 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
 
 async def _wait_readiness(realtime: Realtime, status: int, *, within: float) -> None:
     # /health/ready reaches one worker per request; poll until the answer is seen.
-    deadline = time.monotonic() + within
-    while await realtime.readiness() != status:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"readiness never answered {status} within {within:g}s")
-        await asyncio.sleep(0.05)  # poll interval
+    async def answered() -> bool:
+        return await realtime.readiness() == status
+
+    await eventually(
+        answered, within=within, interval=0.05, explain=lambda: f"readiness never {status}"
+    )
 
 
 async def _answers(redis: Redis) -> bool:
