@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
 
 import httpx
 
 from api.settings import ApiSettings
 from devharness.realtime import listen
 from realtime.settings import RealtimeSettings
-from tests.fixtures.api import RegisteredUser
+from tests.fixtures.api import MakeUser, RegisteredUser
 from tests.fixtures.realtime_server import serve_realtime
-
-MakeUser = Callable[[], Awaitable[RegisteredUser]]
 
 
 def _secret(settings: ApiSettings) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,10 +17,8 @@ from api.settings import ApiSettings
 from api.users.models import User
 from devharness.polling import eventually
 from tests.fixtures import tokens
-from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
+from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser
 from tests.fixtures.problems import assert_problem
-
-MakeUser = Callable[[], Awaitable[RegisteredUser]]
 
 
 def _bearer(token: str) -> dict[str, str]:

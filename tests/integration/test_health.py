@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import httpx
 from fastapi import FastAPI
 from starlette.requests import Request
 
 from api.main import create_app
-from api.settings import ApiSettings
 from common.health import Lifecycle
 from devservices import free_port
-from tests.fixtures.api import ClientFactory
-
-SettingsFactory = Callable[..., ApiSettings]
+from tests.fixtures.api import ClientFactory, SettingsFactory
 
 
 class TestLiveness:

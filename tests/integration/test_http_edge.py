@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -12,10 +11,9 @@ from starlette.requests import Request
 
 from api.main import create_app
 from api.settings import ApiSettings
-from tests.fixtures.api import ClientFactory
+from tests.fixtures.api import ClientFactory, SettingsFactory
 from tests.fixtures.problems import assert_problem
 
-SettingsFactory = Callable[..., ApiSettings]
 TEST_CLIENT_ADDRESS = "203.0.113.7"  # what the ASGI transport of the client fixtures reports
 ALLOWED_ORIGIN = "https://app.example.com"
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from api.main import create_app
-from api.settings import ApiSettings
-from tests.fixtures.api import ClientFactory, RegisteredUser
+from tests.fixtures.api import ClientFactory, MakeUser, RegisteredUser, SettingsFactory
 from tests.fixtures.problems import assert_problem
 from worker.app import clamp_time_limits
 
-MakeUser = Callable[[], Awaitable[RegisteredUser]]
-SettingsFactory = Callable[..., ApiSettings]
 LONG_COUNTDOWN = {"kind": "demo.countdown", "params": {"steps": 1000, "interval": 60}}
 
 

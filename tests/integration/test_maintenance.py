@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,12 +11,10 @@ from sqlalchemy import insert, select
 
 from common.contracts import events
 from common.models import Job
-from tests.fixtures.api import RegisteredUser
+from tests.fixtures.api import MakeUser
 from tests.fixtures.workers import WorkerResourcesFactory
 from worker.maintenance import purge, sweep
 from worker.resources import Resources
-
-MakeUser = Callable[[], Awaitable[RegisteredUser]]
 
 
 @pytest.fixture(scope="module")

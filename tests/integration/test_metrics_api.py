@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -16,11 +15,9 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.db import create_engine
 from common.metrics import track_pool
-from tests.fixtures.api import ClientFactory, RegisteredUser
+from tests.fixtures.api import ClientFactory, MakeUser, RegisteredUser
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.metrics import local_sample, scrape
-
-MakeUser = Callable[[], Any]
 
 
 class TestRequestMetrics:

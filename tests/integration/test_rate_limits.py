@@ -17,13 +17,11 @@ from api.main import create_app
 from api.settings import ApiSettings
 from common.ratelimit import build_policies
 from devservices import free_port
-from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
+from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser, SettingsFactory
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.metrics import local_sample
 from tests.fixtures.problems import assert_problem
 
-SettingsFactory = Callable[..., ApiSettings]
-MakeUser = Callable[[], Any]
 # The integration client's socket peer (see `client_factory`).
 PEER = "203.0.113.7"
 _RATELIMIT = re.compile(r'^"(?P<name>\w+)";r=(?P<r>\d+);t=(?P<t>\d+)$')

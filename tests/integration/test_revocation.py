@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,11 +10,10 @@ import httpx
 from api.main import create_app
 from api.settings import ApiSettings
 from devharness.polling import eventually
-from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
+from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser
 from tests.fixtures.jobs import new_prefix
 from tests.fixtures.problems import assert_problem
 
-MakeUser = Callable[[], Awaitable[RegisteredUser]]
 NEW_PASSWORD = "a brand new passphrase 42"
 
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
 from devservices import EmbeddedRedis
-from tests.fixtures.workers import JobsStack, StackFactory
+from tests.fixtures.workers import JobRow, JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 
-JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 JOBS = 5
 
 

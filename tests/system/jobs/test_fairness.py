@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tests.fixtures.workers import JobsStack
+from tests.fixtures.workers import JobRow, JobsStack
 
 pytestmark = pytest.mark.system
 
-JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 # One of A's jobs: long next to how fast a worker claims and defers a message.
 LONG = {"steps": 4, "interval": 0.5}
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
-from tests.fixtures.workers import JobsStack
+from tests.fixtures.workers import JobRow, JobsStack
 
 pytestmark = pytest.mark.system
-
-JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 class TestCountdownEndToEnd:

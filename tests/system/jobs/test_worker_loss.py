@@ -6,17 +6,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fixtures.workers import JobsStack
+from tests.fixtures.workers import JobRow, JobsStack
 
 pytestmark = pytest.mark.system
 
-JobRow = Callable[[str], Awaitable[dict[str, Any]]]
 # The guarantee under test: a dead worker's job runs again within a minute.
 RECOVERY_LIMIT = 60.0
 
