@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from devharness.processes import ManagedProcess
 from devharness.services import ROOT
 from devservices import free_port
 from tests.fixtures.servers import GUNICORN, GUNICORN_CONFIG, PYTHON, RegisterUser, Server
@@ -111,25 +109,15 @@ class TestWorkers:
             ), pid
 
 
-def _run_to_exit(command: list[str], env: dict[str, str], log_path: Path) -> tuple[int, str]:
+async def _run_to_exit(command: list[str], env: dict[str, str], log_path: Path) -> tuple[int, str]:
     """Run a command in its own process group; kill the group if it outlives 60 s."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
-    return code, log_path.read_text(errors="replace")
+    process = ManagedProcess.start("command", command, env=env, cwd=ROOT, log_path=log_path)
+    exited = await process.wait_exit(60)
+    if exited is None:
+        process.kill()
+    code = await process.stop()  # reaps it and closes the log
+    assert exited is not None, f"still running after 60 s:\n{process.log()}"
+    return code, process.log()
 
 
 class TestUnsafeProductionConfig:
@@ -139,17 +127,23 @@ class TestUnsafeProductionConfig:
     def production_env(self, server_env: dict[str, str]) -> dict[str, str]:
         return {**server_env, "ENVIRONMENT": "production", "JWT_SECRET": "changeme"}
 
-    def test_import_of_the_app_fails(self, production_env: dict[str, str], tmp_path: Path) -> None:
-        code, output = _run_to_exit(
+    async def test_import_of_the_app_fails(
+        self, production_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        code, output = await _run_to_exit(
             [str(PYTHON), "-c", "import api.main"], production_env, tmp_path / "import.log"
         )
         assert code != 0, output
         assert "JWT_SECRET" in output
 
-    def test_gunicorn_exits_non_zero(self, production_env: dict[str, str], tmp_path: Path) -> None:
+    async def test_gunicorn_exits_non_zero(
+        self, production_env: dict[str, str], tmp_path: Path
+    ) -> None:
         port = free_port()
         command = [str(GUNICORN), "-c", str(GUNICORN_CONFIG), "--bind", f"127.0.0.1:{port}"]
         env = {**production_env, "PORT": str(port), "WEB_CONCURRENCY": "1"}
-        code, output = _run_to_exit([*command, "api.main:app"], env, tmp_path / "gunicorn.log")
+        code, output = await _run_to_exit(
+            [*command, "api.main:app"], env, tmp_path / "gunicorn.log"
+        )
         assert code != 0, output
         assert "JWT_SECRET" in output
