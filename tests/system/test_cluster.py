@@ -334,10 +334,10 @@ async def all_succeeded(redis: Redis, users: list[JobsUser], job_ids: list[str])
 
 
 def run_ended(cluster: Cluster, host: Host, since: int, job_id: str) -> bool:
-    """Whether `host`'s Celery finished its task for `job_id` (returned or raised) after byte
-    `since` of its log: its run of the job is over, whatever it wrote."""
+    """Whether `host`'s worker logged the end of its run of `job_id` after byte `since` of
+    its log (`job … <how> (kind, attempt n) in … ms`): over, whatever it wrote."""
     for line in worker_log_after(cluster, host, since).splitlines():
-        if f"jobs.run[{job_id}]" in line and (" succeeded in " in line or " raised " in line):
+        if f'"job {job_id} ' in line and ") in " in line:
             return True
     return False
 

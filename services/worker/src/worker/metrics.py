@@ -74,12 +74,17 @@ def run_retried(kind: str) -> None:
     JOBS_RETRIED.labels(kind).inc()
 
 
-def run_ended(kind: str, outcome: JobState | None, started: float) -> None:
-    """A run is over; `outcome` is the final state it recorded, None if it recorded none."""
+def run_ended(kind: str, outcome: JobState | None, started: float) -> float:
+    """A run is over; `outcome` is the final state it recorded, None if it recorded none.
+
+    Returns the run's duration in seconds.
+    """
+    seconds = time.monotonic() - started
     JOBS_RUNNING.labels(kind).dec()
     if outcome is not None:
         JOBS_FINISHED.labels(kind, outcome.value).inc()
-        JOB_DURATION.labels(kind, outcome.value).observe(time.monotonic() - started)
+        JOB_DURATION.labels(kind, outcome.value).observe(seconds)
+    return seconds
 
 
 def queue_key(settings: WorkerSettings) -> str:
