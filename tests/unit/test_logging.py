@@ -101,3 +101,29 @@ class TestLoggingConfig:
             assert loggers[name]["level"] == "WARNING"
             assert loggers[name]["handlers"] == []
             assert loggers[name]["propagate"] is False
+
+
+class TestWorkerPerTaskLines:
+    """Celery's own line per task is off at INFO and on at DEBUG, however LOG_LEVEL is spelled."""
+
+    @pytest.mark.parametrize(("level", "quiet"), [("INFO", True), ("info", True), ("debug", False)])
+    def test_celery_per_task_loggers_follow_the_configured_level(
+        self, monkeypatch: pytest.MonkeyPatch, level: str, quiet: bool
+    ) -> None:
+        from worker import app as worker_app
+
+        names = worker_app._PER_TASK_LOGGERS
+        saved = [logging.getLogger(name).level for name in (*names, "")]
+        monkeypatch.setattr(worker_app, "get_settings", lambda: _Settings(level))
+        try:
+            worker_app._json_logging()
+            levels = {logging.getLogger(name).getEffectiveLevel() for name in names}
+            assert levels == ({logging.WARNING} if quiet else {logging.DEBUG})
+        finally:
+            for name, value in zip((*names, ""), saved, strict=True):
+                logging.getLogger(name).setLevel(value)
+
+
+class _Settings:
+    def __init__(self, log_level: str) -> None:
+        self.log_level = log_level

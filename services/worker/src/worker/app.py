@@ -84,9 +84,9 @@ _PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 @setup_logging.connect
 def _json_logging(**_: Any) -> None:
-    level = get_settings().log_level
-    configure_logging(level)
-    if logging.getLevelName(level) > logging.DEBUG:
+    configure_logging(get_settings().log_level)
+    # As configured (LOG_LEVEL may be spelled in any case), not as written.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in _PER_TASK_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
