@@ -1,6 +1,6 @@
-"""The intake's per-user active-job count reads only active jobs, not a user's whole history.
+"""The intake reads only what it needs: the owner's active jobs, never the whole table.
 
-The count runs inside `job_intake` (a PL/pgSQL function), whose plans EXPLAIN
+The intake runs inside `job_intake` (a PL/pgSQL function), whose plans EXPLAIN
 does not show: auto_explain sends each nested statement's plan to the client
 as a NOTICE instead, for this transaction only.
 """
@@ -9,16 +9,35 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
+import pytest
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.contracts.jobs import JobState
 from common.db import driver_connection
-from common.jobs_repository import INTAKE
+from common.jobs_repository import INTAKE, MARK_SENT
+from devharness.database import migrated_database
+from devharness.services import ServiceUrls
 
 FINISHED = 2000
+GROWN = 20_000
+EXPLAIN_NESTED = (
+    "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+    " SET auto_explain.log_nested_statements = on;"
+    " SET auto_explain.log_level = notice; SET client_min_messages = notice"
+)
+
+
+def _intake_args(owner: uuid.UUID, sent: list[uuid.UUID], key: str | None) -> tuple[Any, ...]:
+    return (
+        [owner], sent, [uuid.uuid4()], [owner], [DEMO_COUNTDOWN], [json.dumps({})], [key],
+        ["hash"], [None], [None], 100, JobState.QUEUED.value,
+    )  # fmt: skip
 
 
 class TestActiveJobCount:
@@ -28,10 +47,7 @@ class TestActiveJobCount:
         self, db_engine: AsyncEngine
     ) -> None:
         owner = uuid.uuid4()
-        row: tuple[Any, ...] = (
-            [owner], [], [uuid.uuid4()], [owner], [DEMO_COUNTDOWN], [json.dumps({})], [None],
-            ["hash"], [None], [None], 100, JobState.QUEUED.value,
-        )  # fmt: skip
+        row = _intake_args(owner, [], None)
         plans: list[str] = []
         async with driver_connection(db_engine) as connection:
             # Rolled back: no queued job is left for another test's worker.
@@ -73,3 +89,58 @@ class TestActiveJobCount:
         counts = [plan for plan in plans if "count(*)" in plan and "owner_id" in plan]
         assert counts, plans
         assert all("ix_jobs_owner_active" in plan for plan in counts), counts
+
+
+class TestPlansMadeOnASmallTable:
+    """A connection keeps its plans; made while the table was small, they still probe it grown.
+
+    Revision 0005's intake, planned on a few rows, marked the previous round's
+    jobs sent with a sequential scan and counted every owner's active jobs in
+    one pass, and went on doing so as the table grew (until the next ANALYZE).
+    """
+
+    @pytest.fixture
+    def fresh_database(self, services: ServiceUrls) -> Iterator[str]:
+        """A database of this test's own: the table must be small when the plans are made."""
+        with migrated_database(services.postgres) as url:
+            yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def test_intake_and_sent_mark_probe_indexes_after_the_table_grew(
+        self, fresh_database: str
+    ) -> None:
+        plans = await self._plans_after_growth(fresh_database)
+        statements = [plan for plan in plans if "Query Text: SELECT * FROM job_" not in plan]
+        assert any("UPDATE jobs SET sent_at" in plan for plan in statements), plans
+        for plan in statements:
+            assert "Seq Scan on jobs" not in plan, plan
+        counts = [plan for plan in statements if "count(*)" in plan]
+        assert counts, plans
+        assert all("Index Cond: (owner_id = o.owner_id)" in plan for plan in counts), counts
+
+    @staticmethod
+    async def _plans_after_growth(url: str) -> list[str]:
+        connection = await asyncpg.connect(url)
+        try:
+            owners = [uuid.uuid4() for _ in range(2)]
+            await connection.executemany(
+                "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')",
+                [(owner, f"{owner}@example.com") for owner in owners],
+            )
+            # More calls than PostgreSQL makes custom plans for (five) before it settles.
+            sent: list[uuid.UUID] = []
+            for n in range(8):
+                [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, f"k{n}"))
+                sent = [row["id"]]
+            await connection.execute(
+                "INSERT INTO jobs (id, owner_id, kind, state, progress) "
+                "SELECT gen_random_uuid(), $1, $2, 'queued', 0 FROM generate_series(1, $3)",
+                owners[1], DEMO_COUNTDOWN, GROWN,
+            )  # fmt: skip
+            plans: list[str] = []
+            await connection.execute(EXPLAIN_NESTED)
+            connection.add_log_listener(lambda _, message: plans.append(str(message)))
+            [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, "again"))
+            await connection.execute(MARK_SENT, [row["id"]])
+            return plans
+        finally:
+            await connection.close()

@@ -172,7 +172,9 @@ SUMMARY = _sql(
 # inserted (as queued) within the owner's active-job limit. Rows found or
 # inserted, with their input's 1-based `ord` and whether they `existed`.
 INTAKE = "SELECT * FROM job_intake($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-MARK_SENT = f"UPDATE {TABLE} SET sent_at = now() WHERE id = ANY($1::uuid[]) AND sent_at IS NULL"  # noqa: S608 (a constant)
+# Planned at each call, for the ids given (migration 0006): a cached plan made while
+# the table was small would scan all of it.
+MARK_SENT = "SELECT job_mark_sent($1::uuid[])"
 
 
 def read_job(columns: list[str]) -> str:
