@@ -29,10 +29,8 @@ _REQUIRED_CLAIMS = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
 _logger = logging.getLogger("common.auth")
 
 
-class InvalidToken(Unauthorized):
+class InvalidToken(Unauthorized, title="Invalid or expired token"):
     """Raised when a bearer token is missing, malformed, expired or not for us."""
-
-    title = "Invalid or expired token"
 
 
 @dataclass(frozen=True, slots=True)

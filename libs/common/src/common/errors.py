@@ -8,7 +8,8 @@ Every error answer is `application/problem+json` (RFC 9457) with `type`,
     ├── Conflict             409
     ├── Unauthorized         401, with WWW-Authenticate: Bearer
     ├── Forbidden            403
-    └── TooManyRequests      429, with Retry-After
+    ├── TooManyRequests      429, with Retry-After
+    └── ServiceUnavailable   503
 
 Domains subclass these in their own `errors.py`. Services raise; handlers render.
 """
@@ -30,12 +31,34 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class AppError(Exception):
-    """A failure the client can act on; subclasses set the status and title."""
+    """A failure the client can act on; subclasses set the status and title.
+
+    A subclass declares them as class keywords, in one line:
+    `class JobNotFound(NotFound, title="Job not found"):`.
+    """
 
     status: int = 400
     title: str = "Bad request"
     type: str = "about:blank"
     headers: Mapping[str, str] | None = None
+    # Seconds for a Retry-After header on every instance; `None`: no header.
+    retry_after: int | None = None
+
+    def __init_subclass__(
+        cls,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        retry_after: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if title is not None:
+            cls.title = title
+        if retry_after is not None:
+            cls.retry_after = retry_after
 
     def __init__(
         self,
@@ -43,60 +66,45 @@ class AppError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        retry_after: int | None = None,
     ):
         self.detail = detail or self.title
         if headers is not None:
             self.headers = headers
+        if retry_after is not None:
+            self.retry_after = retry_after
+        if self.retry_after is not None:
+            retry = {"Retry-After": str(max(1, self.retry_after))}
+            self.headers = {**(self.headers or {}), **retry}
         # Further problem members, such as `errors` for a validation failure.
         self.extra = extra
         super().__init__(self.detail)
 
 
-class NotFound(AppError):
+class NotFound(AppError, status=404, title="Not found"):
     """Raised when a resource does not exist or is not the caller's to see."""
 
-    status = 404
-    title = "Not found"
 
-
-class Conflict(AppError):
+class Conflict(AppError, status=409, title="Conflict"):
     """Raised when a request conflicts with the resource's current state."""
 
-    status = 409
-    title = "Conflict"
 
-
-class Unauthorized(AppError):
+class Unauthorized(AppError, status=401, title="Not authenticated"):
     """Raised when credentials are missing, invalid or expired."""
 
-    status = 401
-    title = "Not authenticated"
     headers: Mapping[str, str] | None = {"WWW-Authenticate": "Bearer"}
 
 
-class Forbidden(AppError):
+class Forbidden(AppError, status=403, title="Forbidden"):
     """Raised when the caller is known but not allowed."""
 
-    status = 403
-    title = "Forbidden"
 
-
-class TooManyRequests(AppError):
+class TooManyRequests(AppError, status=429, title="Too many requests", retry_after=1):
     """Raised when a limit is exceeded; `retry_after` seconds go into Retry-After."""
 
-    status = 429
-    title = "Too many requests"
 
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        retry_after: int = 1,
-        headers: Mapping[str, str] | None = None,
-    ):
-        super().__init__(
-            detail, headers={**(headers or {}), "Retry-After": str(max(1, retry_after))}
-        )
+class ServiceUnavailable(AppError, status=503, title="Service unavailable"):
+    """Raised when a dependency (Redis, the hashing process) cannot serve the request now."""
 
 
 def problem(

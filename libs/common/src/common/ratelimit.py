@@ -18,7 +18,8 @@ large key.
 
 AppError
 ├── TooManyRequests (429)   a limit is exhausted; Retry-After and RateLimit headers
-└── RateLimitUnavailable (503)  Redis cannot answer and the policy fails closed
+└── ServiceUnavailable (503)
+    └── RateLimitUnavailable    Redis cannot answer and the policy fails closed
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from common.auth import InvalidToken, authenticate, bearer_token
-from common.errors import AppError, TooManyRequests
+from common.errors import ServiceUnavailable, TooManyRequests
 from common.metrics import RATE_LIMIT_BACKEND_FAILURES, RATE_LIMIT_REJECTIONS
 from common.middleware import add_late_headers
 from common.settings import CommonSettings
@@ -83,11 +84,8 @@ def split_limits(value: str) -> list[str]:
 LimitSpecs = Annotated[str, AfterValidator(_check_limits)]
 
 
-class RateLimitUnavailable(AppError):
+class RateLimitUnavailable(ServiceUnavailable, retry_after=5):
     """Raised when Redis cannot count a hit and the policy fails closed."""
-
-    status = 503
-    title = "Service unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +203,6 @@ class RateLimiter:
                 return None
             raise RateLimitUnavailable(
                 "Temporarily unable to serve this request; try again shortly.",
-                headers={"Retry-After": "5"},
             ) from exc
         if not allowed:
             RATE_LIMIT_REJECTIONS.labels(name).inc()

@@ -33,7 +33,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from common.auth import InvalidToken, Principal
-from common.errors import AppError
+from common.errors import ServiceUnavailable
 
 _logger = logging.getLogger("common.revocation")
 # Users this process remembers (a bounded, oldest-out cache).
@@ -51,11 +51,8 @@ def revocations_channel(prefix: str) -> str:
     return f"{prefix}auth:revocations"
 
 
-class RevocationUnavailable(AppError):
+class RevocationUnavailable(ServiceUnavailable, retry_after=5):
     """Raised when a revocation cannot be stored because Redis does not answer."""
-
-    status = 503
-    title = "Service unavailable"
 
 
 class Revocations:
@@ -123,7 +120,6 @@ class Revocations:
         except (RedisError, OSError) as exc:
             raise RevocationUnavailable(
                 "Could not revoke the access tokens; try again shortly.",
-                headers={"Retry-After": "5"},
             ) from exc
         self._remember(user_id, cutoff)
 

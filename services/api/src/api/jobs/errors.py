@@ -13,33 +13,23 @@ from __future__ import annotations
 from common.errors import AppError, Conflict, NotFound, TooManyRequests
 
 
-class JobNotFound(NotFound):
+class JobNotFound(NotFound, title="Job not found"):
     """Raised for a job that does not exist or belongs to someone else."""
 
-    title = "Job not found"
 
-
-class JobNotCancellable(Conflict):
+class JobNotCancellable(Conflict, title="Job not cancellable"):
     """Raised when cancelling a job that already finished."""
 
-    title = "Job not cancellable"
 
-
-class InvalidJob(AppError):
+class InvalidJob(AppError, status=422, title="Invalid job"):
     """Raised for an unknown kind or parameters its model rejects."""
 
-    status = 422
-    title = "Invalid job"
 
-
-class IdempotencyKeyReused(AppError):
+class IdempotencyKeyReused(
+    AppError, status=422, title="Idempotency-Key reused with a different request"
+):
     """Raised when an Idempotency-Key comes back with a different body."""
 
-    status = 422
-    title = "Idempotency-Key reused with a different request"
 
-
-class TooManyActiveJobs(TooManyRequests):
+class TooManyActiveJobs(TooManyRequests, title="Too many active jobs"):
     """Raised when the user already has the maximum of queued and running jobs."""
-
-    title = "Too many active jobs"

@@ -12,20 +12,13 @@ from __future__ import annotations
 from common.errors import AppError, Conflict, Unauthorized
 
 
-class EmailTaken(Conflict):
+class EmailTaken(Conflict, title="Email already registered"):
     """Raised when registering an email that exists, compared case-insensitively."""
 
-    title = "Email already registered"
 
-
-class WeakPassword(AppError):
+class WeakPassword(AppError, status=422, title="Password too weak"):
     """Raised when a password is too short, too simple or contains the email."""
 
-    status = 422
-    title = "Password too weak"
 
-
-class InactiveUser(Unauthorized):
+class InactiveUser(Unauthorized, title="Inactive user"):
     """Raised when the token's user no longer exists or is disabled."""
-
-    title = "Inactive user"
