@@ -205,6 +205,21 @@ class HostCheckMiddleware:
         await response(scope, receive, send)
 
 
+class _TrackingSend:
+    """`send`, noting whether the response has started: after that, an error can only be raised."""
+
+    __slots__ = ("_send", "response_started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.response_started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)
+
+
 class _BodyTooLarge(HTTPException):
     # An HTTPException, as Starlette's own body limit raises: FastAPI turns any
     # other error raised while reading the body into "400 error parsing the
@@ -240,7 +255,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         received = 0
-        response_started = False
+        tracked = _TrackingSend(send)
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -251,16 +266,10 @@ class BodySizeLimitMiddleware:
                     raise _BodyTooLarge(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _BodyTooLarge:
-            if response_started:
+            if tracked.response_started:
                 raise
             await self._reject(scope, receive, send)
 
@@ -287,19 +296,12 @@ class UnhandledErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        response_started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
+        tracked = _TrackingSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             _error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if response_started:
+            if tracked.response_started:
                 raise
             response = problem(
                 500,
