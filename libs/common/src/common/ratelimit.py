@@ -31,7 +31,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -55,24 +55,23 @@ from common.state import state_of
 _logger = logging.getLogger("common.ratelimit")
 
 
-def _check_limit(value: str) -> str:
-    try:
-        limits.parse(value)
-    except ValueError as exc:
-        raise ValueError(f"not a rate limit such as '10/minute' or '5/15 minutes': {exc}") from exc
-    return value
+def _checked_by(parse: Callable[[str], object], expected: str) -> AfterValidator:
+    """A settings validator keeping the text that `parse` reads; else "not {expected}"."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not {expected}: {exc}") from exc
+        return value
+
+    return AfterValidator(check)
 
 
 # A settings field holding a limit: `10/minute`, `5/15 minutes`, `100 per hour`.
-LimitSpec = Annotated[str, AfterValidator(_check_limit)]
-
-
-def _check_limits(value: str) -> str:
-    try:
-        limits.parse_many(value)
-    except ValueError as exc:
-        raise ValueError(f"not limits such as '10/minute;30/hour': {exc}") from exc
-    return value
+LimitSpec = Annotated[
+    str, _checked_by(limits.parse, "a rate limit such as '10/minute' or '5/15 minutes'")
+]
 
 
 def split_limits(value: str) -> list[str]:
@@ -81,7 +80,7 @@ def split_limits(value: str) -> list[str]:
 
 
 # A settings field holding several limits, each applied: `10/minute;30/hour;100/day`.
-LimitSpecs = Annotated[str, AfterValidator(_check_limits)]
+LimitSpecs = Annotated[str, _checked_by(limits.parse_many, "limits such as '10/minute;30/hour'")]
 
 
 class RateLimitUnavailable(ServiceUnavailable, retry_after=5):
@@ -162,6 +161,15 @@ class RateLimiter:
         # Hit ids, unique across processes (a random prefix) and hits (a counter).
         self._hit_prefix = os.urandom(6).hex()
         self._hits = itertools.count()
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, settings: CommonSettings, specs: Mapping[str, str]
+    ) -> RateLimiter:
+        """The process's limiter: `specs` (name to limit text) under the settings' key prefix."""
+        return cls(
+            redis, key_prefix=settings.redis_key_prefix, policies=build_policies(settings, specs)
+        )
 
     async def _evalsha(self, key: str, *args: Any) -> Any:
         """The hit script by its digest (EVALSHA as one command).

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from common.auth import InvalidToken, Principal
 from common.errors import ServiceUnavailable
+from common.settings import CommonSettings
 
 _logger = logging.getLogger("common.revocation")
 # Users this process remembers (a bounded, oldest-out cache).
@@ -77,6 +78,23 @@ class Revocations:
         # Told of every announced revocation (realtime closes the user's sockets).
         self._on_revoke = on_revoke
         self._pubsub: PubSub | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        redis: Redis,
+        settings: CommonSettings,
+        *,
+        on_revoke: Callable[[uuid.UUID, int], None] | None = None,
+    ) -> Revocations:
+        """Cut-offs under the settings' key prefix, kept as long as an access token can live."""
+        return cls(
+            redis,
+            prefix=settings.redis_key_prefix,
+            cache_seconds=settings.token_revocation_cache_seconds,
+            token_lifetime_seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds,
+            on_revoke=on_revoke,
+        )
 
     def _remember(self, user_id: uuid.UUID, cutoff: int) -> None:
         if user_id not in self._cache and len(self._cache) >= _CACHE_MAX:

@@ -35,7 +35,7 @@ from common.middleware import (
     UnhandledErrorMiddleware,
     add_edge_middleware,
 )
-from common.ratelimit import RateLimiter, build_policies
+from common.ratelimit import RateLimiter
 from common.redis import create_redis, create_subscriber_redis
 from common.revocation import Revocations
 from common.tracing import configure_tracing, instrument_app, instrument_engine, shutdown_tracing
@@ -85,12 +85,7 @@ def _lifespan(settings: ApiSettings) -> Any:
         _logger.info("worker %d: %s; %s", os.getpid(), budget.describe(), plan.describe())
         # Its hashing server starts on the first login: a worker starts fast.
         password_hasher = PasswordHasher(plan, wait_seconds=settings.password_hash_wait_seconds)
-        revocations = Revocations(
-            redis,
-            prefix=settings.redis_key_prefix,
-            cache_seconds=settings.token_revocation_cache_seconds,
-            token_lifetime_seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds,
-        )
+        revocations = Revocations.from_settings(redis, settings)
         subscriber = create_subscriber_redis(settings)
         revocation_listener = asyncio.create_task(revocations.listen(subscriber))
         lifecycle.install()
@@ -115,10 +110,8 @@ def _lifespan(settings: ApiSettings) -> Any:
                 "celery": celery,
                 "job_intake": intake,
                 "revocations": revocations,
-                "rate_limiter": RateLimiter(
-                    redis,
-                    key_prefix=settings.redis_key_prefix,
-                    policies=build_policies(settings, settings.rate_limit_specs()),
+                "rate_limiter": RateLimiter.from_settings(
+                    redis, settings, settings.rate_limit_specs()
                 ),
                 "health_checks": {"postgres": postgres_check(engine), "redis": redis_check(redis)},
             }

@@ -21,7 +21,7 @@ from common.middleware import (
     UnhandledErrorMiddleware,
     add_edge_middleware,
 )
-from common.ratelimit import RateLimiter, build_policies
+from common.ratelimit import RateLimiter
 from common.redis import create_redis, create_subscriber_redis
 from common.revocation import Revocations
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
@@ -50,13 +50,7 @@ def _lifespan(settings: RealtimeSettings) -> Any:
             redis, prefix=settings.redis_key_prefix, cap=settings.ws_max_connections_per_user
         )
         # Logout and password change close the user's sockets (and refuse old tokens).
-        revocations = Revocations(
-            redis,
-            prefix=settings.redis_key_prefix,
-            cache_seconds=settings.token_revocation_cache_seconds,
-            token_lifetime_seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds,
-            on_revoke=hub.revoke,
-        )
+        revocations = Revocations.from_settings(redis, settings, on_revoke=hub.revoke)
         subscriber = create_subscriber_redis(settings)
         revocation_listener = asyncio.create_task(revocations.listen(subscriber))
         hub.start()
@@ -70,10 +64,8 @@ def _lifespan(settings: RealtimeSettings) -> Any:
                 "user_sockets": user_sockets,
                 "lifecycle": lifecycle,
                 "revocations": revocations,
-                "rate_limiter": RateLimiter(
-                    redis,
-                    key_prefix=settings.redis_key_prefix,
-                    policies=build_policies(settings, settings.rate_limit_specs()),
+                "rate_limiter": RateLimiter.from_settings(
+                    redis, settings, settings.rate_limit_specs()
                 ),
                 "health_checks": {"redis": redis_check(redis), "subscription": hub.check},
             }

@@ -47,14 +47,7 @@ async def set_active(settings: ApiSettings, email: str, *, active: bool) -> uuid
             if user_id is not None and not active:
                 await revoke_user_families(session, user_id=user_id)
         if user_id is not None and not active:
-            revocations = Revocations(
-                redis,
-                prefix=settings.redis_key_prefix,
-                cache_seconds=settings.token_revocation_cache_seconds,
-                token_lifetime_seconds=settings.access_token_ttl_seconds
-                + settings.jwt_leeway_seconds,
-            )
-            await revocations.revoke_all(user_id)
+            await Revocations.from_settings(redis, settings).revoke_all(user_id)
         return user_id
     finally:
         await redis.aclose()
