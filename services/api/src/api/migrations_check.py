@@ -7,8 +7,10 @@ Run by `make lint` against an empty scratch database: upgrade to head, then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -40,6 +42,17 @@ async def _admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
+@contextlib.contextmanager
+def scratch_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """Create `<prefix>_<random>` on the server, yield its URL, drop it (even if in use)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def main() -> int:
     """Check heads and drift; print what is wrong and return non-zero."""
     base_url = ApiSettings().database_url
@@ -47,18 +60,14 @@ def main() -> int:
     if len(heads) != 1:
         print(f"alembic: expected one head, found {len(heads)}: {heads}", file=sys.stderr)
         return 1
-    scratch = f"migration_check_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(base_url, f'CREATE DATABASE "{scratch}"'))
     try:
-        scratch_url = make_url(base_url).set(database=scratch).render_as_string(hide_password=False)
-        config = alembic_config(scratch_url)
-        command.upgrade(config, "head")
-        command.check(config)
+        with scratch_database(base_url, prefix="migration_check") as scratch_url:
+            config = alembic_config(scratch_url)
+            command.upgrade(config, "head")
+            command.check(config)
     except CommandError as exc:
         print(f"alembic check: {exc}", file=sys.stderr)
         return 1
-    finally:
-        asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
     print("alembic: one head, models match the migrations")
     return 0
 
