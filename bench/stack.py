@@ -44,7 +44,7 @@ from common.settings import CommonSettings
 from devharness.database import migrated_database
 from devharness.processes import ManagedProcess, start_process
 from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
-from devharness.services import ROOT, ServiceUrls, provide_services
+from devharness.services import ROOT, ServiceUrls, provide_services, services_named_by
 from devservices import free_port
 from scripts import blueprint
 
@@ -69,17 +69,8 @@ WORKER_READY = " ready."
 @contextlib.contextmanager
 def services() -> Iterator[ServiceUrls]:
     """Postgres and Redis: `DATABASE_URL`/`REDIS_URL` when set, else embedded, as the tests do."""
-    database_url = os.environ.get("DATABASE_URL")
-    redis_url = os.environ.get("REDIS_URL")
-    if database_url and redis_url:
-        yield ServiceUrls(postgres=database_url, redis=redis_url, source="environment")
-        return
-    with provide_services() as urls:
-        yield ServiceUrls(
-            postgres=database_url or urls.postgres,
-            redis=redis_url or urls.redis,
-            source=urls.source,
-        )
+    with services_named_by("DATABASE_URL", "REDIS_URL", otherwise=provide_services) as urls:
+        yield urls
 
 
 def _render_style(database_url: str) -> str:
@@ -261,7 +252,7 @@ async def wait_ready(process: ManagedProcess, url: str, headers: dict[str, str])
 @contextlib.asynccontextmanager
 async def open_stack(urls: ServiceUrls, database_url: str, run_dir: Path) -> AsyncIterator[Stack]:
     """A stack on `database_url`; every process stopped on exit."""
-    shared_redis = urls.source == "docker" or any(
+    shared_redis = urls.source.endswith("docker") or any(
         os.environ.get(name) for name in ("REDIS_URL", "TEST_REDIS_URL")
     )
     stack = Stack(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,20 +68,32 @@ def _docker() -> Iterator[ServiceUrls]:
 
 
 @contextlib.contextmanager
+def services_named_by(
+    database_var: str,
+    redis_var: str,
+    *,
+    otherwise: Callable[[], AbstractContextManager[ServiceUrls]],
+) -> Iterator[ServiceUrls]:
+    """The servers the two variables name; `otherwise` provides the one (or both) unset."""
+    database_url = os.environ.get(database_var)
+    redis_url = os.environ.get(redis_var)
+    if database_url and redis_url:
+        yield ServiceUrls(postgres=database_url, redis=redis_url, source="environment")
+        return
+    with otherwise() as urls:
+        yield ServiceUrls(
+            postgres=database_url or urls.postgres,
+            redis=redis_url or urls.redis,
+            source=f"environment+{urls.source}" if (database_url or redis_url) else urls.source,
+        )
+
+
+@contextlib.contextmanager
 def provide_services() -> Iterator[ServiceUrls]:
     """The servers for this test session, started if need be and stopped after."""
     if os.environ.get("TEST_SERVICES") == "docker":
         with _docker() as urls:
             yield urls
         return
-    database_url = os.environ.get("TEST_DATABASE_URL")
-    redis_url = os.environ.get("TEST_REDIS_URL")
-    if database_url and redis_url:
-        yield ServiceUrls(postgres=database_url, redis=redis_url, source="environment")
-        return
-    with _embedded() as urls:
-        yield ServiceUrls(
-            postgres=database_url or urls.postgres,
-            redis=redis_url or urls.redis,
-            source="environment+embedded" if (database_url or redis_url) else "embedded",
-        )
+    with services_named_by("TEST_DATABASE_URL", "TEST_REDIS_URL", otherwise=_embedded) as urls:
+        yield urls
