@@ -7,7 +7,8 @@ its own); routers take these, never `request.state`. The database ones
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from celery import Celery
 from fastapi import Depends
@@ -17,45 +18,36 @@ from starlette.requests import HTTPConnection
 from api.auth.passwords import PasswordHasher
 from api.jobs.intake import JobIntake
 from api.settings import ApiSettings
-from api.state import api_state
+from api.state import ApiState, api_state
 from common.ratelimit import RateLimiter
 from common.revocation import Revocations as RevocationStore
 
-
-async def get_api_settings(connection: HTTPConnection) -> ApiSettings:
-    """The settings the app was created with."""
-    return api_state(connection)["settings"]
+T = TypeVar("T")
 
 
-async def get_password_hasher(connection: HTTPConnection) -> PasswordHasher:
-    """The process's password hasher."""
-    return api_state(connection)["password_hasher"]
+def _from_state(read: Callable[[ApiState], T]) -> Callable[[HTTPConnection], Awaitable[T]]:
+    """A dependency answering what `read` takes from the lifespan state (mypy checks the key).
+
+    Async though it awaits nothing: FastAPI would run a plain function in a thread.
+    """
+
+    async def dependency(connection: HTTPConnection) -> T:
+        return read(api_state(connection))
+
+    return dependency
 
 
-async def get_revocations(connection: HTTPConnection) -> RevocationStore:
-    """The process's access-token revocations."""
-    return api_state(connection)["revocations"]
-
-
-async def get_redis(connection: HTTPConnection) -> Redis:
-    """The process's Redis client (events, tickets, login bookkeeping)."""
-    return api_state(connection)["redis"]
-
-
-async def get_rate_limiter(connection: HTTPConnection) -> RateLimiter:
-    """The process's rate limiter."""
-    return api_state(connection)["rate_limiter"]
-
-
-async def get_intake(connection: HTTPConnection) -> JobIntake:
-    """The process's job intake (group commit)."""
-    return api_state(connection)["job_intake"]
-
-
-async def get_celery(connection: HTTPConnection) -> Celery:
-    """The process's Celery app (sending only)."""
-    return api_state(connection)["celery"]
-
+# Outside `Annotated`, whose metadata mypy does not check.
+get_api_settings = _from_state(lambda state: state["settings"])
+get_password_hasher = _from_state(lambda state: state["password_hasher"])
+get_revocations = _from_state(lambda state: state["revocations"])
+# Events, tickets, login bookkeeping.
+get_redis = _from_state(lambda state: state["redis"])
+get_rate_limiter = _from_state(lambda state: state["rate_limiter"])
+# Group commit of new jobs.
+get_intake = _from_state(lambda state: state["job_intake"])
+# Sending only.
+get_celery = _from_state(lambda state: state["celery"])
 
 Settings = Annotated[ApiSettings, Depends(get_api_settings)]
 Hasher = Annotated[PasswordHasher, Depends(get_password_hasher)]
