@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from devharness.processes import popen_in_session
 from scripts import blueprint
 
 ROOT = blueprint.ROOT
@@ -236,15 +237,8 @@ class Cluster:
         with self.log_path(host).open("ab") as log:
             log.write(f"\n=== {time.strftime('%H:%M:%S')} {shlex.join(argv)}\n".encode())
             log.flush()
-            process = subprocess.Popen(  # noqa: S603 (render.yaml's commands)
-                self.on_host(host, argv),
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            # render.yaml's commands
+            process = popen_in_session(self.on_host(host, argv), cwd=ROOT, env=env, log=log)
         self.pgids.setdefault(host.name, []).append(process.pid)
         self.save()
         return process.pid

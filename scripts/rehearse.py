@@ -40,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
+from devharness.processes import popen_in_session
 from devharness.services import provide_services
 from devservices import free_port
 from scripts.blueprint import ROOT, Backing, BlueprintError, base_env, load, render_env, resolve_env
@@ -178,15 +179,8 @@ def build(service: Service) -> None:
 
 def _start(service: Service) -> subprocess.Popen[bytes]:
     log = service.log_path("start").open("wb")
-    return subprocess.Popen(  # noqa: S603 (the Blueprint's own command)
-        ["/bin/bash", "-c", service.spec["startCommand"]],
-        cwd=ROOT,
-        env=_command_env(service),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    command = ["/bin/bash", "-c", service.spec["startCommand"]]  # the Blueprint's own
+    return popen_in_session(command, cwd=ROOT, env=_command_env(service), log=log)
 
 
 def _await_health(service: Service, process: subprocess.Popen[bytes]) -> None:

@@ -34,6 +34,21 @@ def environment_without(*names: str) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in dropped}
 
 
+def popen_in_session(
+    command: list[str], *, cwd: Path, env: dict[str, str], log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """Start `command` in a new session (its own process group), stdin closed, output to `log`."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 @dataclass
 class ManagedProcess:
     """A child started in a new session: its Popen, its log file and a name for reports.
@@ -55,15 +70,7 @@ class ManagedProcess:
     ) -> Self:  # fmt: skip
         """Start `command` in a new session (its own process group), output to `log_path`."""
         log_file = log_path.open("wb")
-        process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = popen_in_session(command, cwd=cwd, env=env, log=log_file)
         return cls(name, process, log_path, log_file, **fields)
 
     @property
