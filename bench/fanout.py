@@ -312,6 +312,18 @@ async def _call_all(clients: list[_ClientProcess], command: dict[str, Any]) -> l
 # --- measuring ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Audience:
+    """The connected sockets a step publishes to: the clients, their users, the server's workers."""
+
+    clients: list[_ClientProcess]
+    workers: list[psutil.Process]
+    redis: Redis
+    prefix: str
+    users: list[uuid.UUID]
+    per_user: int
+
+
 def _percentile(histogram: dict[int, int], fraction: float) -> float:
     total = sum(histogram.values())
     if not total:
@@ -351,20 +363,13 @@ async def _publish(
     return sent
 
 
-async def _step(
-    clients: list[_ClientProcess],
-    redis: Redis,
-    workers: list[psutil.Process],
-    *,
-    prefix: str,
-    users: list[uuid.UUID],
-    per_user: int,
-    rate: float,
-    seconds: float,
-) -> Step:
+async def _step(audience: _Audience, *, rate: float, seconds: float) -> Step:
+    clients, workers, per_user = audience.clients, audience.workers, audience.per_user
     await _call_all(clients, {"cmd": "reset"})
     cpu_before = _cpu(workers)
-    published = await _publish(redis, prefix, users, rate / per_user, seconds)
+    published = await _publish(
+        audience.redis, audience.prefix, audience.users, rate / per_user, seconds
+    )
     expected = published * per_user
     deadline = time.monotonic() + 2.0
     while True:
@@ -452,37 +457,25 @@ async def _measure(
                 kind, clients_count, (_rss(workers) - before) / 1024 / len(user_tokens)
             )
             if ladder:
-                await _ladder(outcome, clients, redis, workers, prefix=prefix, users=users,
-                              per_user=per_user, profile=profile)  # fmt: skip
+                audience = _Audience(clients, workers, redis, prefix, users, per_user)
+                await _ladder(outcome, audience, profile=profile)
         finally:
             await asyncio.gather(*(client.close() for client in clients))
     return outcome
 
 
-async def _ladder(
-    outcome: Outcome,
-    clients: list[_ClientProcess],
-    redis: Redis,
-    workers: list[psutil.Process],
-    *,
-    prefix: str,
-    users: list[uuid.UUID],
-    per_user: int,
-    profile: Profile,
-) -> None:
-    client_procs = [psutil.Process(client.process.pid) for client in clients]
+async def _ladder(outcome: Outcome, audience: _Audience, *, profile: Profile) -> None:
+    client_procs = [psutil.Process(client.process.pid) for client in audience.clients]
     cpu_before = sum(proc.cpu_times().user + proc.cpu_times().system for proc in client_procs)
     busy = 0.0
     rate = profile.first_rate
     # Warm-up, not counted: the first events meet cold caches and a cold client.
-    await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
-                rate=rate, seconds=1.0)  # fmt: skip
+    await _step(audience, rate=rate, seconds=1.0)
     retried = False
     # A retry does not use up a rung: the ladder ends on a confirmed failure or its top.
     while len(outcome.steps) < profile.max_steps:
         started = time.monotonic()
-        step = await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
-                           rate=rate, seconds=profile.step_seconds)  # fmt: skip
+        step = await _step(audience, rate=rate, seconds=profile.step_seconds)
         busy += time.monotonic() - started
         if not step.passed and not retried:
             # Other work on a shared machine can stall one step: a rate fails only twice.
@@ -509,8 +502,7 @@ async def _ladder(
     low, high = (max(passed) if passed else 0.0), rate
     for _ in range(REFINE_STEPS if low and high else 0):
         middle = (low * high) ** 0.5
-        step = await _step(clients, redis, workers, prefix=prefix, users=users, per_user=per_user,
-                           rate=middle, seconds=profile.step_seconds)  # fmt: skip
+        step = await _step(audience, rate=middle, seconds=profile.step_seconds)
         outcome.steps.append(step)
         print(
             f"  {outcome.server:8} refine {middle:>9,.0f}/s  p99 {step.p99 * 1000:7.1f} ms  "

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from bench.fanout import (
     ROOT,
     Servers,
+    _Audience,
     _call_all,
     _ClientProcess,
     _connect,
@@ -67,12 +68,10 @@ async def _routing(
             host = servers.env.get("ALLOWED_HOSTS", "localhost").split(",")[0]
             await _connect(clients, port, host, list(tokens.values()))
             await _call_all(clients, {"cmd": "reset"})
+            audience = _Audience(clients, workers, redis, prefix, list(tokens), per_user=1)
             for rate in RATES:
                 before = await _output_bytes(redis)
-                step = await _step(
-                    clients, redis, workers, prefix=prefix, users=list(tokens),
-                    per_user=1, rate=rate, seconds=STEP_SECONDS,
-                )  # fmt: skip
+                step = await _step(audience, rate=rate, seconds=STEP_SECONDS)
                 published = step.expected
                 rows.append({
                     "routing": mode,
