@@ -5,27 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from redis import Redis
 
-from common.broker import create_celery, job_message, queue_key, send_queued_job
+from common.broker import JobToSend, create_celery, job_message, queue_key, send_queued_job
 from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.settings import CommonSettings
 
 # Differ between any two sends: a fresh tag per message, the sending thread's reply queue.
 PER_SEND = {"delivery_tag", "reply_to"}
-
-
-@dataclass(frozen=True)
-class _Job:
-    id: uuid.UUID
-    kind: str
-    params: dict[str, Any]
-    request_id: str | None
-    traceparent: str | None
 
 
 @pytest.fixture
@@ -64,8 +54,8 @@ class TestJobMessage:
     ) -> None:  # fmt: skip
         settings = CommonSettings(_env_file=None, redis_url=redis_url, redis_key_prefix=prefix)
         celery = create_celery(settings, main="test", sender=True)
-        job = _Job(uuid.uuid4(), DEMO_COUNTDOWN, {"steps": 2, "interval": 0.5}, request_id,
-                   traceparent)  # fmt: skip
+        job = JobToSend(uuid.uuid4(), DEMO_COUNTDOWN, {"steps": 2, "interval": 0.5}, request_id,
+                        traceparent)  # fmt: skip
         try:
             send_queued_job(celery, job)
         finally:

@@ -13,6 +13,7 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery import Celery
@@ -100,6 +101,17 @@ class QueuedJob(Protocol):
     def request_id(self) -> str | None: ...
     @property
     def traceparent(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class JobToSend:
+    """A `QueuedJob` held by value, for a job whose row is not at hand."""
+
+    id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    request_id: str | None
+    traceparent: str | None
 
 
 def send_queued_job(celery: Celery, job: QueuedJob, *, producer: Any = None) -> None:

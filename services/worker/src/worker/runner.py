@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from common import jobs_repository as jobs
 from common import publisher
-from common.broker import send_queued_job
+from common.broker import JobToSend, send_queued_job
 from common.contracts import events
 from common.contracts.jobs import JobState
 from common.tracing import is_active as is_tracing
@@ -115,8 +115,9 @@ class JobRun:
     stop_reason: type[Exception] | None = None
     # The final state this run recorded, if it recorded one (for the metrics).
     outcome: JobState | None = None
-    # The owner's held-back job that the finish took, to send when the run is over.
-    next_job: NextJob | None = None
+    # The owner's job the running cap held back, which the finish marked sent again:
+    # to send when the run is over.
+    next_job: JobToSend | None = None
     # Whether the run gave the job back for a retry (its slot is free too).
     released: bool = False
 
@@ -180,7 +181,7 @@ class JobRun:
             return False
         self.outcome = state
         if row.next_id is not None:
-            self.next_job = NextJob(
+            self.next_job = JobToSend(
                 row.next_id, row.next_kind, row.next_params, row.next_request_id,
                 row.next_traceparent,
             )  # fmt: skip
@@ -191,17 +192,6 @@ class JobRun:
         _, matched = _execute(self.engine, jobs.RELEASE, {"id": self.job_id, "run_id": self.run_id})
         self.released = matched == 1
         return self.released
-
-
-@dataclass(frozen=True)
-class NextJob:
-    """An owner's job the running cap held back, marked sent again: a `QueuedJob` to send."""
-
-    id: uuid.UUID
-    kind: str
-    params: dict[str, Any]
-    request_id: str | None
-    traceparent: str | None
 
 
 class Deferred(Exception):
