@@ -1,19 +1,13 @@
 """users and refresh tokens
 
-Revision ID: 0001
-Revises:
 Create Date: 2026-11-26 13:49:07.996076
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

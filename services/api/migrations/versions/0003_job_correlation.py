@@ -1,19 +1,13 @@
 """job correlation: the creating request's id and W3C traceparent
 
-Revision ID: 0003
-Revises: 0002
 Create Date: 2026-11-26 16:45:00.000000
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

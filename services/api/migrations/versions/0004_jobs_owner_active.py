@@ -1,19 +1,13 @@
 """jobs: an index of each user's active jobs, for the per-user limit
 
-Revision ID: 0004
-Revises: 0003
 Create Date: 2026-11-30 02:40:00.000000
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 # As `ACTIVE_STATES_SQL` spells them (a migration keeps its own copy: it must not change).
 _PREDICATE = "state IN ('queued', 'running')"

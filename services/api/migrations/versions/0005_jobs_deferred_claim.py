@@ -1,7 +1,5 @@
 """jobs: deferred queued jobs; the intake, claim, finish and hand-off as one call each
 
-Revision ID: 0005
-Revises: 0004
 Create Date: 2026-11-30 06:00:00.000000
 
 The per-user running cap (`JOBS_MAX_RUNNING_PER_USER`) needs a claim that
@@ -19,15 +17,11 @@ owner's running job sends it again (only then, so no job is sent twice when
 nothing was held back), and the relay's resend remains the backstop.
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
 down_revision: str | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 # A migration keeps its own copy of every state name: it must not change later.
 _DEFERRED_PREDICATE = "state = 'queued' AND deferred"
