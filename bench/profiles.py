@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.wrk import WrkSettings
 
@@ -28,27 +28,26 @@ class Profile:
     intake_users: int
 
 
+_QUICK = Profile(
+    name="quick",
+    wrk=WrkSettings(threads=1, connections=16, seconds=5),
+    warmup_seconds=1,
+    rounds=1,
+    e2e_seconds=10,
+    e2e_rate=200,
+    e2e_users=32,
+    storm_connections=8,
+    intake_users=8,
+)
 PROFILES = {
-    "quick": Profile(
-        name="quick",
-        wrk=WrkSettings(threads=1, connections=16, seconds=5),
-        warmup_seconds=1,
-        rounds=1,
-        e2e_seconds=10,
-        e2e_rate=200,
-        e2e_users=32,
-        storm_connections=8,
-        intake_users=8,
-    ),
-    "full": Profile(
+    "quick": _QUICK,
+    # The same load, measured for longer and in alternating rounds.
+    "full": replace(
+        _QUICK,
         name="full",
-        wrk=WrkSettings(threads=1, connections=16, seconds=20),
+        wrk=replace(_QUICK.wrk, seconds=20),
         warmup_seconds=3,
         rounds=3,
         e2e_seconds=60,
-        e2e_rate=200,
-        e2e_users=32,
-        storm_connections=8,
-        intake_users=8,
     ),
 }
