@@ -1,7 +1,5 @@
 """jobs: the intake's plans stay right while the table grows; the sent mark planned per call
 
-Revision ID: 0006
-Revises: 0005
 Create Date: 2026-11-30 09:00:00.000000
 
 PL/pgSQL keeps a plan per statement and connection, made when the statement
@@ -34,7 +32,6 @@ downgrade restores 0005's.
 """
 
 import importlib.util
-from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -42,8 +39,6 @@ from alembic import op
 
 revision: str = "0006"
 down_revision: str | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 _MARK_SENT = """
 CREATE FUNCTION job_mark_sent(p_ids uuid[])
