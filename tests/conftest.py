@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.reports",
     "tests.fixtures.api",
+    "tests.fixtures.jobs",
     "tests.fixtures.servers",
     "tests.fixtures.realtime",
     "tests.fixtures.workers",

@@ -10,14 +10,13 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.contracts.job_kinds import DEMO_COUNTDOWN
-from common.models import Job
-from tests.fixtures.api import MakeUser
+from tests.fixtures.api import MakeUser, RegisteredUser
 from tests.fixtures.jobs import (
     SUMMARY,
+    count_jobs,
     error_locations,
     post_job,
 )
@@ -28,9 +27,8 @@ class TestIdempotencyKey:
     """The same Idempotency-Key and body give the same job, never a second one."""
 
     async def test_repeat_answers_200_with_the_same_job(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         key = uuid.uuid4().hex
         first = await post_job(client, user, key=key)
         second = await post_job(client, user, key=key)
@@ -40,9 +38,8 @@ class TestIdempotencyKey:
         assert second.headers["location"] == first.headers["location"]
 
     async def test_params_in_another_order_are_the_same_body(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         key = uuid.uuid4().hex
         first = await post_job(
             client, user, {"kind": DEMO_COUNTDOWN, "params": {"steps": 2, "interval": 1}}, key=key
@@ -54,24 +51,18 @@ class TestIdempotencyKey:
         assert second.json()["id"] == first.json()["id"]
 
     async def test_concurrent_repeats_create_exactly_one_job(
-        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+        self, client: httpx.AsyncClient, user: RegisteredUser, db_engine: AsyncEngine
     ) -> None:
-        user = await make_user()
         key = uuid.uuid4().hex
         responses = await asyncio.gather(*(post_job(client, user, key=key) for _ in range(20)))
         statuses = sorted(r.status_code for r in responses)
         assert statuses == [200] * 19 + [202], [r.text for r in responses]
         assert len({r.json()["id"] for r in responses}) == 1
-        async with db_engine.connect() as connection:
-            count = await connection.scalar(
-                select(func.count()).select_from(Job).where(Job.owner_id == uuid.UUID(user.id))
-            )
-        assert count == 1
+        assert await count_jobs(db_engine, user.id) == 1
 
     async def test_same_key_with_another_body_is_422(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         key = uuid.uuid4().hex
         assert (await post_job(client, user, key=key)).status_code == 202
         other = {"kind": DEMO_COUNTDOWN, "params": {"steps": 4, "interval": 0.5}}
@@ -92,8 +83,7 @@ class TestIdempotencyKey:
         "key", ["k" * 256, "has spaces", "tab\there"], ids=["too-long", "space", "tab"]
     )
     async def test_invalid_key_is_422(
-        self, client: httpx.AsyncClient, make_user: MakeUser, key: str
+        self, client: httpx.AsyncClient, user: RegisteredUser, key: str
     ) -> None:
-        user = await make_user()
         problem = assert_problem(await post_job(client, user, key=key), 422)
         assert ["header", "Idempotency-Key"] in error_locations(problem)

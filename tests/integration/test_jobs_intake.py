@@ -9,27 +9,26 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.main import create_app
 from api.settings import ApiSettings
 from common.contracts import events
 from common.contracts.job_kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
 from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
-from common.models import Job
 from devharness.polling import eventually
-from tests.fixtures.api import ClientFactory, MakeUser
+from tests.fixtures.api import AppClient, RegisteredUser
 from tests.fixtures.jobs import (
     JOB_FIELDS,
     SUMMARY,
+    JobBody,
+    UserEvents,
+    count_jobs,
     create_job,
     error_locations,
     message_for,
@@ -45,9 +44,8 @@ class TestAccept:
     """POST /v1/jobs answers 202 with Location and the job, commits it and sends its message."""
 
     async def test_countdown_is_accepted_with_location_and_the_job(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await post_job(client, user)
         assert response.status_code == 202, response.text
         job = response.json()
@@ -65,47 +63,33 @@ class TestAccept:
         assert datetime.fromisoformat(job["created_at"]).utcoffset() == timedelta(0)
 
     async def test_location_returns_the_same_job(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         created = await post_job(client, user)
         fetched = await client.get(created.headers["location"], headers=user.headers)
         assert fetched.status_code == 200
         assert fetched.json() == created.json()
 
     async def test_accepted_job_is_marked_sent_and_its_message_is_in_the_queue(
-        self,
-        client: httpx.AsyncClient,
-        make_user: MakeUser,
-        db_engine: AsyncEngine,
-        redis: Redis,
+        self, user: RegisteredUser, queued_job: JobBody, db_engine: AsyncEngine, redis: Redis,
         settings: ApiSettings,
-    ) -> None:
-        user = await make_user()
-        job = await create_job(client, user)
-        row = await read_job(db_engine, job["id"])
+    ) -> None:  # fmt: skip
+        row = await read_job(db_engine, queued_job["id"])
         assert row["sent_at"] is not None
         assert str(row["owner_id"]) == user.id
         prefix = settings.redis_key_prefix
         assert await redis.llen(f"{prefix}{JOBS_QUEUE}") >= 1
-        message = await message_for(redis, prefix, job["id"])
+        message = await message_for(redis, prefix, queued_job["id"])
         assert message is not None, "no message in the queue names the job"
         assert message["headers"]["task"] == RUN_JOB_TASK
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        assert args == [job["id"]]
+        assert args == [queued_job["id"]]
         assert kwargs == {}
 
     async def test_job_queued_event_lands_in_the_owner_stream(
-        self,
-        client: httpx.AsyncClient,
-        make_user: MakeUser,
-        redis: Redis,
-        settings: ApiSettings,
+        self, user: RegisteredUser, queued_job: JobBody, user_events: UserEvents
     ) -> None:
-        user = await make_user()
-        job = await create_job(client, user)
-        stream = await stream_events(redis, settings.redis_key_prefix, user.id)
-        queued = [(sid, e) for sid, e in stream if e["job_id"] == job["id"]]
+        queued = [(sid, e) for sid, e in await user_events() if e["job_id"] == queued_job["id"]]
         assert len(queued) == 1
         _, event = queued[0]
         assert event["type"] == events.JOB_QUEUED
@@ -115,13 +99,9 @@ class TestAccept:
         assert datetime.fromisoformat(event["ts"]).utcoffset() == timedelta(0)
 
     async def test_live_copy_of_the_event_carries_the_stream_id(
-        self,
-        client: httpx.AsyncClient,
-        make_user: MakeUser,
-        redis: Redis,
+        self, client: httpx.AsyncClient, user: RegisteredUser, redis: Redis,
         settings: ApiSettings,
-    ) -> None:
-        user = await make_user()
+    ) -> None:  # fmt: skip
         prefix = settings.redis_key_prefix
         pubsub = redis.pubsub()
         try:
@@ -145,9 +125,8 @@ class TestAccept:
         assert [sid for sid, e in stream if e["job_id"] == job["id"]] == [live["id"]]
 
     async def test_jobs_summary_with_empty_params_is_accepted(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         job = await create_job(client, user, SUMMARY)
         assert job["kind"] == REPORT_JOBS_SUMMARY
         assert job["params"] == {}
@@ -209,26 +188,16 @@ class TestValidation:
         ],
     )
     async def test_bad_job_is_422_naming_the_field(
-        self,
-        client: httpx.AsyncClient,
-        make_user: MakeUser,
-        db_engine: AsyncEngine,
-        body: dict[str, Any],
-        loc: list[str],
-    ) -> None:
-        user = await make_user()
+        self, client: httpx.AsyncClient, user: RegisteredUser, db_engine: AsyncEngine,
+        body: dict[str, Any], loc: list[str],
+    ) -> None:  # fmt: skip
         problem = assert_problem(await post_job(client, user, body), 422)
         assert loc in error_locations(problem)
-        async with db_engine.connect() as connection:
-            count = await connection.scalar(
-                select(func.count()).select_from(Job).where(Job.owner_id == uuid.UUID(user.id))
-            )
-        assert count == 0
+        assert await count_jobs(db_engine, user.id) == 0
 
     async def test_params_at_the_limits_are_accepted(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         for params in (
             {"steps": 1, "interval": 0},
             {"steps": 1000, "interval": 60, "fail_at_step": 1000},
@@ -241,13 +210,9 @@ class TestActiveLimit:
     """A user may have at most jobs_max_active_per_user queued or running jobs."""
 
     async def test_job_over_the_limit_is_429_until_one_is_cancelled(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: Callable[..., ApiSettings],
-        make_user: MakeUser,
+        self, app_client: AppClient, user: RegisteredUser
     ) -> None:
-        limited = await client_factory(create_app(settings_factory(jobs_max_active_per_user=3)))
-        user = await make_user()
+        limited = await app_client(jobs_max_active_per_user=3)
         jobs = [await create_job(limited, user) for _ in range(3)]
         response = await post_job(limited, user)
         assert_problem(response, 429)
@@ -257,14 +222,9 @@ class TestActiveLimit:
         assert (await post_job(limited, user)).status_code == 202
 
     async def test_finished_jobs_do_not_count(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: Callable[..., ApiSettings],
-        make_user: MakeUser,
-        db_engine: AsyncEngine,
+        self, app_client: AppClient, user: RegisteredUser, db_engine: AsyncEngine
     ) -> None:
-        limited = await client_factory(create_app(settings_factory(jobs_max_active_per_user=1)))
-        user = await make_user()
+        limited = await app_client(jobs_max_active_per_user=1)
         job = await create_job(limited, user)
         await set_job_state(db_engine, job["id"], "running")
         assert_problem(await post_job(limited, user), 429)
