@@ -4,44 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import pytest
 import websockets
 
 from common.auth import issue_access_token
 from devharness.polling import eventually
 from devharness.realtime import Listener, listen, refusal
 from realtime import capacity
-from realtime.settings import RealtimeSettings
-from tests.fixtures.jobs import new_prefix
-from tests.fixtures.realtime_server import RunningRealtime, serve_realtime
-
-RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
-
-
-@pytest.fixture
-async def realtime_factory(
-    redis_url: str, redis_key_prefix: str, jwt_secret: str
-) -> AsyncIterator[RealtimeFactory]:
-    """Serve the realtime app in process with the given settings and a key prefix of its own."""
-    stack = contextlib.AsyncExitStack()
-
-    async def make(**overrides: Any) -> RunningRealtime:
-        values: dict[str, Any] = {
-            "environment": "test",
-            "redis_url": redis_url,
-            "redis_key_prefix": new_prefix(redis_key_prefix),
-            "jwt_secret": jwt_secret,
-            "log_level": "WARNING",
-            **overrides,
-        }
-        settings = RealtimeSettings(_env_file=None, **values)
-        return await stack.enter_async_context(serve_realtime(settings))
-
-    async with stack:
-        yield make
+from tests.fixtures.realtime import InProcessRealtime
+from tests.fixtures.realtime_server import RunningRealtime
 
 
 def _token(realtime: RunningRealtime) -> str:
@@ -51,8 +22,10 @@ def _token(realtime: RunningRealtime) -> str:
 class TestConnectLimits:
     """Handshakes beyond a connect limit are closed with 1008 and a reason."""
 
-    async def test_connects_per_user_are_limited(self, realtime_factory: RealtimeFactory) -> None:
-        realtime = await realtime_factory(rate_limit_ws_connect_user="2/minute")
+    async def test_connects_per_user_are_limited(
+        self, in_process_realtime: InProcessRealtime
+    ) -> None:
+        realtime = await in_process_realtime(rate_limit_ws_connect_user="2/minute")
         token = _token(realtime)
         for _ in range(2):
             listener = await listen(realtime.ws_url, token=token)
@@ -65,9 +38,9 @@ class TestConnectLimits:
         await listener.close()
 
     async def test_connects_per_address_are_limited_before_authentication(
-        self, realtime_factory: RealtimeFactory
+        self, in_process_realtime: InProcessRealtime
     ) -> None:
-        realtime = await realtime_factory(rate_limit_ws_connect_ip="2/minute")
+        realtime = await in_process_realtime(rate_limit_ws_connect_ip="2/minute")
         for _ in range(2):
             listener = await listen(realtime.ws_url, token=_token(realtime))
             await listener.close()
@@ -80,8 +53,10 @@ class TestConnectLimits:
 class TestMessageLimit:
     """A client sending more messages than allowed per window is closed with 1008."""
 
-    async def test_message_flood_closes_with_1008(self, realtime_factory: RealtimeFactory) -> None:
-        realtime = await realtime_factory(rate_limit_ws_messages="5/minute")
+    async def test_message_flood_closes_with_1008(
+        self, in_process_realtime: InProcessRealtime
+    ) -> None:
+        realtime = await in_process_realtime(rate_limit_ws_messages="5/minute")
         listener = await listen(realtime.ws_url, token=_token(realtime))
         for _ in range(6):
             await listener.send({"type": "ping"})
@@ -94,9 +69,9 @@ class TestConnectionLimit:
     """Sockets beyond the worker's memory share are refused with 1013; the open ones are served."""
 
     async def test_a_socket_beyond_the_limit_is_refused_with_1013(
-        self, realtime_factory: RealtimeFactory
+        self, in_process_realtime: InProcessRealtime
     ) -> None:
-        realtime = await realtime_factory(ws_max_connections=2)
+        realtime = await in_process_realtime(ws_max_connections=2)
         first = await listen(realtime.ws_url, token=_token(realtime))
         second = await listen(realtime.ws_url, token=_token(realtime))
         code, reason = await refusal(realtime.ws_url, token=_token(realtime))
@@ -114,13 +89,13 @@ class TestConnectionLimit:
         await second.close()
 
     async def test_the_limit_follows_the_memory_budget(
-        self, realtime_factory: RealtimeFactory
+        self, in_process_realtime: InProcessRealtime
     ) -> None:
         # A limit whose budget holds the fixed part (master, 2 workers) and 2 sockets
         # per worker, at 1 MiB a socket.
         socket_bytes = 1024 * 1024
         fixed = capacity.MASTER_BYTES + 2 * capacity.WORKER_BYTES
-        realtime = await realtime_factory(
+        realtime = await in_process_realtime(
             memory_limit=int((fixed + 4.5 * socket_bytes) / 0.8),
             memory_headroom=0.2,
             web_concurrency=2,

@@ -3,57 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from common import publisher
 from common.auth import issue_access_token
 from common.contracts import events
 from common.contracts.realtime import ticket_key, ticket_value
 from common.revocation import Revocations
-from devharness.realtime import listen, refusal, ws_url
-from realtime.settings import RealtimeSettings
+from devharness.realtime import Listener, listen, refusal, ws_url
 from tests.fixtures import tokens
-from tests.fixtures.jobs import new_prefix
-from tests.fixtures.realtime_server import RunningRealtime, serve_realtime
-
-ORIGIN = "https://app.example.com"
-RealtimeFactory = Callable[..., Awaitable[RunningRealtime]]
+from tests.fixtures.realtime import ORIGIN, InProcessRealtime, publish
+from tests.fixtures.realtime_server import RunningRealtime
 
 
 @pytest.fixture
-async def realtime_factory(
-    redis_url: str, redis_key_prefix: str, jwt_secret: str
-) -> AsyncIterator[RealtimeFactory]:
-    """Serve the realtime app in process; `make(**settings)`; each with a key prefix of its own."""
-    stack = contextlib.AsyncExitStack()
-
-    async def make(**overrides: Any) -> RunningRealtime:
-        values: dict[str, Any] = {
-            "environment": "test",
-            "redis_url": redis_url,
-            "redis_key_prefix": new_prefix(redis_key_prefix),
-            "jwt_secret": jwt_secret,
-            "cors_origins": [ORIGIN],
-            "log_level": "WARNING",
-        }
-        values.update(overrides)
-        settings = RealtimeSettings(_env_file=None, **values)
-        return await stack.enter_async_context(serve_realtime(settings))
-
-    async with stack:
-        yield make
+def realtime_factory(in_process_realtime: InProcessRealtime) -> InProcessRealtime:
+    """In-process realtime servers that allow ORIGIN."""
+    return functools.partial(in_process_realtime, cors_origins=[ORIGIN])
 
 
 @pytest.fixture
-async def realtime(realtime_factory: RealtimeFactory) -> RunningRealtime:
+async def realtime(realtime_factory: InProcessRealtime) -> RunningRealtime:
     return await realtime_factory()
 
 
@@ -61,22 +38,41 @@ def _token(realtime: RunningRealtime, user_id: uuid.UUID) -> str:
     return issue_access_token(realtime.settings, subject=user_id)
 
 
+async def _listen_as(realtime: RunningRealtime, user_id: uuid.UUID, **query: str) -> Listener:
+    """A socket of `user_id`'s, opened with a bearer token (and `query` in its URL)."""
+    return await listen(ws_url(realtime.ws_url, **query), token=_token(realtime, user_id))
+
+
 # --8<-- [start:publish-helper]
 async def _publish(
     redis: Redis, realtime: RunningRealtime, user_id: uuid.UUID, count: int, **data: Any
 ) -> list[str]:
-    job_id = uuid.uuid4()
-    return [
-        await publisher.apublish_event(
-            redis,
-            events.make_event(events.JOB_PROGRESS, user_id=user_id, job_id=job_id, step=n, **data),
-            prefix=realtime.settings.redis_key_prefix,
-        )
-        for n in range(count)
-    ]
+    """Publish as a worker does (`tests.fixtures.realtime.publish`): `count` progress events
+    of one made-up job of `user_id`, under the server's key prefix; their ids."""
+    return await publish(redis, realtime.settings.redis_key_prefix, user_id, count, **data)
 
 
 # --8<-- [end:publish-helper]
+
+
+@dataclass
+class _SocketUser:
+    """A user of the in-process server: opens their sockets, publishes their events."""
+
+    realtime: RunningRealtime
+    redis: Redis
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    async def listen(self, **query: str) -> Listener:
+        return await _listen_as(self.realtime, self.id, **query)
+
+    async def publish(self, count: int) -> list[str]:
+        return await _publish(self.redis, self.realtime, self.id, count)
+
+
+@pytest.fixture
+def socket_user(realtime: RunningRealtime, redis: Redis) -> _SocketUser:
+    return _SocketUser(realtime, redis)
 
 
 class TestHandshake:
@@ -86,7 +82,7 @@ class TestHandshake:
         self, realtime: RunningRealtime
     ) -> None:
         user_id = uuid.uuid4()
-        listener = await listen(realtime.ws_url, token=_token(realtime, user_id))
+        listener = await _listen_as(realtime, user_id)
         assert listener.hello["user_id"] == str(user_id)
         assert listener.hello["limits"] == {
             "max_message_bytes": realtime.settings.ws_max_message_bytes,
@@ -148,7 +144,7 @@ class TestProtocol:
     async def test_ping_gets_pong_and_bad_messages_get_errors(
         self, realtime: RunningRealtime
     ) -> None:
-        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        listener = await _listen_as(realtime, uuid.uuid4())
         await listener.send({"type": "ping"})
         await listener.socket.send("not json")
         await listener.send({"type": "subscribe", "channel": "everything"})
@@ -164,18 +160,18 @@ class TestProtocol:
         await listener.close()
 
     async def test_message_over_the_limit_closes_with_1009(
-        self, realtime_factory: RealtimeFactory
+        self, realtime_factory: InProcessRealtime
     ) -> None:
         realtime = await realtime_factory(ws_max_message_bytes=256)
-        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        listener = await _listen_as(realtime, uuid.uuid4())
         await listener.send({"type": "ping", "padding": "x" * 300})
         assert await listener.wait_closed() == 1009
 
     async def test_silent_client_is_closed_after_the_idle_timeout(
-        self, realtime_factory: RealtimeFactory
+        self, realtime_factory: InProcessRealtime
     ) -> None:
         realtime = await realtime_factory(ws_idle_timeout_seconds=0.3)
-        listener = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        listener = await _listen_as(realtime, uuid.uuid4())
         assert await listener.wait_closed(within=5) == 1001
         assert "idle" in (listener.close_reason or "")
 
@@ -190,13 +186,13 @@ class TestHeartbeat:
     """One timer per process pings every socket; a client that never answers is dropped."""
 
     async def test_a_silent_client_is_dropped_and_an_answering_one_kept(
-        self, realtime_factory: RealtimeFactory
+        self, realtime_factory: InProcessRealtime
     ) -> None:
         realtime = await realtime_factory(
             ws_heartbeat_seconds=0.2, ws_heartbeat_timeout_seconds=0.4
         )
         # websockets answers every ping with a pong by itself.
-        answering = await listen(realtime.ws_url, token=_token(realtime, uuid.uuid4()))
+        answering = await _listen_as(realtime, uuid.uuid4())
         reader, writer = await asyncio.open_connection("127.0.0.1", realtime.port)
         try:
             writer.write(
@@ -227,8 +223,8 @@ class TestDelivery:
         self, realtime: RunningRealtime, redis: Redis
     ) -> None:
         alice, bob = uuid.uuid4(), uuid.uuid4()
-        alices = [await listen(realtime.ws_url, token=_token(realtime, alice)) for _ in range(2)]
-        bobs = await listen(realtime.ws_url, token=_token(realtime, bob))
+        alices = [await _listen_as(realtime, alice) for _ in range(2)]
+        bobs = await _listen_as(realtime, bob)
         ids = await _publish(redis, realtime, alice, 5)
         bob_ids = await _publish(redis, realtime, bob, 1)
         for listener in alices:
@@ -261,15 +257,13 @@ class TestResume:
     """A reconnecting client gets what it missed, then live events, with no gap or duplicate."""
 
     async def test_resume_while_events_flow_has_no_gap_and_no_duplicate(
-        self, realtime: RunningRealtime, redis: Redis
+        self, socket_user: _SocketUser
     ) -> None:
-        user_id = uuid.uuid4()
-        token = _token(realtime, user_id)
-        before = await _publish(redis, realtime, user_id, 30)
+        before = await socket_user.publish(30)
         # Published concurrently with the handshake and the replay: some go live, some are
         # replayed, some are both, and each must arrive exactly once.
-        during = asyncio.create_task(_publish(redis, realtime, user_id, 60))
-        listener = await listen(ws_url(realtime.ws_url, last_event_id=before[9]), token=token)
+        during = asyncio.create_task(socket_user.publish(60))
+        listener = await socket_user.listen(last_event_id=before[9])
         expected = before[10:] + await during
         await listener.wait_events(len(expected))
         await asyncio.sleep(0)
@@ -277,11 +271,10 @@ class TestResume:
         await listener.close()
 
     async def test_resume_message_replays_after_the_given_id(
-        self, realtime: RunningRealtime, redis: Redis
+        self, socket_user: _SocketUser
     ) -> None:
-        user_id = uuid.uuid4()
-        listener = await listen(realtime.ws_url, token=_token(realtime, user_id))
-        ids = await _publish(redis, realtime, user_id, 4)
+        listener = await socket_user.listen()
+        ids = await socket_user.publish(4)
         await listener.wait_events(4)
         await listener.send({"type": "resume", "last_event_id": ids[1]})
         await listener.wait_events(6)
@@ -289,28 +282,24 @@ class TestResume:
         await listener.close()
 
     async def test_zero_id_replays_everything_the_stream_holds(
-        self, realtime: RunningRealtime, redis: Redis
+        self, socket_user: _SocketUser
     ) -> None:
-        user_id = uuid.uuid4()
-        ids = await _publish(redis, realtime, user_id, 3)
-        url = ws_url(realtime.ws_url, last_event_id="0-0")
-        listener = await listen(url, token=_token(realtime, user_id))
+        ids = await socket_user.publish(3)
+        listener = await socket_user.listen(last_event_id="0-0")
         await listener.wait_events(3)
         assert listener.event_ids == ids
         await listener.close()
 
     async def test_id_older_than_the_stream_keeps_gets_reset_then_live_events(
-        self, realtime: RunningRealtime, redis: Redis
+        self, socket_user: _SocketUser, realtime: RunningRealtime, redis: Redis
     ) -> None:
-        user_id = uuid.uuid4()
-        ids = await _publish(redis, realtime, user_id, 5)
-        stream = events.user_stream(realtime.settings.redis_key_prefix, user_id)
+        ids = await socket_user.publish(5)
+        stream = events.user_stream(realtime.settings.redis_key_prefix, socket_user.id)
         await redis.xtrim(stream, maxlen=2, approximate=False)
-        url = ws_url(realtime.ws_url, last_event_id=ids[0])
-        listener = await listen(url, token=_token(realtime, user_id))
+        listener = await socket_user.listen(last_event_id=ids[0])
         await listener.wait_until(lambda item: bool(item.others), within=5, what="reset")
         assert listener.others == [{"type": "reset", "last_event_id": ids[0]}]
-        live = await _publish(redis, realtime, user_id, 2)
+        live = await socket_user.publish(2)
         await listener.wait_events(2)
         assert listener.event_ids == live, "after a reset only live events follow"
         await listener.close()
