@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 
 from common.contracts import events
 from common.models import Job
-from tests.fixtures.api import MakeUser
+from tests.fixtures.api import MakeUser, RegisteredUser
 from tests.fixtures.workers import WorkerResourcesFactory
 from worker.maintenance import purge, sweep
 from worker.resources import Resources
@@ -49,67 +49,56 @@ def _lapsed(minutes: int = 1) -> datetime:
     return datetime.now(UTC) - timedelta(minutes=minutes)
 
 
+def _swept(resources: Resources, owner_id: str, **values: Any) -> tuple[Any, list[str]]:
+    """Insert a running job with `values`, sweep once: its row and its events after."""
+    job_id = _insert_job(resources, owner_id, state="running", **values)
+    sweep(resources)
+    return _row(resources, job_id), _stream_types(resources, owner_id, job_id)
+
+
 class TestSweep:
     """A running job whose lease lapsed is requeued, cancelled or failed; a live one is left."""
 
     async def test_lapsed_lease_is_requeued_for_the_relay(
-        self, resources: Resources, make_user: MakeUser
+        self, resources: Resources, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        job_id = _insert_job(
-            resources, user.id, state="running", attempt=1, run_id=uuid.uuid4(),
-            lease_expires_at=_lapsed(), sent_at=_lapsed(5),
+        row, types = _swept(
+            resources, user.id, attempt=1, run_id=uuid.uuid4(), lease_expires_at=_lapsed(),
+            sent_at=_lapsed(5),
         )  # fmt: skip
-        sweep(resources)
-        row = _row(resources, job_id)
         assert (row.state, row.run_id, row.lease_expires_at, row.sent_at) == (
             "queued", None, None, None
         )  # fmt: skip
         assert row.attempt == 1
-        assert _stream_types(resources, user.id, job_id) == [events.JOB_REQUEUED]
+        assert types == [events.JOB_REQUEUED]
 
-    async def test_lapsed_lease_at_max_attempts_fails_the_job(
-        self, resources: Resources, make_user: MakeUser
-    ) -> None:
-        user = await make_user()
-        job_id = _insert_job(
-            resources, user.id, state="running", attempt=3, run_id=uuid.uuid4(),
-            lease_expires_at=_lapsed(),
-        )  # fmt: skip
-        sweep(resources)
-        row = _row(resources, job_id)
-        assert row.state == "failed"
-        assert row.error == "worker lost 3 times"
+    @pytest.mark.parametrize(
+        ("values", "state", "error", "event"),
+        [
+            ({"attempt": 3}, "failed", "worker lost 3 times", events.JOB_FAILED),
+            ({"attempt": 1, "cancel_requested": True}, "cancelled", None, events.JOB_CANCELLED),
+        ],
+        ids=["at-max-attempts-fails", "with-a-cancel-request-cancels"],
+    )
+    async def test_lapsed_lease_that_cannot_run_again_ends_the_job(
+        self, resources: Resources, user: RegisteredUser, values: dict[str, Any], state: str,
+        error: str | None, event: str,
+    ) -> None:  # fmt: skip
+        row, types = _swept(
+            resources, user.id, run_id=uuid.uuid4(), lease_expires_at=_lapsed(), **values
+        )
+        assert (row.state, row.error) == (state, error)
         assert row.finished_at is not None
-        assert _stream_types(resources, user.id, job_id) == [events.JOB_FAILED]
-
-    async def test_lapsed_lease_with_a_cancel_request_cancels(
-        self, resources: Resources, make_user: MakeUser
-    ) -> None:
-        user = await make_user()
-        job_id = _insert_job(
-            resources, user.id, state="running", attempt=1, run_id=uuid.uuid4(),
-            lease_expires_at=_lapsed(), cancel_requested=True,
-        )  # fmt: skip
-        sweep(resources)
-        row = _row(resources, job_id)
-        assert row.state == "cancelled"
-        assert row.finished_at is not None
-        assert _stream_types(resources, user.id, job_id) == [events.JOB_CANCELLED]
+        assert types == [event]
 
     async def test_live_lease_is_left_alone(
-        self, resources: Resources, make_user: MakeUser
+        self, resources: Resources, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         run_id = uuid.uuid4()
         lease = datetime.now(UTC) + timedelta(minutes=5)
-        job_id = _insert_job(
-            resources, user.id, state="running", attempt=1, run_id=run_id, lease_expires_at=lease
-        )
-        sweep(resources)
-        row = _row(resources, job_id)
+        row, types = _swept(resources, user.id, attempt=1, run_id=run_id, lease_expires_at=lease)
         assert (row.state, row.run_id, row.attempt) == ("running", run_id, 1)
-        assert _stream_types(resources, user.id, job_id) == []
+        assert types == []
 
 
 class TestPurge:
