@@ -7,51 +7,33 @@ from typing import Any
 import httpx
 import pytest
 
-from api.main import create_app
-from tests.fixtures.api import ClientFactory, MakeUser, RegisteredUser, SettingsFactory
+from tests.fixtures.api import AppClient, RegisteredUser, SettingsFactory
+from tests.fixtures.jobs import post_job
 from tests.fixtures.problems import assert_problem
 from worker.app import clamp_time_limits
 
 LONG_COUNTDOWN = {"kind": "demo.countdown", "params": {"steps": 1000, "interval": 60}}
 
 
-async def _post(client: httpx.AsyncClient, user: RegisteredUser, body: dict[str, Any]) -> Any:
-    return await client.post("/v1/jobs", json=body, headers=user.headers)
-
-
 class TestDemoKinds:
     """Demo kinds are off in production unless `DEMO_KINDS_ENABLED`."""
 
     async def test_production_refuses_and_hides_them(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: SettingsFactory,
-        make_user: MakeUser,
-        jwt_secret: str,
+        self, app_client: AppClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        settings = settings_factory(environment="production", jwt_secret=jwt_secret)
-        client = await client_factory(create_app(settings))
-        assert_problem(await _post(client, user, {"kind": "demo.countdown", "params": {}}), 422)
+        client = await app_client(environment="production")
+        assert_problem(await post_job(client, user, {"kind": "demo.countdown", "params": {}}), 422)
         kinds = (await client.get("/v1/jobs/kinds")).json()
         assert [kind["name"] for kind in kinds] == ["report.jobs_summary"]
-        accepted = await _post(client, user, {"kind": "report.jobs_summary", "params": {}})
+        accepted = await post_job(client, user, {"kind": "report.jobs_summary", "params": {}})
         assert accepted.status_code == 202
 
     async def test_production_runs_them_when_enabled(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: SettingsFactory,
-        make_user: MakeUser,
-        jwt_secret: str,
+        self, app_client: AppClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        settings = settings_factory(
-            environment="production", jwt_secret=jwt_secret, demo_kinds_enabled=True
-        )
-        client = await client_factory(create_app(settings))
+        client = await app_client(environment="production", demo_kinds_enabled=True)
         body = {"kind": "demo.countdown", "params": {"steps": 1, "interval": 0}}
-        assert (await _post(client, user, body)).status_code == 202
+        assert (await post_job(client, user, body)).status_code == 202
 
     async def test_on_by_default_outside_production(self, client: httpx.AsyncClient) -> None:
         names = {kind["name"] for kind in (await client.get("/v1/jobs/kinds")).json()}
@@ -62,21 +44,18 @@ class TestRunCeiling:
     """`JOB_MAX_RUN_SECONDS` refuses longer jobs at the API and cuts runs at the worker."""
 
     async def test_job_longer_than_the_ceiling_gets_422(
-        self, client_factory: ClientFactory, settings_factory: SettingsFactory, make_user: MakeUser
+        self, app_client: AppClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        settings = settings_factory(job_max_run_seconds={"demo.countdown": 600})
-        client = await client_factory(create_app(settings))
-        body = assert_problem(await _post(client, user, LONG_COUNTDOWN), 422)
+        client = await app_client(job_max_run_seconds={"demo.countdown": 600})
+        body = assert_problem(await post_job(client, user, LONG_COUNTDOWN), 422)
         assert "600s" in body["detail"]
         short = {"kind": "demo.countdown", "params": {"steps": 10, "interval": 1}}
-        assert (await _post(client, user, short)).status_code == 202
+        assert (await post_job(client, user, short)).status_code == 202
 
     async def test_without_a_ceiling_the_kinds_own_limit_applies(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        assert (await _post(client, user, LONG_COUNTDOWN)).status_code == 202
+        assert (await post_job(client, user, LONG_COUNTDOWN)).status_code == 202
 
     @pytest.mark.parametrize(
         ("limits", "ceiling", "expected"),
