@@ -6,13 +6,16 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from starlette.requests import Request
 
 from api.main import create_app
 from common.health import Lifecycle
 from devservices import free_port
-from tests.fixtures.api import ClientFactory, SettingsFactory
+from tests.fixtures.api import AppClient, ClientFactory, SettingsFactory
+
+CHECK_TIMEOUT = 0.5  # seconds, the health check timeout of the apps with a broken Redis
 
 
 class TestLiveness:
@@ -40,15 +43,18 @@ class TestReadiness:
             assert isinstance(check["latency_ms"], int | float)
             assert check["latency_ms"] >= 0
 
-    async def test_unreachable_redis_is_503_naming_redis(
-        self, client_factory: ClientFactory, settings_factory: SettingsFactory
-    ) -> None:
-        settings = settings_factory(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", health_check_timeout=0.5
+    @pytest.fixture
+    async def without_redis(self, app_client: AppClient) -> httpx.AsyncClient:
+        """A client of an app whose Redis is a port nothing listens on."""
+        return await app_client(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", health_check_timeout=CHECK_TIMEOUT
         )
-        client = await client_factory(create_app(settings))
+
+    async def test_unreachable_redis_is_503_naming_redis(
+        self, without_redis: httpx.AsyncClient
+    ) -> None:
         started = time.monotonic()
-        response = await client.get("/health/ready")
+        response = await without_redis.get("/health/ready")
         elapsed = time.monotonic() - started
         assert response.status_code == 503
         body = response.json()
@@ -58,10 +64,10 @@ class TestReadiness:
         assert body["checks"]["redis"]["error"]
         assert body["checks"]["postgres"]["status"] == "ok"
         # Bounded by the check timeout, not by the client's retries and backoff.
-        assert elapsed < settings.health_check_timeout + 1.0
+        assert elapsed < CHECK_TIMEOUT + 1.0
 
     async def test_a_redis_that_never_answers_fails_at_the_check_timeout(
-        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+        self, app_client: AppClient
     ) -> None:
         """A server that accepts and never answers (a refused port fails in milliseconds
         and never reaches the timeout branch)."""
@@ -73,12 +79,11 @@ class TestReadiness:
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            settings = settings_factory(
+            client = await app_client(
                 redis_url=f"redis://127.0.0.1:{port}/0",
-                health_check_timeout=0.5,
+                health_check_timeout=CHECK_TIMEOUT,
                 redis_socket_timeout=30,
             )
-            client = await client_factory(create_app(settings))
             response = await client.get("/health/ready")
             body = response.json()
             assert response.status_code == 503
@@ -92,13 +97,9 @@ class TestReadiness:
             await server.wait_closed()
 
     async def test_liveness_does_not_depend_on_redis(
-        self, client_factory: ClientFactory, settings_factory: SettingsFactory
+        self, without_redis: httpx.AsyncClient
     ) -> None:
-        settings = settings_factory(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", health_check_timeout=0.5
-        )
-        client = await client_factory(create_app(settings))
-        assert (await client.get("/health/live")).status_code == 200
+        assert (await without_redis.get("/health/live")).status_code == 200
 
 
 async def _drain(request: Request) -> dict[str, bool]:
