@@ -145,6 +145,10 @@ class TestCors:
         assert "access-control-allow-origin" not in response.headers
 
 
+# What a proxy that terminated TLS for 198.51.100.20 adds.
+_VIA_PROXY = {"X-Forwarded-For": "198.51.100.20", "X-Forwarded-Proto": "https"}
+
+
 class TestProxyHeaders:
     """X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS, and read from the right."""
 
@@ -155,30 +159,27 @@ class TestProxyHeaders:
         settings = settings_factory(forwarded_allow_ips=[TEST_CLIENT_ADDRESS, "10.0.0.0/8"])
         return await client_factory(_app_reporting_client(settings))
 
+    @pytest.mark.parametrize(
+        "forwarded_for",
+        [
+            "198.51.100.20, 10.1.2.3",
+            # The client wrote 6.6.6.6 itself; our proxy appended the address it saw.
+            "6.6.6.6, 198.51.100.20",
+        ],
+        ids=["trusted-proxy-on-the-right", "spoofed-left-most-entry-ignored"],
+    )
     async def test_right_most_untrusted_entry_is_the_client(
-        self, trusting_client: httpx.AsyncClient
+        self, trusting_client: httpx.AsyncClient, forwarded_for: str
     ) -> None:
         response = await trusting_client.get(
-            "/test/client", headers={"X-Forwarded-For": "198.51.100.20, 10.1.2.3"}
-        )
-        assert response.json()["host"] == "198.51.100.20"
-
-    async def test_spoofed_left_most_entry_is_ignored(
-        self, trusting_client: httpx.AsyncClient
-    ) -> None:
-        # The client wrote 6.6.6.6 itself; our proxy appended the address it saw.
-        response = await trusting_client.get(
-            "/test/client", headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.20"}
+            "/test/client", headers={"X-Forwarded-For": forwarded_for}
         )
         assert response.json()["host"] == "198.51.100.20"
 
     async def test_forwarded_proto_is_believed_from_a_trusted_proxy(
         self, trusting_client: httpx.AsyncClient
     ) -> None:
-        response = await trusting_client.get(
-            "/test/client",
-            headers={"X-Forwarded-For": "198.51.100.20", "X-Forwarded-Proto": "https"},
-        )
+        response = await trusting_client.get("/test/client", headers=_VIA_PROXY)
         assert response.json()["scheme"] == "https"
 
     async def test_header_from_an_untrusted_peer_is_ignored(
@@ -186,10 +187,7 @@ class TestProxyHeaders:
     ) -> None:
         settings = settings_factory(forwarded_allow_ips=["127.0.0.1"])
         client = await client_factory(_app_reporting_client(settings))
-        response = await client.get(
-            "/test/client",
-            headers={"X-Forwarded-For": "198.51.100.20", "X-Forwarded-Proto": "https"},
-        )
+        response = await client.get("/test/client", headers=_VIA_PROXY)
         assert response.json() == {"host": TEST_CLIENT_ADDRESS, "scheme": "http"}
 
 
