@@ -25,8 +25,8 @@ from playwright.async_api import (
 
 from devharness.services import ROOT
 from tests.browser.stack import BrowserStack, base_env, start_stack
-from tests.fixtures.jobs import new_prefix
 from tests.fixtures.reports import call_failed, report_logs
+from tests.fixtures.services import new_prefix
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What the machines here need: no sandbox as root, and no background traffic to

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from api.main import create_app
 from api.settings import ApiSettings
 from common.logging import JsonFormatter
-from tests.fixtures.api import PASSWORD, ClientFactory, RegisteredUser
-from tests.fixtures.problems import assert_problem
+from tests.fixtures.api import PASSWORD, AppClient, ClientFactory, RegisteredUser
+from tests.fixtures.problems import assert_plain_500, assert_problem
 
 
 class TestRoutingErrors:
@@ -110,11 +110,8 @@ class TestBodyTooLarge:
 class TestBadHost:
     """A Host outside ALLOWED_HOSTS is 400 problem+json."""
 
-    async def test_unlisted_host_is_400(
-        self, client_factory: ClientFactory, settings_factory: Callable[..., ApiSettings]
-    ) -> None:
-        app = create_app(settings_factory(allowed_hosts=["api.example.com"]))
-        client = await client_factory(app)
+    async def test_unlisted_host_is_400(self, app_client: AppClient) -> None:
+        client = await app_client(allowed_hosts=["api.example.com"])
         rejected = await client.get("/health/live")
         body = assert_problem(rejected, 400)
         assert body["title"] == "Invalid host header"
@@ -153,11 +150,7 @@ class TestUnhandledError:
     ) -> None:
         client = await client_factory(crashing_app)
         response = await client.get("/test/crash")
-        body = assert_problem(response, 500)
-        assert body["title"] == "Internal Server Error"
-        assert "secret internals" not in response.text
-        assert "Traceback" not in response.text
-        assert "RuntimeError" not in response.text
+        assert_plain_500(response, "secret internals", "Traceback", "RuntimeError")
         assert response.headers["x-content-type-options"] == "nosniff"
 
     async def test_crash_is_logged_with_traceback_and_request_id(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 
 from api.main import create_app
 from api.settings import ApiSettings
 from common.db import DbSession
-from tests.fixtures.api import ClientFactory
-from tests.fixtures.problems import assert_problem
+from tests.fixtures.api import AppClient, ClientFactory
+from tests.fixtures.problems import assert_plain_500, assert_problem
 
 
 async def _bad_query(session: DbSession) -> None:
@@ -20,25 +20,20 @@ async def _bad_query(session: DbSession) -> None:
 
 
 @pytest.fixture
-def sql_failing_app(settings_factory: Callable[..., ApiSettings]) -> FastAPI:
+async def sql_failing_client(
+    client_factory: ClientFactory, settings_factory: Callable[..., ApiSettings]
+) -> httpx.AsyncClient:
+    """A client of an app with a route, /test/sql, whose query fails."""
     app = create_app(settings_factory())
     app.add_api_route("/test/sql", _bad_query)
-    return app
+    return await client_factory(app)
 
 
 class TestProductionHostCheck:
     """A production process answers only the hosts in ALLOWED_HOSTS."""
 
-    async def test_unlisted_host_is_400_in_production(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: Callable[..., ApiSettings],
-        jwt_secret: str,
-    ) -> None:
-        settings = settings_factory(
-            environment="production", jwt_secret=jwt_secret, allowed_hosts=["api.example.com"]
-        )
-        client = await client_factory(create_app(settings))
+    async def test_unlisted_host_is_400_in_production(self, app_client: AppClient) -> None:
+        client = await app_client(environment="production", allowed_hosts=["api.example.com"])
         for host in ("testserver", "evil.example", "api.example.com.evil.example"):
             response = await client.get("/v1/jobs/kinds", headers={"Host": host})
             assert_problem(response, 400)
@@ -50,11 +45,9 @@ class TestNoInternalsInAnswers:
     """A database error is a plain 500 problem: no SQL, table names or driver messages."""
 
     async def test_failed_query_answer_has_no_sql(
-        self, client_factory: ClientFactory, sql_failing_app: FastAPI
+        self, sql_failing_client: httpx.AsyncClient
     ) -> None:
-        client = await client_factory(sql_failing_app)
-        response = await client.get("/test/sql")
-        body = assert_problem(response, 500)
-        assert body["title"] == "Internal Server Error"
-        for leak in ("SELECT", "no_such_table", "secret_column", "asyncpg", "sqlalchemy"):
-            assert leak.lower() not in response.text.lower()
+        response = await sql_failing_client.get("/test/sql")
+        assert_plain_500(
+            response, "SELECT", "no_such_table", "secret_column", "asyncpg", "sqlalchemy"
+        )

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from api.main import create_app
 from api.settings import ApiSettings
 from common.db import create_engine
 from common.metrics import track_pool
-from tests.fixtures.api import ClientFactory, MakeUser, RegisteredUser
-from tests.fixtures.jobs import new_prefix
+from tests.fixtures.api import AppClient, MakeUser, RegisteredUser
 from tests.fixtures.metrics import local_sample, scrape
 
 
@@ -44,18 +41,9 @@ class TestRequestMetrics:
         )
 
     async def test_metrics_are_not_rate_limited_or_access_logged(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: Callable[..., ApiSettings],
-        redis_key_prefix: str,
-        caplog: pytest.LogCaptureFixture,
+        self, limited_client: AppClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        settings = settings_factory(
-            redis_key_prefix=new_prefix(redis_key_prefix),
-            rate_limit_reads="1/minute",
-            log_level="INFO",
-        )
-        client = await client_factory(create_app(settings))
+        client = await limited_client(rate_limit_reads="1/minute", log_level="INFO")
         # create_app configured logging and so dropped caplog's root handler:
         # listen on the access logger itself, after it.
         access = logging.getLogger("access")
@@ -75,11 +63,9 @@ class TestRequestMetrics:
         assert logged, "the capture sees access lines (else the first half proves nothing)"
         assert all("/metrics" not in r.getMessage() for r in logged)
 
-    async def test_metrics_token_is_enforced(
-        self, client_factory: ClientFactory, settings_factory: Callable[..., ApiSettings]
-    ) -> None:
+    async def test_metrics_token_is_enforced(self, app_client: AppClient) -> None:
         token = "metrics-" + uuid.uuid4().hex
-        client = await client_factory(create_app(settings_factory(metrics_token=token)))
+        client = await app_client(metrics_token=token)
         refused = await client.get("/metrics")
         assert refused.status_code == 401
         assert refused.headers["content-type"] == "application/problem+json"
@@ -90,16 +76,8 @@ class TestRequestMetrics:
 class TestDomainMetrics:
     """Rate-limit rejections and accepted jobs are counted."""
 
-    async def test_a_429_increments_the_rejection_counter(
-        self,
-        client_factory: ClientFactory,
-        settings_factory: Callable[..., ApiSettings],
-        redis_key_prefix: str,
-    ) -> None:
-        settings = settings_factory(
-            redis_key_prefix=new_prefix(redis_key_prefix), rate_limit_reads="2/minute"
-        )
-        client = await client_factory(create_app(settings))
+    async def test_a_429_increments_the_rejection_counter(self, limited_client: AppClient) -> None:
+        client = await limited_client(rate_limit_reads="2/minute")
         before = local_sample("rate_limit_rejections_total", policy="reads")
         statuses = [(await client.get("/v1/jobs/kinds")).status_code for _ in range(4)]
         assert statuses == [200, 200, 429, 429]

@@ -6,7 +6,6 @@ import re
 import statistics
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,49 +13,22 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from api.main import create_app
-from api.settings import ApiSettings
 from common.ratelimit import build_policies
 from devservices import free_port
 from tests.fixtures.api import (
     PASSWORD,
     AppClient,
-    ClientFactory,
     MakeUser,
     RegisteredUser,
     SettingsFactory,
 )
-from tests.fixtures.jobs import new_prefix
 from tests.fixtures.metrics import local_sample
 from tests.fixtures.problems import assert_problem
+from tests.fixtures.services import new_prefix
 
 # The integration client's socket peer (see `client_factory`).
 PEER = "203.0.113.7"
 _RATELIMIT = re.compile(r'^"(?P<name>\w+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
-
-
-@pytest.fixture
-def limited_settings(
-    settings_factory: SettingsFactory, redis_key_prefix: str
-) -> Callable[..., ApiSettings]:
-    """Settings with a key prefix of this test's own, so counts start at zero."""
-
-    def make(**overrides: Any) -> ApiSettings:
-        return settings_factory(redis_key_prefix=new_prefix(redis_key_prefix), **overrides)
-
-    return make
-
-
-@pytest.fixture
-def limited_client(
-    client_factory: ClientFactory, limited_settings: Callable[..., ApiSettings]
-) -> AppClient:
-    """A client of an app built from `limited_settings` with these overrides."""
-
-    async def make(**overrides: Any) -> httpx.AsyncClient:
-        return await client_factory(create_app(limited_settings(**overrides)))
-
-    return make
 
 
 async def _statuses(client: httpx.AsyncClient, count: int, **kwargs: Any) -> list[int]:
@@ -444,9 +416,9 @@ class TestLogin:
         assert (await self._login(client, user.email, user.password, owner)).status_code == 200
 
     async def test_global_tiers_are_policies_that_fail_closed(
-        self, limited_settings: Callable[..., ApiSettings]
+        self, settings_factory: SettingsFactory
     ) -> None:
-        settings = limited_settings(rate_limit_login_account_global="10/minute;30/hour;100/day")
+        settings = settings_factory(rate_limit_login_account_global="10/minute;30/hour;100/day")
         specs = settings.rate_limit_specs()
         assert {name: specs[name] for name in specs if name.startswith("login_account_global")} == {
             "login_account_global": "10 per 1 minute",

@@ -11,8 +11,8 @@ from api.main import create_app
 from api.settings import ApiSettings
 from devharness.polling import eventually
 from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser
-from tests.fixtures.jobs import new_prefix
 from tests.fixtures.problems import assert_problem
+from tests.fixtures.services import new_prefix
 
 NEW_PASSWORD = "a brand new passphrase 42"
 

@@ -11,9 +11,9 @@ import pytest
 
 from devharness.processes import ManagedProcess, start_process
 from devharness.realtime import listen, refusal, ws_url
-from tests.fixtures.jobs import new_prefix
 from tests.fixtures.realtime import ORIGIN, RealtimeFactory
 from tests.fixtures.servers import Credentials, RegisterUser, Server, ServerFactory
+from tests.fixtures.services import new_prefix
 from tests.fixtures.workers import CELERY, STARTUP_TIMEOUT
 
 pytestmark = pytest.mark.system
