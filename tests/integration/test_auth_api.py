@@ -17,12 +17,16 @@ from api.settings import ApiSettings
 from api.users.models import User
 from devharness.polling import eventually
 from tests.fixtures import tokens
-from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser
+from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser
 from tests.fixtures.problems import assert_problem
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def _refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:
+    return await client.post("/v1/auth/refresh", json={"refresh_token": refresh_token})
 
 
 def _unique_email() -> str:
@@ -39,10 +43,9 @@ class TestBearerTokenMatrix:
     """GET /v1/users/me answers 401 problem+json with a Bearer challenge for every bad token."""
 
     async def test_well_formed_token_for_the_user_is_accepted(
-        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings
+        self, client: httpx.AsyncClient, user: RegisteredUser, settings: ApiSettings
     ) -> None:
         # The baseline: each bad token below differs from this one in one way only.
-        user = await make_user()
         claims = tokens.valid_claims(settings, subject=uuid.UUID(user.id))
         response = await client.get("/v1/users/me", headers=_bearer(tokens.sign(settings, claims)))
         assert response.status_code == 200
@@ -50,9 +53,8 @@ class TestBearerTokenMatrix:
 
     @pytest.mark.parametrize("kind", list(tokens.BAD_TOKENS))
     async def test_bad_token_is_401(
-        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings, kind: str
+        self, client: httpx.AsyncClient, user: RegisteredUser, settings: ApiSettings, kind: str
     ) -> None:
-        user = await make_user()
         token = tokens.BAD_TOKENS[kind](settings, subject=uuid.UUID(user.id))
         _assert_unauthorized(await client.get("/v1/users/me", headers=_bearer(token)))
 
@@ -66,9 +68,8 @@ class TestBearerTokenMatrix:
         _assert_unauthorized(await client.get("/v1/users/me", headers=headers))
 
     async def test_refresh_token_used_as_access_token_is_401(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         _assert_unauthorized(await client.get("/v1/users/me", headers=_bearer(user.refresh_token)))
 
     async def test_token_of_a_user_that_does_not_exist_is_401(
@@ -97,9 +98,8 @@ class TestRegistration:
     # --8<-- [end:domain-endpoint]
 
     async def test_same_email_in_other_letter_case_is_409(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await client.post(
             "/v1/auth/register", json={"email": user.email.upper(), "password": PASSWORD}
         )
@@ -163,9 +163,8 @@ class TestLogin:
     """The token endpoint gives the same 401 for a wrong password and an unknown email."""
 
     async def test_login_answers_a_bearer_token_pair(
-        self, client: httpx.AsyncClient, make_user: MakeUser, settings: ApiSettings
+        self, client: httpx.AsyncClient, user: RegisteredUser, settings: ApiSettings
     ) -> None:
-        user = await make_user()
         response = await client.post(
             "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
         )
@@ -176,9 +175,8 @@ class TestLogin:
         assert body["expires_in"] == settings.access_token_ttl_seconds
 
     async def test_wrong_password_and_unknown_email_answer_identically(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         wrong_password = await client.post(
             "/v1/auth/token", data={"username": user.email, "password": "not the password!"}
         )
@@ -191,10 +189,9 @@ class TestLogin:
         assert first == second
 
     async def test_last_login_at_is_recorded(
-        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+        self, client: httpx.AsyncClient, user: RegisteredUser, db_engine: AsyncEngine
     ) -> None:
         # make_user logs in once; the write happens after the response.
-        user = await make_user()
 
         async def last_login() -> datetime | None:
             async with db_engine.connect() as connection:
@@ -210,26 +207,23 @@ class TestNoStore:
     """Answers carrying tokens or the user are never cached."""
 
     async def test_token_answer_is_no_store(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await client.post(
             "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
         )
         assert response.headers["cache-control"] == "no-store"
 
     async def test_refresh_answer_is_no_store(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        response = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        response = await _refresh(client, user.refresh_token)
         assert response.status_code == 200
         assert response.headers["cache-control"] == "no-store"
 
     async def test_me_answer_is_no_store(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await client.get("/v1/users/me", headers=user.headers)
         assert response.status_code == 200
         assert response.headers["cache-control"] == "no-store"
@@ -239,10 +233,9 @@ class TestRefreshRotation:
     """A refresh token works once; reusing a rotated one revokes its whole family."""
 
     async def test_refresh_gives_a_new_pair_that_works(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        response = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        response = await _refresh(client, user.refresh_token)
         assert response.status_code == 200
         pair = response.json()
         assert pair["refresh_token"] != user.refresh_token
@@ -250,41 +243,36 @@ class TestRefreshRotation:
         assert me.json()["id"] == user.id
 
     async def test_rotated_token_cannot_be_used_again(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        first = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        first = await _refresh(client, user.refresh_token)
         assert first.status_code == 200
-        again = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        again = await _refresh(client, user.refresh_token)
         _assert_unauthorized(again)
 
     async def test_reuse_of_a_rotated_token_revokes_the_newest_token(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
-        rotated = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        rotated = await _refresh(client, user.refresh_token)
         newest = rotated.json()["refresh_token"]
-        reuse = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        reuse = await _refresh(client, user.refresh_token)
         _assert_unauthorized(reuse)
-        after = await client.post("/v1/auth/refresh", json={"refresh_token": newest})
+        after = await _refresh(client, newest)
         _assert_unauthorized(after)
 
     async def test_reuse_does_not_touch_other_sessions_of_the_user(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         other = await client.post(
             "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
         )
-        await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
-        await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
-        response = await client.post(
-            "/v1/auth/refresh", json={"refresh_token": other.json()["refresh_token"]}
-        )
+        await _refresh(client, user.refresh_token)
+        await _refresh(client, user.refresh_token)
+        response = await _refresh(client, other.json()["refresh_token"])
         assert response.status_code == 200
 
     async def test_unknown_refresh_token_is_401(self, client: httpx.AsyncClient) -> None:
-        response = await client.post("/v1/auth/refresh", json={"refresh_token": "made-up"})
+        response = await _refresh(client, "made-up")
         _assert_unauthorized(response)
 
 
@@ -292,24 +280,22 @@ class TestLogout:
     """Logout answers 204 and revokes the refresh token's family."""
 
     async def test_logout_revokes_the_refresh_token(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await client.post(
             "/v1/auth/logout", json={"refresh_token": user.refresh_token}, headers=user.headers
         )
         assert response.status_code == 204
         assert response.content == b""
-        after = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        after = await _refresh(client, user.refresh_token)
         _assert_unauthorized(after)
 
     async def test_logout_needs_a_bearer_token(
-        self, client: httpx.AsyncClient, make_user: MakeUser
+        self, client: httpx.AsyncClient, user: RegisteredUser
     ) -> None:
-        user = await make_user()
         response = await client.post("/v1/auth/logout", json={"refresh_token": user.refresh_token})
         _assert_unauthorized(response)
-        still = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        still = await _refresh(client, user.refresh_token)
         assert still.status_code == 200
 
     async def test_logout_with_another_users_refresh_token_revokes_nothing(
@@ -320,7 +306,7 @@ class TestLogout:
             "/v1/auth/logout", json={"refresh_token": alice.refresh_token}, headers=mallory.headers
         )
         assert response.status_code == 204
-        still = await client.post("/v1/auth/refresh", json={"refresh_token": alice.refresh_token})
+        still = await _refresh(client, alice.refresh_token)
         assert still.status_code == 200
 
 
@@ -328,9 +314,8 @@ class TestInactiveUser:
     """A valid token of a disabled account no longer reaches /v1/users/me."""
 
     async def test_me_of_a_disabled_user_is_401(
-        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+        self, client: httpx.AsyncClient, user: RegisteredUser, db_engine: AsyncEngine
     ) -> None:
-        user = await make_user()
         assert (await client.get("/v1/users/me", headers=user.headers)).status_code == 200
         async with db_engine.begin() as connection:
             await connection.execute(
@@ -339,9 +324,8 @@ class TestInactiveUser:
         _assert_unauthorized(await client.get("/v1/users/me", headers=user.headers))
 
     async def test_disabled_user_cannot_log_in_or_refresh(
-        self, client: httpx.AsyncClient, make_user: MakeUser, db_engine: AsyncEngine
+        self, client: httpx.AsyncClient, user: RegisteredUser, db_engine: AsyncEngine
     ) -> None:
-        user = await make_user()
         async with db_engine.begin() as connection:
             await connection.execute(
                 update(User).where(User.id == uuid.UUID(user.id)).values(is_active=False)
@@ -350,5 +334,5 @@ class TestInactiveUser:
             "/v1/auth/token", data={"username": user.email, "password": PASSWORD}
         )
         _assert_unauthorized(login)
-        refresh = await client.post("/v1/auth/refresh", json={"refresh_token": user.refresh_token})
+        refresh = await _refresh(client, user.refresh_token)
         _assert_unauthorized(refresh)
