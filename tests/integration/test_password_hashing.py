@@ -13,23 +13,27 @@ from typing import Any
 import argon2
 import httpx
 import psutil
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth.passwords import Argon2Params
-from api.main import create_app
-from api.settings import ApiSettings
 from devharness.polling import eventually
+from tests.fixtures.api import AppClient
 from tests.fixtures.problems import assert_problem
 
 PASSWORD = "correct horse battery staple"
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
 
 
+def _post_register(client: httpx.AsyncClient, email: str) -> Awaitable[httpx.Response]:
+    return client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+
+
 async def _register(client: httpx.AsyncClient) -> str:
     email = f"hash-{uuid.uuid4().hex[:10]}@example.com"
-    answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    answer = await _post_register(client, email)
     assert answer.status_code == 201, answer.text
     return email
 
@@ -70,14 +74,20 @@ def _hashing_children(known: set[int]) -> Callable[[], Awaitable[list[psutil.Pro
     return probe
 
 
-async def _slow_hashing(
-    settings_factory: Callable[..., ApiSettings], client_factory: ClientFactory, **overrides: Any
-) -> tuple[httpx.AsyncClient, set[int]]:
-    """A client of one worker whose hashes take about a second (100 iterations), and the
-    hashing servers that ran before it (so its own can be told apart)."""
-    known = _hash_servers()
-    settings = settings_factory(web_concurrency=1, password_hash_time_cost=100, **overrides)
-    return await client_factory(create_app(settings)), known
+SlowHashing = Callable[..., Awaitable[tuple[httpx.AsyncClient, set[int]]]]
+
+
+@pytest.fixture
+def slow_hashing(app_client: AppClient) -> SlowHashing:
+    """`await slow_hashing(**settings)`: a client of one worker whose hashes take about a second
+    (100 iterations), and the hashing servers that ran before it (so its own can be told apart)."""
+
+    async def make(**overrides: Any) -> tuple[httpx.AsyncClient, set[int]]:
+        known = _hash_servers()
+        client = await app_client(web_concurrency=1, password_hash_time_cost=100, **overrides)
+        return client, known
+
+    return make
 
 
 class TestParameters:
@@ -122,25 +132,16 @@ class TestFullBudget:
     """When no hash can start within the wait, a 503 with Retry-After; the worker goes on."""
 
     async def test_a_login_beyond_the_budget_waits_then_gets_503(
-        self,
-        settings_factory: Callable[..., ApiSettings],
-        client_factory: ClientFactory,
+        self, slow_hashing: SlowHashing
     ) -> None:
         # One hash at a time, slow enough to overlap, and no waiting.
-        client, known = await _slow_hashing(
-            settings_factory,
-            client_factory,
-            password_hash_concurrency=1,
-            password_hash_wait_seconds=0,
+        client, known = await slow_hashing(
+            password_hash_concurrency=1, password_hash_wait_seconds=0
         )
         email = f"busy-{uuid.uuid4().hex[:10]}@example.com"
-        first = asyncio.create_task(
-            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
-        )
+        first = asyncio.create_task(_post_register(client, email))
         await eventually(_hashing_children(known), within=10)
-        answer = await client.post(
-            "/v1/auth/register", json={"email": f"x{email}", "password": PASSWORD}
-        )
+        answer = await _post_register(client, f"x{email}")
         body = assert_problem(answer, 503)
         assert body["title"] == "Service busy"
         assert answer.headers["retry-after"] == "1"
@@ -148,42 +149,30 @@ class TestFullBudget:
         assert (await first).status_code == 201
 
     async def test_a_killed_hashing_process_is_a_503_and_the_next_login_works(
-        self,
-        settings_factory: Callable[..., ApiSettings],
-        client_factory: ClientFactory,
+        self, slow_hashing: SlowHashing
     ) -> None:
-        client, known = await _slow_hashing(settings_factory, client_factory)
+        client, known = await slow_hashing()
         email = f"kill-{uuid.uuid4().hex[:10]}@example.com"
-        pending = asyncio.create_task(
-            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
-        )
+        pending = asyncio.create_task(_post_register(client, email))
         children = await eventually(_hashing_children(known), within=10)
         os.kill(children[0].pid, signal.SIGKILL)  # what the OOM killer would do
         body = assert_problem(await pending, 503)
         assert "ended by signal 9" in body["detail"]
         # The server lives on; so does the worker: the same registration now succeeds.
-        answer = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        answer = await _post_register(client, email)
         assert answer.status_code == 201, answer.text
 
-    async def test_a_killed_hashing_server_is_replaced(
-        self,
-        settings_factory: Callable[..., ApiSettings],
-        client_factory: ClientFactory,
-    ) -> None:
-        client, known = await _slow_hashing(settings_factory, client_factory)
+    async def test_a_killed_hashing_server_is_replaced(self, slow_hashing: SlowHashing) -> None:
+        client, known = await slow_hashing()
         email = f"server-{uuid.uuid4().hex[:10]}@example.com"
-        pending = asyncio.create_task(
-            client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
-        )
+        pending = asyncio.create_task(_post_register(client, email))
         await eventually(_hashing_children(known), within=10)
         (server,) = _hash_servers() - known
         os.kill(server, signal.SIGKILL)
         # The hash in flight lives in its own process and still answers.
         assert (await pending).status_code == 201
         # The next hash starts a new server and succeeds too.
-        answer = await client.post(
-            "/v1/auth/register", json={"email": f"x{email}", "password": PASSWORD}
-        )
+        answer = await _post_register(client, f"x{email}")
         assert answer.status_code == 201, answer.text
         assert len(_hash_servers() - known - {server}) == 1
 
@@ -192,20 +181,13 @@ class TestConnections:
     """A request that waits for its hash holds no database connection meanwhile."""
 
     async def test_logins_and_registrations_hashing_leave_the_pool_free(
-        self,
-        settings_factory: Callable[..., ApiSettings],
-        client_factory: ClientFactory,
+        self, slow_hashing: SlowHashing
     ) -> None:
         # One pooled connection in all and a short wait for it.
-        client, known = await _slow_hashing(
-            settings_factory, client_factory, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5
-        )
+        client, known = await slow_hashing(db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5)
         email = await _register(client)
         token = (await _login(client, email)).json()["access_token"]
-        for hashing in (
-            _login(client, email),
-            client.post("/v1/auth/register", json={"email": f"y{email}", "password": PASSWORD}),
-        ):
+        for hashing in (_login(client, email), _post_register(client, f"y{email}")):
             pending = asyncio.ensure_future(hashing)
             await eventually(_hashing_children(known), within=10)
             # While that hash runs, a request needing the database gets the connection.
