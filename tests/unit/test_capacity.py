@@ -89,6 +89,13 @@ class TestHashingPlan:
         assert fixed + 2 * plan.slots * (OWASP.memory_bytes + HASH_CHILD_BYTES) < budget.usable
 
 
+async def _all_taken(*, max_waiters: int) -> _Slots:
+    """One slot of 10 units, all of it taken; up to `max_waiters` may queue."""
+    slots = _Slots(1, 10, max_waiters=max_waiters)
+    await slots.acquire(10, within=1)
+    return slots
+
+
 class TestSlots:
     """Hashes reserve memory and a slot first come first served; a full budget times out."""
 
@@ -104,8 +111,7 @@ class TestSlots:
         await slots.acquire(100, within=1)
 
     async def test_waiters_are_served_in_order(self) -> None:
-        slots = _Slots(1, 10, max_waiters=8)
-        await slots.acquire(10, within=1)
+        slots = await _all_taken(max_waiters=8)
         order: list[int] = []
 
         async def waiter(number: int) -> None:
@@ -120,16 +126,14 @@ class TestSlots:
         assert order == [0, 1, 2]
 
     async def test_a_waiter_that_gives_up_leaves_the_queue(self) -> None:
-        slots = _Slots(1, 10, max_waiters=8)
-        await slots.acquire(10, within=1)
+        slots = await _all_taken(max_waiters=8)
         with pytest.raises(TimeoutError):
             await slots.acquire(5, within=0.01)
         slots.release(10)
         await slots.acquire(10, within=0)  # nothing left waiting ahead of it
 
     async def test_a_waiter_cancelled_while_the_queue_moves_on_leaves_cleanly(self) -> None:
-        slots = _Slots(1, 10, max_waiters=8)
-        await slots.acquire(10, within=1)
+        slots = await _all_taken(max_waiters=8)
         waiter = asyncio.create_task(slots.acquire(1, within=5))
         await asyncio.sleep(0)
         waiter.cancel()
@@ -139,8 +143,7 @@ class TestSlots:
         await slots.acquire(10, within=0)  # all of it is free again
 
     async def test_a_full_queue_is_refused_at_once(self) -> None:
-        slots = _Slots(1, 10, max_waiters=1)
-        await slots.acquire(10, within=1)
+        slots = await _all_taken(max_waiters=1)
         first = asyncio.create_task(slots.acquire(10, within=5))
         await asyncio.sleep(0)
         with pytest.raises(TimeoutError):

@@ -71,14 +71,9 @@ class TestTracingOff:
     def test_services_load_no_sdk_nor_instrumentation_without_an_endpoint(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env["ENVIRONMENT"] = "test"
+        command = [sys.executable, "-c", _PROBE]
         result = subprocess.run(
-            [sys.executable, "-c", _PROBE],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
         )
         probe = json.loads(result.stdout.strip().splitlines()[-1])
         assert probe == {
