@@ -27,8 +27,8 @@ PASSWORD = "correct horse battery staple"
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
 
 
-def _post_register(client: httpx.AsyncClient, email: str) -> Awaitable[httpx.Response]:
-    return client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+async def _post_register(client: httpx.AsyncClient, email: str) -> httpx.Response:
+    return await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
 
 
 async def _register(client: httpx.AsyncClient) -> str:
