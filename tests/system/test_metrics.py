@@ -22,7 +22,7 @@ from devservices import free_port
 from tests.fixtures.metrics import Scrape, scrape
 from tests.fixtures.realtime import ORIGIN, RealtimeFactory, TokenFor, publish
 from tests.fixtures.servers import Server, ServerFactory
-from tests.fixtures.workers import StackFactory
+from tests.fixtures.workers import JobsStack, StackFactory
 
 pytestmark = pytest.mark.system
 
@@ -123,16 +123,25 @@ class TestGunicornWorkers:
         assert (after.value("http_requests_total", **LIVE) or 0) >= counted
 
 
+async def _with_metered_worker(
+    stack_factory: StackFactory, **overrides: str
+) -> tuple[JobsStack, str]:
+    """A stack with a worker serving its metrics on a free loopback port; that URL."""
+    stack = await stack_factory()
+    port = free_port()
+    await stack.start_worker(
+        WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1", **overrides
+    )
+    return stack, f"http://127.0.0.1:{port}"
+
+
 class TestCeleryWorker:
     """The worker's main process serves its pool processes' job metrics and the backlogs."""
 
     async def test_a_job_run_shows_started_finished_and_duration(
-        self,
-        stack_factory: StackFactory,
+        self, stack_factory: StackFactory
     ) -> None:
-        stack = await stack_factory()
-        port = free_port()
-        await stack.start_worker(WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1")
+        stack, url = await _with_metered_worker(stack_factory)
         user = await stack.new_user()
         job = await user.post_job("demo.countdown", {"steps": 2, "interval": 0})
         assert (await user.wait_until_final(job["id"], within=30))["state"] == "succeeded"
@@ -140,7 +149,7 @@ class TestCeleryWorker:
         done = {**kind, "state": "succeeded"}
 
         async def finished() -> Scrape | None:
-            result = await _scrape(f"http://127.0.0.1:{port}")
+            result = await _scrape(url)
             return result if result.value("jobs_finished_total", **done) == 1 else None
 
         result = await eventually(finished, within=15)
@@ -151,19 +160,16 @@ class TestCeleryWorker:
         assert result.value("jobs_queue_depth") == 0
 
     async def test_each_transient_failure_counts_one_retry(
-        self,
-        stack_factory: StackFactory,
+        self, stack_factory: StackFactory
     ) -> None:
-        stack = await stack_factory()
-        port = free_port()
-        await stack.start_worker(WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1")
+        stack, url = await _with_metered_worker(stack_factory)
         user = await stack.new_user()
         job = await user.post_job("demo.flaky", {"failures": 2})
         assert (await user.wait_until_final(job["id"], within=30))["state"] == "succeeded"
         kind = {"kind": "demo.flaky"}
 
         async def finished() -> Scrape | None:
-            result = await _scrape(f"http://127.0.0.1:{port}")
+            result = await _scrape(url)
             done = result.value("jobs_finished_total", **kind, state="succeeded")
             return result if done == 1 else None
 
@@ -176,11 +182,8 @@ class TestCeleryWorker:
         stack_factory: StackFactory,
         db_engine: AsyncEngine,
     ) -> None:
-        stack = await stack_factory()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         # One pool process and prefetch 1: while a long job runs, the rest stay queued.
-        await stack.start_worker(WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1")
+        stack, url = await _with_metered_worker(stack_factory)
         user = await stack.new_user()
         blocker = await user.post_job("demo.countdown", {"steps": 600, "interval": 0.1})
         await user.wait_for_job(blocker["id"], lambda job: job["state"] == "running", within=30)
@@ -211,16 +214,10 @@ class TestCeleryWorker:
 class TestCeleryWorkerToken:
     """With METRICS_TOKEN set, the worker's /metrics answers only that bearer token (#15 §7)."""
 
-    async def test_scrape_needs_the_token(
-        self,
-        stack_factory: StackFactory,
-    ) -> None:
-        stack = await stack_factory()
-        port, token = free_port(), uuid.uuid4().hex
-        await stack.start_worker(
-            WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1", METRICS_TOKEN=token
-        )
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async def test_scrape_needs_the_token(self, stack_factory: StackFactory) -> None:
+        token = uuid.uuid4().hex
+        _, url = await _with_metered_worker(stack_factory, METRICS_TOKEN=token)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
                 refused = await client.get("/metrics", headers=headers)
                 assert refused.status_code == 401, headers
