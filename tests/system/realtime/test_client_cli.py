@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -24,32 +24,32 @@ from tests.fixtures.workers import StackFactory
 pytestmark = pytest.mark.system
 
 
-async def _stack(
-    stack_factory: StackFactory,
-    realtime_factory: RealtimeFactory,
-    server_factory: ServerFactory,
-    register_user: RegisterUser,
-) -> tuple[str, str, Credentials]:
+class _ClientStack(NamedTuple):
     """API, realtime and a worker on one prefix: the API URL, the WebSocket URL and a user."""
+
+    api_url: str
+    ws_url: str
+    user: Credentials
+
+
+@pytest.fixture
+async def client_stack(
+    stack_factory: StackFactory, realtime_factory: RealtimeFactory,
+    server_factory: ServerFactory, register_user: RegisterUser,
+) -> _ClientStack:  # fmt: skip
     stack = await stack_factory()
     api, realtime, _ = await asyncio.gather(
         server_factory(REDIS_KEY_PREFIX=stack.prefix),
         realtime_factory(prefix=stack.prefix),
         stack.start_worker(),
     )
-    return api.base_url, realtime.ws_url, await register_user(api)
+    return _ClientStack(api.base_url, realtime.ws_url, await register_user(api))
 
 
-async def _countdown(
-    stack_factory: StackFactory,
-    realtime_factory: RealtimeFactory,
-    server_factory: ServerFactory,
-    register_user: RegisterUser,
-) -> tuple[list[str], str]:
+@pytest.fixture
+async def countdown(client_stack: _ClientStack) -> tuple[list[str], str]:
     """A user with a 5-step countdown job; the client's connection arguments and the job id."""
-    api_url, ws_url, credentials = await _stack(
-        stack_factory, realtime_factory, server_factory, register_user
-    )
+    api_url, ws_url, credentials = client_stack
     async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
         token = (await client.post("/v1/auth/token", data=credentials.form)).json()
         response = await client.post(
@@ -88,15 +88,9 @@ class TestClientCli:
     """The CLI logs in, gets a ticket, replays and follows a job until it finishes."""
 
     async def test_json_prints_each_event_as_a_line_and_nothing_else(
-        self,
-        stack_factory: StackFactory,
-        realtime_factory: RealtimeFactory,
-        server_factory: ServerFactory,
-        register_user: RegisterUser,
+        self, countdown: tuple[list[str], str]
     ) -> None:
-        arguments, job_id = await _countdown(
-            stack_factory, realtime_factory, server_factory, register_user
-        )
+        arguments, job_id = countdown
         code, stdout, stderr = await _run(*arguments, "--json")
         assert code == 0, stdout + stderr
         printed = [json.loads(line) for line in stdout.splitlines()]  # every line is JSON
@@ -108,16 +102,9 @@ class TestClientCli:
         assert "━" not in stdout + stderr  # no bars
 
     async def test_default_draws_bars_and_one_line_per_finished_job(
-        self,
-        stack_factory: StackFactory,
-        realtime_factory: RealtimeFactory,
-        server_factory: ServerFactory,
-        register_user: RegisterUser,
-        tmp_path: Path,
+        self, countdown: tuple[list[str], str], tmp_path: Path
     ) -> None:
-        arguments, job_id = await _countdown(
-            stack_factory, realtime_factory, server_factory, register_user
-        )
+        arguments, job_id = countdown
         # In a terminal, as a person runs it: bars redrawn in place, no JSON.
         terminal = Terminal(
             [str(PYTHON), "-m", "jobsclient", *arguments],
@@ -139,15 +126,9 @@ class TestLibrary:
     """`ApiClient` and `EventStream`: submit a job, follow it, resume without gap or repeat."""
 
     async def test_stream_resumes_after_the_last_event_it_yielded(
-        self,
-        stack_factory: StackFactory,
-        realtime_factory: RealtimeFactory,
-        server_factory: ServerFactory,
-        register_user: RegisterUser,
+        self, client_stack: _ClientStack
     ) -> None:
-        api_url, ws_url, user = await _stack(
-            stack_factory, realtime_factory, server_factory, register_user
-        )
+        api_url, ws_url, user = client_stack
         async with ApiClient(api_url, email=user.email, password=user.password) as api:
             job = await api.create_job("demo.countdown", {"steps": 5, "interval": 0.1})
             first = EventStream(api, ws_url, last_event_id="0-0")
