@@ -11,7 +11,7 @@ import pytest
 
 from devharness.processes import ManagedProcess, start_process
 from devharness.realtime import listen, refusal, ws_url
-from tests.fixtures.realtime import ORIGIN, RealtimeFactory
+from tests.fixtures.realtime import ORIGIN, RealtimeFactory, wait_for_type
 from tests.fixtures.servers import Credentials, RegisterUser, Server, ServerFactory
 from tests.fixtures.services import new_prefix
 from tests.fixtures.workers import CELERY, STARTUP_TIMEOUT
@@ -70,11 +70,7 @@ async def _flow(
         headers=bearer,
     )
     assert job.status_code == 202, job.text
-    await listener.wait_until(
-        lambda seen: any(event["type"] == "job.succeeded" for event in seen.events),
-        within=30,
-        what="job.succeeded",
-    )
+    await wait_for_type(listener, "job.succeeded", within=30)
     await listener.close()
     changed = await client.post(
         "/v1/users/me/password",

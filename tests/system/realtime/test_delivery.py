@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 
 import pytest
 from redis.asyncio import Redis
 
-from devharness.realtime import Listener, listen
-from tests.fixtures.realtime import ROUTINGS, RealtimeFactory, TokenFor, publish
-from tests.fixtures.workers import StackFactory
+from tests.fixtures.realtime import (
+    ROUTINGS,
+    LiveStack,
+    RealtimeFactory,
+    TokenFor,
+    assert_each_gets_exactly,
+    open_in_bursts,
+    publish,
+    wait_for_type,
+)
 
 pytestmark = pytest.mark.system
 
@@ -24,22 +30,13 @@ class TestEndToEnd:
 
     @ROUTINGS
     async def test_countdown_events_arrive_in_order_and_only_to_the_owner(
-        self, stack_factory: StackFactory, realtime_factory: RealtimeFactory
+        self, live_stack: LiveStack
     ) -> None:
-        stack = await stack_factory()
-        realtime, _ = await asyncio.gather(
-            realtime_factory(prefix=stack.prefix), stack.start_worker()
-        )
-        owner, other = await stack.new_user(), await stack.new_user()
-        owners = await listen(realtime.ws_url, token=owner.access_token)
-        others = await listen(realtime.ws_url, token=other.access_token)
+        owner, other = await live_stack.stack.new_user(), await live_stack.stack.new_user()
+        owners, others = await live_stack.listen(owner), await live_stack.listen(other)
 
         job = await owner.post_job("demo.countdown", {"steps": 5, "interval": 0.05})
-        await owners.wait_until(
-            lambda item: any(event["type"] == "job.succeeded" for event in item.events),
-            within=30,
-            what="job.succeeded",
-        )
+        await wait_for_type(owners, "job.succeeded", within=30)
 
         types = [event["type"] for event in owners.events]
         assert types == ["job.queued", "job.started", *["job.progress"] * 5, "job.succeeded"]
@@ -47,7 +44,9 @@ class TestEndToEnd:
         progress = [event["data"]["progress"] for event in owners.events[2:7]]
         assert progress == sorted(progress)
         assert progress[-1] == 100
-        assert owners.event_ids == [event["id"] for event in await stack.stream(owner, job["id"])]
+        assert owners.event_ids == [
+            event["id"] for event in await live_stack.stack.stream(owner, job["id"])
+        ]
         assert others.events == [], "another user's socket got nothing"
         await owners.close()
         await others.close()
@@ -63,20 +62,11 @@ class TestAcrossProcesses:
         # One user's many sockets: the per-user cap is not what this test is about.
         realtime = await realtime_factory(WS_MAX_CONNECTIONS_PER_USER=str(CLIENTS))
         user_id = uuid.uuid4()
-        token = token_for(user_id)
-        listeners: list[Listener] = []
-        for _ in range(CLIENTS // 10):  # bursts of concurrent handshakes spread the accepts
-            listeners += await asyncio.gather(
-                *(listen(realtime.ws_url, token=token) for _ in range(10))
-            )
+        # Bursts of concurrent handshakes spread the accepts.
+        listeners = await open_in_bursts(realtime.ws_url, token_for(user_id), CLIENTS, burst=10)
         pids = realtime.socket_pids()
         serving = Counter(pids[listener.hello["connection_id"]] for listener in listeners)
         assert set(serving) == realtime.worker_pids(), f"both workers serve sockets: {serving}"
 
         ids = await publish(redis, realtime.prefix, user_id, EVENTS)
-        for listener in listeners:
-            await listener.wait_events(EVENTS)
-        # Anything extra would have arrived with the last expected event.
-        await asyncio.gather(*(listener.close() for listener in listeners))
-        for listener in listeners:
-            assert listener.event_ids == ids
+        await assert_each_gets_exactly(listeners, ids)

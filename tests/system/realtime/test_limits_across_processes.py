@@ -9,7 +9,9 @@ each of them reach it.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -31,22 +33,42 @@ async def _two_servers(factory: RealtimeFactory, **env: str) -> tuple[Realtime, 
     return first, second
 
 
+@contextlib.asynccontextmanager
+async def _closing(*listeners: Listener) -> AsyncIterator[list[Listener]]:
+    """The sockets opened so far, in a list the block may add to; all closed after it."""
+    opened = list(listeners)
+    try:
+        yield opened
+    finally:
+        for listener in opened:
+            await listener.close()
+
+
+async def _refused_by_both(
+    servers: tuple[Realtime, Realtime], token: Callable[[], str]
+) -> list[str]:
+    """A handshake with `token()` on each server: both refused with 1008; their reasons."""
+    reasons = []
+    for server in servers:
+        code, reason = await refusal(server.ws_url, token=token())
+        assert code == CLOSE_POLICY_VIOLATION
+        reasons.append(reason)
+    return reasons
+
+
 class TestSocketsPerUser:
     """`WS_MAX_CONNECTIONS_PER_USER` counts a user's sockets on every process together."""
 
     async def test_the_cap_holds_across_two_processes_and_frees_on_close(
         self, realtime_factory: RealtimeFactory, token_for: TokenFor
     ) -> None:
-        first, second = await _two_servers(realtime_factory, WS_MAX_CONNECTIONS_PER_USER="2")
         user = uuid.uuid4()
-        opened: list[Listener] = []
-        try:
+        first, second = await _two_servers(realtime_factory, WS_MAX_CONNECTIONS_PER_USER="2")
+        async with _closing() as opened:
             opened.append(await listen(first.ws_url, token=token_for(user)))
             opened.append(await listen(second.ws_url, token=token_for(user)))
-            for server in (first, second):
-                code, reason = await refusal(server.ws_url, token=token_for(user))
-                assert code == CLOSE_POLICY_VIOLATION
-                assert reason == "too many open connections: at most 2 per user"
+            reasons = await _refused_by_both((first, second), lambda: token_for(user))
+            assert reasons == ["too many open connections: at most 2 per user"] * 2
             # Another user is not affected.
             opened.append(await listen(second.ws_url, token=token_for(uuid.uuid4())))
 
@@ -60,9 +82,6 @@ class TestSocketsPerUser:
                     return None
 
             opened.append(await eventually(place_is_free, within=10))
-        finally:
-            for listener in opened:
-                await listener.close()
 
 
 class TestHandshakeRateLimits:
@@ -73,37 +92,24 @@ class TestHandshakeRateLimits:
     ) -> None:
         first, second = await _two_servers(realtime_factory, RATE_LIMIT_WS_CONNECT_USER="2/minute")
         user = uuid.uuid4()
-        opened = [
-            await listen(first.ws_url, token=token_for(user)),
-            await listen(second.ws_url, token=token_for(user)),
-        ]
-        try:
-            for server in (first, second):
-                code, reason = await refusal(server.ws_url, token=token_for(user))
-                assert code == CLOSE_POLICY_VIOLATION
+        mine = [await listen(server.ws_url, token=token_for(user)) for server in (first, second)]
+        async with _closing(*mine) as opened:
+            for reason in await _refused_by_both((first, second), lambda: token_for(user)):
                 assert reason.startswith("too many connections; retry in ")
             opened.append(await listen(first.ws_url, token=token_for(uuid.uuid4())))
-        finally:
-            for listener in opened:
-                await listener.close()
 
     async def test_handshakes_per_address_are_counted_across_processes(
         self, realtime_factory: RealtimeFactory, token_for: TokenFor
     ) -> None:
         first, second = await _two_servers(realtime_factory, RATE_LIMIT_WS_CONNECT_IP="2/minute")
-        opened = [
+        async with _closing(
             await listen(first.ws_url, token=token_for(uuid.uuid4())),
             await listen(second.ws_url, token=token_for(uuid.uuid4())),
-        ]
-        try:
-            for server in (first, second):
-                # Counted before authentication: even a new user's valid token is refused.
-                code, reason = await refusal(server.ws_url, token=token_for(uuid.uuid4()))
-                assert code == CLOSE_POLICY_VIOLATION
+        ):
+            # Counted before authentication: even a new user's valid token is refused.
+            reasons = await _refused_by_both((first, second), lambda: token_for(uuid.uuid4()))
+            for reason in reasons:
                 assert reason.startswith("too many connections; retry in ")
-        finally:
-            for listener in opened:
-                await listener.close()
 
 
 class TestNoTicketInLogs:

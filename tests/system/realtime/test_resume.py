@@ -10,8 +10,7 @@ from redis.asyncio import Redis
 
 from common.contracts.events import user_stream
 from devharness.realtime import listen, ws_url
-from tests.fixtures.realtime import ROUTINGS, RealtimeFactory, TokenFor, publish
-from tests.fixtures.workers import StackFactory
+from tests.fixtures.realtime import ROUTINGS, LiveStack, RealtimeFactory, TokenFor, publish
 
 pytestmark = pytest.mark.system
 
@@ -21,13 +20,10 @@ class TestResume:
 
     @ROUTINGS
     async def test_reconnect_mid_job_gets_every_event_exactly_once(
-        self, stack_factory: StackFactory, realtime_factory: RealtimeFactory
+        self, live_stack: LiveStack
     ) -> None:
-        stack = await stack_factory()
-        realtime = await realtime_factory(prefix=stack.prefix)
-        await stack.start_worker()
-        user = await stack.new_user()
-        first = await listen(realtime.ws_url, token=user.access_token)
+        user = await live_stack.stack.new_user()
+        first = await live_stack.listen(user)
         job = await user.post_job("demo.countdown", {"steps": 40, "interval": 0.05})
         await first.wait_until(
             lambda item: sum(event["type"] == "job.progress" for event in item.events) >= 5,
@@ -37,9 +33,7 @@ class TestResume:
         await first.close()
         last_id = first.event_ids[-1]
 
-        second = await listen(
-            ws_url(realtime.ws_url, last_event_id=last_id), token=user.access_token
-        )
+        second = await live_stack.listen(user, last_event_id=last_id)
         await second.wait_until(
             lambda item: any(event["type"] == "job.succeeded" for event in item.events),
             within=30,
@@ -49,7 +43,7 @@ class TestResume:
 
         union = first.event_ids + second.event_ids
         assert not [i for i, n in Counter(union).items() if n > 1], "no event twice"
-        stream = [event["id"] for event in await stack.stream(user, job["id"])]
+        stream = [event["id"] for event in await live_stack.stack.stream(user, job["id"])]
         assert union == stream, "every event of the job, in order"
         assert len(second.event_ids) > 0
 

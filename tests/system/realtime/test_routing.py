@@ -11,8 +11,15 @@ from redis.asyncio import Redis
 
 from common.contracts.events import user_channel
 from devharness.polling import eventually
-from devharness.realtime import Listener, listen, ws_url
-from tests.fixtures.realtime import RealtimeFactory, TokenFor, publish
+from devharness.realtime import listen, ws_url
+from tests.fixtures.realtime import (
+    ROUTINGS,
+    RealtimeFactory,
+    TokenFor,
+    assert_each_gets_exactly,
+    open_in_bursts,
+    publish,
+)
 
 pytestmark = pytest.mark.system
 
@@ -57,25 +64,14 @@ async def _zero(redis: Redis, channel: str) -> bool:
 class TestSubscribeRace:
     """Sockets that open while their user's events are being published get each exactly once."""
 
-    @pytest.mark.parametrize("ws_routing", ["pattern", "per_user"])
+    @ROUTINGS
     async def test_sockets_opened_mid_stream_get_every_event_once_in_order(
         self, realtime_factory: RealtimeFactory, token_for: TokenFor, redis: Redis
     ) -> None:
-        realtime = await realtime_factory(WS_MAX_CONNECTIONS_PER_USER=str(CLIENTS))
         user_id = uuid.uuid4()
-        token = token_for(user_id)
+        realtime = await realtime_factory(WS_MAX_CONNECTIONS_PER_USER=str(CLIENTS))
         publishing = asyncio.create_task(publish(redis, realtime.prefix, user_id, EVENTS))
-        listeners: list[Listener] = []
-        for _ in range(CLIENTS // 5):  # opened one burst after another while events flow
-            listeners += await asyncio.gather(
-                *(
-                    listen(ws_url(realtime.ws_url, last_event_id="0-0"), token=token)
-                    for _ in range(5)
-                )
-            )
-        ids = await publishing
-        for listener in listeners:
-            await listener.wait_events(EVENTS)
-        await asyncio.gather(*(listener.close() for listener in listeners))
-        for listener in listeners:
-            assert listener.event_ids == ids
+        # Opened one burst after another while events flow, each replaying from the start.
+        url = ws_url(realtime.ws_url, last_event_id="0-0")
+        listeners = await open_in_bursts(url, token_for(user_id), CLIENTS, burst=5)
+        await assert_each_gets_exactly(listeners, await publishing)
