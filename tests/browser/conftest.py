@@ -103,7 +103,10 @@ class Pages:
     contexts: list[BrowserContext] = field(default_factory=list)
     pages: list[Page] = field(default_factory=list)
 
-    async def new(self, *, width: int = 1000, height: int = 700) -> tuple[Page, PageLog]:
+    async def new(
+        self, url: str | None = None, *, width: int = 1000, height: int = 700
+    ) -> tuple[Page, PageLog]:
+        """A page in a fresh context, and its log; at `url` if one is given."""
         context = await self.browser.new_context(viewport={"width": width, "height": height})
         self.contexts.append(context)
         page = await context.new_page()
@@ -113,6 +116,8 @@ class Pages:
         page.on("pageerror", lambda error: log.errors.append(f"uncaught: {error}"))
         page.on("request", log.on_request)
         page.on("websocket", lambda socket: log.websockets.append(socket.url))
+        if url is not None:
+            await page.goto(url)
         return page, log
 
 

@@ -23,6 +23,7 @@ from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from devharness.services import ROOT
 from devservices import free_port
 from realtime.settings import RealtimeSettings
+from tests.fixtures.servers import service_env
 from worker.settings import WorkerSettings
 
 BIN = ROOT / ".venv" / "bin"
@@ -39,17 +40,10 @@ def base_env(*, database_url: str, redis_url: str, jwt_secret: str, prefix: str)
         for model in (ApiSettings, RealtimeSettings, WorkerSettings)
         for name in model.model_fields
     } | {"PORT", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "CONSOLE_API_URL", "CONSOLE_REALTIME_URL"}
-    env = {key: value for key, value in os.environ.items() if key.upper() not in names}
-    env.update(
-        ENVIRONMENT="test",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        JWT_SECRET=jwt_secret,
-        REDIS_KEY_PREFIX=prefix,
-        LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return service_env(
+        {key: value for key, value in os.environ.items() if key.upper() not in names},
+        database_url=database_url, redis_url=redis_url, jwt_secret=jwt_secret, prefix=prefix,
+    )  # fmt: skip
 
 
 async def wait_http(url: str, process: ManagedProcess, *, within: float = STARTUP_TIMEOUT) -> None:

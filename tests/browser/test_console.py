@@ -8,7 +8,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from common.contracts.events import JOB_SUCCEEDED, make_event
 from common.publisher import apublish_event
 from devharness.polling import eventually
-from tests.browser.conftest import Pages
+from tests.browser.conftest import PageLog, Pages
 from tests.browser.stack import PASSWORD_MIN_LENGTH, BrowserStack
 
 pytestmark = pytest.mark.system
@@ -28,13 +28,18 @@ PASSWORD = "correct horse battery staple"
 SCREENSHOT = os.environ.get("CONSOLE_SCREENSHOT")
 
 
+async def submit(page: Page, email: str, password: str, *, button: str) -> None:
+    """Fill in the sign-in form and press `button` ("Sign up" or "Log in")."""
+    await page.get_by_label("Email", exact=True).fill(email)
+    await page.get_by_label("Password", exact=True).fill(password)
+    await page.get_by_role("button", name=button).click()
+
+
 async def sign_up(page: Page, console_url: str) -> str:
     """Open the console and sign up a new user; returns the email."""
     email = f"browser-{uuid.uuid4().hex[:8]}@example.com"
     await page.goto(console_url)
-    await page.get_by_label("Email", exact=True).fill(email)
-    await page.get_by_label("Password", exact=True).fill(PASSWORD)
-    await page.get_by_role("button", name="Sign up").click()
+    await submit(page, email, PASSWORD, button="Sign up")
     await expect(page.get_by_role("heading", name="Start a job")).to_be_visible()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     return email
@@ -56,14 +61,40 @@ async def start_countdown(page: Page, *, steps: int, interval: float) -> Locator
     return page.locator("li.job").first  # newest first
 
 
+async def running_countdown(page: Page, *, steps: int, interval: float) -> tuple[Locator, str]:
+    """Start a countdown and wait until it runs; its row and its job id."""
+    job = await start_countdown(page, steps=steps, interval=interval)
+    await expect(job).to_have_attribute("data-state", "running")
+    return job, str(await job.get_attribute("data-job-id"))
+
+
+async def cancel(job: Locator) -> None:
+    """Cancel the countdown of this row; returns once the row says it is cancelled."""
+    await job.get_by_role("button", name=re.compile("^Cancel demo.countdown")).click()
+    await expect(job).to_have_attribute("data-state", "cancelled")
+
+
+class Console(NamedTuple):
+    """A console page on which a new user has signed up: the page, its log, the user's email."""
+
+    page: Page
+    log: PageLog
+    email: str
+
+
+@pytest.fixture
+async def console(browser_stack: BrowserStack, pages: Pages) -> Console:
+    page, log = await pages.new()
+    return Console(page, log, await sign_up(page, browser_stack.console_url))
+
+
 class TestConsoleFlow:
     """Sign up, log in, live progress to 100 %, cancel, and a report table."""
 
     async def test_countdown_reaches_100_then_report_shows_its_table(
-        self, browser_stack: BrowserStack, pages: Pages
+        self, console: Console
     ) -> None:
-        page, log = await pages.new()
-        email = await sign_up(page, browser_stack.console_url)
+        page, log, email = console
 
         job = await start_countdown(page, steps=5, interval=0.2)
         progress = job.get_by_role("progressbar")
@@ -76,9 +107,7 @@ class TestConsoleFlow:
 
         # Log out and back in: the finished job is listed from the API.
         await page.get_by_role("button", name="Log out").click()
-        await page.get_by_label("Email", exact=True).fill(email)
-        await page.get_by_label("Password", exact=True).fill(PASSWORD)
-        await page.get_by_role("button", name="Log in").click()
+        await submit(page, email, PASSWORD, button="Log in")
         await expect(page.locator("li.job")).to_have_count(1)
         await expect(page.locator("li.job").first).to_have_attribute("data-state", "succeeded")
 
@@ -99,14 +128,12 @@ class TestConsoleFlow:
         token_in_url = [url for url in log.websockets if "token" in url.split("?")[-1]]
         assert token_in_url == [], "a bearer token leaked into a WebSocket URL"
 
-    async def test_cancel_a_running_job(self, browser_stack: BrowserStack, pages: Pages) -> None:
-        page, log = await pages.new()
-        await sign_up(page, browser_stack.console_url)
+    async def test_cancel_a_running_job(self, console: Console) -> None:
+        page, log, _ = console
         job = await start_countdown(page, steps=200, interval=0.1)
         await expect(job).to_have_attribute("data-progress", re.compile(r"^[1-9]"))
 
-        await job.get_by_role("button", name=re.compile("^Cancel demo.countdown")).click()
-        await expect(job).to_have_attribute("data-state", "cancelled")
+        await cancel(job)
         assert int(await job.get_attribute("data-progress") or "0") < 100
         assert log.errors == []
 
@@ -114,11 +141,8 @@ class TestConsoleFlow:
 class TestCrossedAnswers:
     """An HTTP answer that arrives after the socket's news never moves a job back."""
 
-    async def test_a_late_post_answer_leaves_a_running_job_running(
-        self, browser_stack: BrowserStack, pages: Pages
-    ) -> None:
-        page, log = await pages.new()
-        await sign_up(page, browser_stack.console_url)
+    async def test_a_late_post_answer_leaves_a_running_job_running(self, console: Console) -> None:
+        page, log, _ = console
         held: asyncio.Queue[tuple[Route, APIResponse]] = asyncio.Queue()
 
         async def hold_the_post(route: Route) -> None:
@@ -140,8 +164,7 @@ class TestCrossedAnswers:
         await expect(page.locator("#announcer")).to_contain_text(": queued")
         assert await job.get_attribute("data-state") == "running"
 
-        await job.get_by_role("button", name=re.compile("^Cancel demo.countdown")).click()
-        await expect(job).to_have_attribute("data-state", "cancelled")
+        await cancel(job)
         assert log.errors == []
 
 
@@ -149,19 +172,16 @@ class TestResume:
     """A dropped socket is reopened with a fresh ticket and last_event_id, and misses nothing."""
 
     async def test_resumes_after_realtime_restart_and_still_reaches_100(
-        self, browser_stack: BrowserStack, pages: Pages
+        self, browser_stack: BrowserStack, console: Console
     ) -> None:
-        page, log = await pages.new()
-        await sign_up(page, browser_stack.console_url)
-        job = await start_countdown(page, steps=8, interval=0.25)
-        await expect(job).to_have_attribute("data-state", "running")
-        job_id = await job.get_attribute("data-job-id")
+        page, log, _ = console
+        job, job_id = await running_countdown(page, steps=8, interval=0.25)
 
         await browser_stack.stop_realtime()
         try:
             await expect(page.locator("#connection-text")).to_contain_text("Reconnecting")
             # The job finishes while no socket is open: only a resume can tell the page.
-            await _wait_succeeded(page, browser_stack.api_url, str(job_id))
+            await _wait_succeeded(page, browser_stack.api_url, job_id)
             assert await job.get_attribute("data-state") == "running"
         finally:  # the module's other tests need it, whatever happened here
             await browser_stack.start_realtime()
@@ -201,11 +221,8 @@ class TestOrigins:
     async def test_foreign_origin_gets_a_cors_failure_and_a_refused_socket(
         self, browser_stack: BrowserStack, pages: Pages
     ) -> None:
-        page, log = await pages.new()
-        await page.goto(browser_stack.foreign_url)
-        await page.get_by_label("Email", exact=True).fill("foreign@example.com")
-        await page.get_by_label("Password", exact=True).fill(PASSWORD)
-        await page.get_by_role("button", name="Sign up").click()
+        page, log = await pages.new(browser_stack.foreign_url)
+        await submit(page, "foreign@example.com", PASSWORD, button="Sign up")
         await expect(page.get_by_role("alert")).to_contain_text("CORS refused")
         assert any("blocked by CORS policy" in error for error in log.errors), log.errors
 
@@ -213,8 +230,7 @@ class TestOrigins:
         assert close == {"code": 1008, "reason": f"origin not allowed: {browser_stack.foreign_url}"}
 
         # The same socket from the allowed origin gets past the Origin check.
-        allowed, _ = await pages.new()
-        await allowed.goto(browser_stack.console_url)
+        allowed, _ = await pages.new(browser_stack.console_url)
         close = await _socket_close(allowed, browser_stack.realtime_url)
         assert close["code"] == 1008
         assert "ticket" in close["reason"], close
@@ -236,8 +252,7 @@ class TestPasswordRule:
     async def test_hint_and_check_follow_the_apis_setting(
         self, browser_stack: BrowserStack, pages: Pages
     ) -> None:
-        page, log = await pages.new()
-        await page.goto(browser_stack.console_url)
+        page, log = await pages.new(browser_stack.console_url)
         rule = f"New accounts: at least {PASSWORD_MIN_LENGTH} characters."
         await expect(page.locator("#password-hint")).to_have_text(rule)
         password = page.get_by_label("Password", exact=True)
@@ -263,11 +278,8 @@ class TestPasswordRule:
 class TestLogout:
     """What was typed into the form leaves the page with the session."""
 
-    async def test_logout_clears_email_and_password(
-        self, browser_stack: BrowserStack, pages: Pages
-    ) -> None:
-        page, _ = await pages.new()
-        email = await sign_up(page, browser_stack.console_url)
+    async def test_logout_clears_email_and_password(self, console: Console) -> None:
+        page, _, email = console
         # Signed in, the password is no longer in the (hidden) form.
         await expect(page.get_by_label("Password", exact=True)).to_have_value("")
 
@@ -307,11 +319,8 @@ class TestNarrowScreen:
 class TestResults:
     """A job's result reads as name and value, not as JSON (JSON only for deep structures)."""
 
-    async def test_a_countdowns_result_is_a_definition_list(
-        self, browser_stack: BrowserStack, pages: Pages
-    ) -> None:
-        page, _ = await pages.new()
-        await sign_up(page, browser_stack.console_url)
+    async def test_a_countdowns_result_is_a_definition_list(self, console: Console) -> None:
+        page, _, _ = console
         job = await start_countdown(page, steps=3, interval=0)
         await expect(job).to_have_attribute("data-state", "succeeded")
         result = job.locator(".result dl")
@@ -323,13 +332,10 @@ class TestResults:
         assert "{" not in await job.locator(".result").inner_text()
 
     async def test_a_deep_result_nests_then_falls_back_to_json(
-        self, browser_stack: BrowserStack, pages: Pages
+        self, browser_stack: BrowserStack, console: Console
     ) -> None:
-        page, _ = await pages.new()
-        await sign_up(page, browser_stack.console_url)
-        job = await start_countdown(page, steps=300, interval=0.1)
-        await expect(job).to_have_attribute("data-state", "running")
-        job_id = uuid.UUID(await job.get_attribute("data-job-id") or "")
+        page, _, _ = console
+        job, job_id = await running_countdown(page, steps=300, interval=0.1)
         headers = {"Authorization": f"Bearer {await page_token(page)}"}
         async with httpx.AsyncClient(base_url=browser_stack.api_url, timeout=5) as client:
             user_id = uuid.UUID((await client.get("/v1/users/me", headers=headers)).json()["id"])
@@ -342,7 +348,7 @@ class TestResults:
             redis = Redis.from_url(browser_stack.env["REDIS_URL"])
             try:
                 event = make_event(  # the shape the worker publishes (worker/app.py)
-                    JOB_SUCCEEDED, user_id=user_id, job_id=job_id,
+                    JOB_SUCCEEDED, user_id=user_id, job_id=uuid.UUID(job_id),
                     state="succeeded", progress=100, result=result,
                 )  # fmt: skip
                 await apublish_event(redis, event, prefix=browser_stack.env["REDIS_KEY_PREFIX"])
