@@ -136,6 +136,13 @@ async def data_redis(cluster: Cluster) -> AsyncIterator[Redis]:
         await redis.aclose()
 
 
+@contextlib.asynccontextmanager
+async def edge_user(cluster: Cluster) -> AsyncIterator[tuple[JobsUser, Redis]]:
+    """A new user calling through the edge, and a client of the cluster's Redis."""
+    async with edge(cluster) as client, data_redis(cluster) as redis:
+        yield await new_user(cluster, client), redis
+
+
 async def stream(redis: Redis, user_id: str) -> list[dict[str, Any]]:
     """The user's event stream, oldest first, each event with its stream id."""
     entries = cast(
@@ -225,11 +232,12 @@ class TestTopology:
 
 
 class TestRealtimeAcrossHosts:
+    """Sockets of one user on both realtime hosts each get every event, once and in order."""
+
     async def test_40_sockets_of_one_user_on_both_hosts_get_every_event_once_in_order(
         self, cluster: Cluster
     ) -> None:
-        async with edge(cluster) as client, data_redis(cluster) as redis:
-            user = await new_user(cluster, client)
+        async with edge_user(cluster) as (user, redis):
             listeners = [
                 await listen(cluster.edge_ws_url, token=user.access_token) for _ in range(40)
             ]
@@ -354,6 +362,26 @@ async def first_claim(cluster: Cluster, job_ids: list[str]) -> tuple[Host, list[
     return await eventually(probe, within=JOB_TIMEOUT)
 
 
+def claimed_elsewhere(cluster: Cluster, job_ids: list[str], host: Host) -> set[str]:
+    """The jobs (of `job_ids`) that a worker host other than `host` has claimed."""
+    return {
+        job_id
+        for name, jobs in claims(cluster, job_ids).items()
+        if name != host.name
+        for job_id in jobs
+    }
+
+
+async def long_jobs_claimed(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> tuple[list[JobsUser], list[str], tuple[Host, list[str]]]:
+    """Six users with a long job each, posted at once; the first worker host seen holding
+    some of them, and those jobs."""
+    users = await new_users(cluster, client, 6)
+    job_ids = list(await post_spread(users, LONG_JOB))
+    return users, job_ids, await first_claim(cluster, job_ids)
+
+
 class TestWorkerHostFaults:
     # The cluster's lease (JOB_LEASE_SECONDS) and sweep period bound how soon a lost job reruns.
     LEASE = float(clusters.OVERRIDES["JOB_LEASE_SECONDS"][0])
@@ -362,9 +390,7 @@ class TestWorkerHostFaults:
         self, cluster: Cluster
     ) -> None:
         async with edge(cluster) as client, data_redis(cluster) as redis:
-            users = await new_users(cluster, client, 6)
-            job_ids = list(await post_spread(users, LONG_JOB))
-            victim, lost = await first_claim(cluster, job_ids)
+            users, job_ids, (victim, lost) = await long_jobs_claimed(cluster, client)
             assert cluster.signal_host(victim, signal.SIGKILL)
             await eventually(lambda: asyncio.to_thread(lambda: not cluster.host_pids(victim)))
             # Rerun elsewhere: the lease lapses, the next sweep requeues, another host runs it.
@@ -374,9 +400,7 @@ class TestWorkerHostFaults:
             )
             counts = await success_counts(redis, users)
             assert [counts[job_id] for job_id in job_ids] == [1] * len(job_ids)
-            others = [j for h, jobs in claims(cluster, job_ids).items() if h != victim.name
-                      for j in jobs]  # fmt: skip
-            assert set(lost) <= set(others)
+            assert set(lost) <= claimed_elsewhere(cluster, job_ids, victim)
             await asyncio.to_thread(cluster.restart_service, victim)
 
     @needs_namespaces
@@ -384,9 +408,7 @@ class TestWorkerHostFaults:
         self, cluster: Cluster
     ) -> None:
         async with edge(cluster) as client, data_redis(cluster) as redis:
-            users = await new_users(cluster, client, 6)
-            job_ids = list(await post_spread(users, LONG_JOB))
-            victim, cut_off = await first_claim(cluster, job_ids)
+            users, job_ids, (victim, cut_off) = await long_jobs_claimed(cluster, client)
             since = cluster.log_path(victim).stat().st_size
             namespace = cluster.namespace(victim)
             clusters._ip("-n", namespace, "link", "set", "eth0", "down")
@@ -394,9 +416,7 @@ class TestWorkerHostFaults:
             try:
                 # While it is away, its jobs' leases lapse and other hosts take them over.
                 async def taken_over() -> bool:
-                    others = [j for h, jobs in claims(cluster, job_ids).items()
-                              if h != victim.name for j in jobs]  # fmt: skip
-                    return set(cut_off) <= set(others)
+                    return set(cut_off) <= claimed_elsewhere(cluster, job_ids, victim)
 
                 await eventually(taken_over, within=15, interval=0.2)
                 await asyncio.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))  # the cut's length
@@ -458,11 +478,12 @@ class Resuming:
 
 
 class TestRealtimeHostLoss:
+    """Clients of a realtime host that dies reconnect through the edge and miss nothing."""
+
     async def test_clients_of_a_killed_realtime_host_resume_on_the_other(
         self, cluster: Cluster
     ) -> None:
-        async with edge(cluster) as client, data_redis(cluster) as redis:
-            user = await new_user(cluster, client)
+        async with edge_user(cluster) as (user, redis):
             clients = [Resuming(cluster.edge_ws_url, user.access_token) for _ in range(10)]
             try:
                 await eventually(lambda: all(c.hellos for c in clients), within=30)
