@@ -75,24 +75,17 @@ class BrowserStack:
     console_port: int
     foreign_port: int
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    api_url: str = field(init=False)
+    realtime_url: str = field(init=False)
+    console_url: str = field(init=False)
+    foreign_url: str = field(init=False)
 
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def realtime_url(self) -> str:
-        return f"ws://127.0.0.1:{self.realtime_port}/ws"
-
-    @property
-    def console_url(self) -> str:
-        """The console on an origin in CORS_ORIGINS."""
-        return f"http://127.0.0.1:{self.console_port}"
-
-    @property
-    def foreign_url(self) -> str:
-        """The same console on an origin that is not allowed."""
-        return f"http://127.0.0.1:{self.foreign_port}"
+    def __post_init__(self) -> None:
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.realtime_url = f"ws://127.0.0.1:{self.realtime_port}/ws"
+        # The console on an origin in CORS_ORIGINS, and the same on an origin that is not.
+        self.console_url = f"http://127.0.0.1:{self.console_port}"
+        self.foreign_url = f"http://127.0.0.1:{self.foreign_port}"
 
     def _start(self, name: str, command: list[str], **overrides: str) -> ManagedProcess:
         log_path = self.log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
