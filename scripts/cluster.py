@@ -78,6 +78,15 @@ OVERRIDES = {
 CRON_SECONDS_DEFAULT = 5.0
 
 
+def _run_dir(name: str) -> Path:
+    """Cluster `name`'s logs and state; its processes' command lines name it."""
+    return RUN_ROOT / f"cluster-{name}"
+
+
+def _state_path(name: str) -> Path:
+    return _run_dir(name) / "state.json"
+
+
 def _override_env() -> dict[str, str]:
     return {key: value for key, (value, _why) in OVERRIDES.items()}
 
@@ -94,7 +103,7 @@ class Host:
 
 @dataclass
 class Cluster:
-    """The cluster's layout and, once up, its state (saved in `state_path`)."""
+    """The cluster's layout and, once up, its state (saved in `_state_path(name)`)."""
 
     name: str = "cl"
     subnet: int = 213
@@ -110,21 +119,7 @@ class Cluster:
     # --- layout -------------------------------------------------------------------
     @property
     def run_dir(self) -> Path:
-        return RUN_ROOT / f"cluster-{self.name}"
-
-    @property
-    def state_path(self) -> Path:
-        return self.run_dir / "state.json"
-
-    @property
-    def switch_namespace(self) -> str:
-        """The namespace holding the bridge (the cluster's switch)."""
-        return f"{self.name}-net"
-
-    @property
-    def client_link(self) -> str:
-        """This machine's interface on the cluster network."""
-        return f"{self.name}c0"
+        return _run_dir(self.name)
 
     def address(self, last: int) -> str:
         return f"10.{self.subnet}.0.{last}" if self.namespaces else f"127.{self.subnet}.0.{last}"
@@ -209,11 +204,11 @@ class Cluster:
     # --- state ----------------------------------------------------------------------
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.state_path.write_text(json.dumps(asdict(self), indent=1))
+        _state_path(self.name).write_text(json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, name: str) -> Cluster | None:
-        path = RUN_ROOT / f"cluster-{name}" / "state.json"
+        path = _state_path(name)
         if not path.exists():
             return None
         raw: dict[str, Any] = json.loads(path.read_text())
@@ -378,7 +373,7 @@ def _network(cluster: Cluster) -> None:
     FORWARD policy, applied to bridged frames once br_netfilter is loaded) never
     sees the hosts' traffic, and nothing of the cluster is routed out.
     """
-    switch = cluster.switch_namespace
+    switch = f"{cluster.name}-net"
     _ip("netns", "add", switch)
     _ip("-n", switch, "link", "add", "br0", "type", "bridge")
     _ip("-n", switch, "link", "set", "br0", "up")
@@ -389,7 +384,8 @@ def _network(cluster: Cluster) -> None:
         _ip("-n", switch, "link", "set", outside, "master", "br0")
         _ip("-n", switch, "link", "set", outside, "up")
 
-    client = cluster.client_link
+    # This machine's end is the cluster's client link.
+    client = f"{cluster.name}c0"
     plug(f"{cluster.name}s0", client)
     clients = [
         cluster.client_address,
@@ -685,7 +681,7 @@ def leftovers(name: str) -> list[str]:
             kind, number = link[len(name) : len(name) + 1], link[len(name) + 1 :]
             if link.startswith(name) and kind in {"c", "s", "h"} and number.isdigit():
                 found.append(f"link {link}")
-    run_dir = str(RUN_ROOT / f"cluster-{name}")
+    run_dir = str(_run_dir(name))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -721,8 +717,7 @@ def down(name: str, *, say: Any = print) -> list[str]:
             _ip("netns", "del", what, check=False)
         elif kind == "link":
             _ip("link", "del", what, check=False)
-    state = RUN_ROOT / f"cluster-{name}" / "state.json"
-    state.unlink(missing_ok=True)
+    _state_path(name).unlink(missing_ok=True)
     left = leftovers(name)
     say(f"cluster {name} down" + (f"; LEFT: {left}" if left else ", nothing left"))
     return left

@@ -201,7 +201,6 @@ def upgrade() -> None:
             "ix_jobs_owner_deferred",
             "jobs",
             ["owner_id", "created_at"],
-            unique=False,
             postgresql_where=sa.text(_DEFERRED_PREDICATE),
             postgresql_concurrently=True,
             if_not_exists=True,
@@ -210,13 +209,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.drop_index(
-            "ix_jobs_owner_deferred",
-            table_name="jobs",
-            postgresql_where=sa.text(_DEFERRED_PREDICATE),
-            postgresql_concurrently=True,
-            if_exists=True,
-        )
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_jobs_owner_deferred")
     op.execute(
         "DROP FUNCTION job_intake(uuid[], uuid[], uuid[], uuid[], text[], jsonb[], text[],"
         " text[], text[], text[], integer, text)"
