@@ -10,8 +10,9 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.jobs",
     "tests.fixtures.servers",
-    "tests.fixtures.realtime",
+    # Before realtime, which imports it (a plugin imported earlier is not assert-rewritten).
     "tests.fixtures.workers",
+    "tests.fixtures.realtime",
 ]
 
 

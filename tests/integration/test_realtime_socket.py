@@ -43,16 +43,12 @@ async def _listen_as(realtime: RunningRealtime, user_id: uuid.UUID, **query: str
     return await listen(ws_url(realtime.ws_url, **query), token=_token(realtime, user_id))
 
 
-# --8<-- [start:publish-helper]
 async def _publish(
     redis: Redis, realtime: RunningRealtime, user_id: uuid.UUID, count: int, **data: Any
 ) -> list[str]:
     """Publish as a worker does (`tests.fixtures.realtime.publish`): `count` progress events
     of one made-up job of `user_id`, under the server's key prefix; their ids."""
     return await publish(redis, realtime.settings.redis_key_prefix, user_id, count, **data)
-
-
-# --8<-- [end:publish-helper]
 
 
 @dataclass
