@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import uuid
 from collections.abc import Callable
+
+import pytest
 
 from api.settings import ApiSettings
 from common.redis import create_redis
@@ -25,3 +28,34 @@ async def test_a_burst_beyond_the_pool_waits_for_a_free_connection(
     finally:
         await redis.delete(key)
         await redis.aclose()
+
+
+async def test_new_connections_report_the_client_without_reading_package_metadata(
+    settings_factory: Callable[..., ApiSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool growing by 20 connections reads redis-py's metadata never (it was once each)."""
+    reads = []
+    original = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        reads.append(name)
+        return original(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    redis = create_redis(settings_factory(redis_max_connections=20))
+    key = f"pool-test:{uuid.uuid4().hex}"
+    try:
+        # 20 blocking pops at once: the pool opens 20 connections.
+        await redis.rpush(key, *range(20))
+        await asyncio.gather(*(redis.blpop([key], timeout=1) for _ in range(20)))
+        connections = list(redis.connection_pool._available_connections)
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
+
+    assert len(connections) == 20
+    assert "redis" not in reads
+    # What CLIENT SETINFO tells the server (Redis 7.2 and later) is unchanged.
+    assert {(c.driver_info.formatted_name, c.driver_info.lib_version) for c in connections} == {
+        ("redis-py", original("redis"))
+    }

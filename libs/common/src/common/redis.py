@@ -5,8 +5,16 @@ from __future__ import annotations
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 
 from common.settings import CommonSettings
+
+# What each connection reports with CLIENT SETINFO (redis-py and its version),
+# resolved once. Without it redis-py reads its own package metadata for every new
+# connection, a scan of sys.path costing about 0.3 ms: paid again and again by a
+# pool that grows under a burst of requests or reconnects after a Redis restart.
+# Every client of ours passes it (`driver_info=DRIVER_INFO`).
+DRIVER_INFO = DriverInfo()
 
 
 def create_redis(settings: CommonSettings) -> Redis:
@@ -25,6 +33,7 @@ def create_redis(settings: CommonSettings) -> Redis:
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         decode_responses=False,
+        driver_info=DRIVER_INFO,
     )
     return Redis.from_pool(pool)
 
@@ -48,4 +57,5 @@ def create_subscriber_redis(settings: CommonSettings) -> Redis:
         retry=Retry(NoBackoff(), 0),
         decode_responses=False,
         protocol=2,
+        driver_info=DRIVER_INFO,
     )

@@ -55,6 +55,7 @@ from common.prometheus_multiprocess import (
     prepare_multiprocess_dir,
     remove_multiprocess_dir,
 )
+from common.redis import DRIVER_INFO
 from worker.settings import WorkerSettings, get_settings
 
 _logger = logging.getLogger("worker.metrics")
@@ -109,6 +110,7 @@ class WorkerCollector(Collector):
             settings.redis_url,
             socket_timeout=settings.health_check_timeout,
             socket_connect_timeout=settings.health_check_timeout,
+            driver_info=DRIVER_INFO,
         )
 
     def collect(self) -> Iterator[Metric]:

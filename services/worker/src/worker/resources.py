@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from common.connection_budget import check_connection_budget_sync, share_of
 from common.db import ping_idle_connections, pool_options
+from common.redis import DRIVER_INFO
 from common.tracing import instrument_engine
 from worker.settings import WorkerSettings, get_settings
 
@@ -58,6 +59,7 @@ def build(settings: WorkerSettings) -> Resources:
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
+        driver_info=DRIVER_INFO,
     )
     return Resources(settings=settings, engine=engine, redis=redis)
 
