@@ -54,9 +54,7 @@ from redis.asyncio import Redis
 
 from bench.stack import Stack
 from common import publisher
-from common.auth import issue_access_token
 from common.contracts import events
-from common.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -605,13 +603,8 @@ async def run_fanout(stack: Stack, *, profile: str, out_dir: Path) -> list[dict[
     print("fan-out: realtime's startCommand and render.yaml env; overrides:", flush=True)
     for key, why in servers.overrides.items():
         print(f"  {key}={why}", flush=True)
-    jwt_env = stack.jwt_env
-    settings = CommonSettings(
-        _env_file=None,
-        **{key.lower(): value for key, value in jwt_env.items()},  # type: ignore[arg-type]
-    )
-    tokens = {user: issue_access_token(settings, subject=user)
-              for user in (uuid.uuid4() for _ in range(USERS))}  # fmt: skip
+    users = [uuid.uuid4() for _ in range(USERS)]
+    tokens = dict(zip(users, stack.tokens_for(users), strict=True))
     outcomes: dict[tuple[str, int], Outcome] = {}
     counts = [(count, True) for count in chosen.ladder_clients]
     counts += [(count, False) for count in chosen.memory_clients]

@@ -43,9 +43,7 @@ from bench.profiles import Profile
 from bench.report import Row, make_row
 from bench.scenarios import FORM, register
 from bench.stack import PASSWORD, Stack, Web
-from common.auth import issue_access_token
 from common.contracts.job_kinds import DEMO_COUNTDOWN
-from common.settings import CommonSettings
 from devharness.cgroups import memory_cgroup_or_reason
 from devharness.realtime import open_idle_sockets
 from devharness.services import ROOT
@@ -293,15 +291,8 @@ async def _realtime(stack: Stack, plans: dict[str, Any], count: int) -> list[Row
     # 10,000 sockets here and up to 10,000 descriptors across the server's workers.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    jwt = stack.jwt_env
-    settings = CommonSettings(
-        _env_file=None,
-        jwt_secret=jwt["JWT_SECRET"],
-        jwt_issuer=jwt["JWT_ISSUER"],
-        jwt_audience=jwt["JWT_AUDIENCE"],
-    )
     users = [uuid.uuid4() for _ in range(100)]
-    tokens = [issue_access_token(settings, subject=users[i % len(users)]) for i in range(count)]
+    tokens = stack.tokens_for(users[i % len(users)] for i in range(count))
     async with confined(stack, "realtime", plan["plan"]) as confinement:
         realtime = await stack.start_web("realtime")
         pid = _pid(stack, "realtime")

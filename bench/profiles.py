@@ -24,8 +24,6 @@ class Profile:
     e2e_users: int
     # Connections posting logins during the storm (each one a hash in flight).
     storm_connections: int
-    # Users whose tokens the intake rotates through (one user's intake is serialized).
-    intake_users: int
 
 
 _QUICK = Profile(
@@ -37,7 +35,6 @@ _QUICK = Profile(
     e2e_rate=200,
     e2e_users=32,
     storm_connections=8,
-    intake_users=8,
 )
 PROFILES = {
     "quick": _QUICK,

@@ -42,8 +42,6 @@ from bench.fanout import (
     standalone_stack,
 )
 from bench.stack import Stack
-from common.auth import issue_access_token
-from common.settings import CommonSettings
 
 PROCESSES = 8
 USERS = 400
@@ -97,12 +95,8 @@ async def _routing(
 async def run_routing(stack: Stack) -> list[dict[str, Any]]:
     """Both routings, one after the other, on the same Redis and users; the table rows."""
     _raise_fd_limit()
-    settings = CommonSettings(
-        _env_file=None,
-        **{key.lower(): value for key, value in stack.jwt_env.items()},  # type: ignore[arg-type]
-    )
-    tokens = {user: issue_access_token(settings, subject=user)
-              for user in (uuid.uuid4() for _ in range(USERS))}  # fmt: skip
+    users = [uuid.uuid4() for _ in range(USERS)]
+    tokens = dict(zip(users, stack.tokens_for(users), strict=True))
     redis = Redis.from_url(stack.redis_url, socket_timeout=10)
     log_dir = Path(tempfile.mkdtemp(prefix="routing-logs-"))
     try:

@@ -8,8 +8,9 @@ API answers only `Host: api.onrender.com`, and the clients send it). Log level,
 access log, worker recycling, pool sizes and worker counts are the shipped
 ones. The overrides, all named in the report (`Stack.overrides`):
 
-- the rate limits, the per-user active-job limit and the per-user socket cap
-  are lifted: every request comes from 127.0.0.1 and from a few users;
+- the rate limits and the per-user socket cap are lifted: every request comes
+  from 127.0.0.1 and from a few users. The per-user active-job limit is as
+  shipped: the intake spreads its jobs over enough users to stay under it;
 - on a Redis shared with others (`REDIS_URL` set), a key prefix of this run's own;
 - whatever a `.env` in the repository root sets that the Blueprint does not
   (the services read it, as they would in a checkout).
@@ -28,16 +29,18 @@ import os
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 from celery import Celery
 from dotenv import dotenv_values
 from redis.asyncio import Redis
 
+from common.auth import issue_access_token
 from common.broker import create_celery
 from common.contracts.tasks import JOBS_QUEUE
 from common.settings import CommonSettings
@@ -52,13 +55,12 @@ BIN = ROOT / ".venv" / "bin"
 PYTHON = BIN / "python"
 STARTUP_TIMEOUT = 60.0
 PASSWORD = "correct horse battery staple"  # noqa: S105 (the bench users' password)
-# Limits no benchmark reaches: every request comes from 127.0.0.1 and a few users
-# (the intake posts thousands of jobs that no worker takes). The running cap is
-# not lifted: the end-to-end rows spread their jobs over many users, as a
-# service's traffic is, and run under the cap as shipped.
+# Limits no benchmark reaches: every request comes from 127.0.0.1. The active-job
+# and running caps are not lifted: the intake and the end-to-end rows spread
+# their jobs over many users, as a service's traffic is, and run under the caps
+# as shipped.
 LIFTED_LIMITS = {
     **dict.fromkeys(GENEROUS_RATE_LIMIT_ENV, "100000000/minute"),
-    "JOBS_MAX_ACTIVE_PER_USER": "1000000000",
     # The fan-out and memory scenarios open hundreds of sockets per user.
     "WS_MAX_CONNECTIONS_PER_USER": "100000",
 }
@@ -143,6 +145,35 @@ class Stack:
         """What a process needs to verify (or issue) this run's tokens."""
         env = self.resolved("api")
         return {key: env[key] for key in ("JWT_SECRET", "JWT_ISSUER", "JWT_AUDIENCE")}
+
+    def tokens_for(self, subjects: Iterable[uuid.UUID]) -> list[str]:
+        """An access token of this run's for each subject (in order), as the API signs them."""
+        settings = CommonSettings(
+            _env_file=None,
+            **{key.lower(): value for key, value in self.jwt_env.items()},  # type: ignore[arg-type]
+        )
+        return [issue_access_token(settings, subject=subject) for subject in subjects]
+
+    @contextlib.asynccontextmanager
+    async def minted_users(self, count: int) -> AsyncIterator[list[uuid.UUID]]:
+        """`count` users written straight into the run's database, deleted (with their jobs) after.
+
+        For scenarios that need many owners of jobs but never log them in: their
+        tokens come from `tokens_for`, and their password hash is not a valid one.
+        Deleting them leaves no job behind for the worker's relay to send later.
+        """
+        ids = [uuid.uuid4() for _ in range(count)]
+        connection = await asyncpg.connect(_render_style(self.database_url))
+        try:
+            await connection.execute(
+                "INSERT INTO users (id, email, password_hash) "
+                "SELECT id, 'bench-' || id || '@example.com', 'minted' FROM unnest($1::uuid[]) id",
+                ids,
+            )
+            yield ids
+        finally:
+            await connection.execute("DELETE FROM users WHERE id = ANY($1::uuid[])", ids)
+            await connection.close()
 
     def service_env(self, name: str, *, port: int | None = None) -> dict[str, str]:
         """The whole environment of service `name`'s process (the Blueprint's, plus overrides)."""

@@ -80,9 +80,13 @@ def command(
     body: str = "",
     content_type: str = "",
     tokens: tuple[str, ...] = (),
+    tokens_file: Path | None = None,
     host: str = "",
 ) -> list[str]:
-    """The wrk command line for one run; `host` is sent as the Host header (else the URL's)."""
+    """The wrk command line for one run; `host` is sent as the Host header (else the URL's).
+
+    The tokens are arguments, or with `tokens_file` read from that file (one per line).
+    """
     return [
         wrk_path(),
         f"--threads={settings.threads}",
@@ -96,7 +100,7 @@ def command(
         method,
         body,
         content_type,
-        *tokens,
+        *([f"@{tokens_file}"] if tokens_file is not None else tokens),
     ]
 
 

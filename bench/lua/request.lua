@@ -1,7 +1,9 @@
 -- wrk script of the benchmark suite: `wrk ... -s request.lua URL -- METHOD BODY CONTENT_TYPE [TOKEN...]`.
 -- Every argument is optional. With several tokens each request takes the next one, so the
--- load comes from several users (the API serializes one user's job intake). done() prints
--- one JSON line, prefixed BENCH_JSON, with the counts and the latency percentiles (in us).
+-- load comes from several users (the API serializes one user's job intake); `@PATH` in
+-- place of the tokens reads them from a file, one per line (thousands would not fit in
+-- the arguments). done() prints one JSON line, prefixed BENCH_JSON, with the counts and
+-- the latency percentiles (in us).
 
 local method, body, content_type = "GET", nil, nil
 local tokens = {}
@@ -12,7 +14,13 @@ function init(args)
   method = args[1] or "GET"
   if args[2] ~= nil and args[2] ~= "" then body = args[2] end
   if args[3] ~= nil and args[3] ~= "" then content_type = args[3] end
-  for i = 4, #args do tokens[#tokens + 1] = "Bearer " .. args[i] end
+  if args[4] ~= nil and string.sub(args[4], 1, 1) == "@" then
+    for line in io.lines(string.sub(args[4], 2)) do
+      if line ~= "" then tokens[#tokens + 1] = "Bearer " .. line end
+    end
+  else
+    for i = 4, #args do tokens[#tokens + 1] = "Bearer " .. args[i] end
+  end
   if #tokens <= 1 then
     -- One request for every call: formatting it once keeps the generator cheap.
     prepared = wrk.format(method, nil, headers_for(1), body)

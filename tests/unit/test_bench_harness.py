@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,22 @@ class TestWrkRun:
         assert sent == body.encode()
         seen = {headers["authorization"] for _, headers, _ in recorder.requests}
         assert seen == {"Bearer alice", "Bearer bob"}
+
+    async def test_tokens_from_a_file_are_taken_in_turn(
+        self, recorder: _Recorder, tmp_path: Path
+    ) -> None:
+        tokens = [f"user-{index}" for index in range(3000)]
+        tokens_file = tmp_path / "tokens.txt"
+        tokens_file.write_text("\n".join(tokens) + "\n")
+
+        result = await wrk.run(f"{recorder.url}/v1/jobs", ONE_SECOND, tokens_file=tokens_file)
+
+        sent = Counter(headers["authorization"] for _, headers, _ in recorder.requests)
+        assert result.requests > 0
+        assert set(sent) <= {f"Bearer {token}" for token in tokens}
+        # Each request takes the next user: none twice before every other had a turn.
+        counts = [sent[f"Bearer {token}"] for token in tokens]
+        assert max(counts) - min(counts) <= 1
 
     async def test_host_header_names_the_service_not_the_address(self, recorder: _Recorder) -> None:
         await wrk.run(f"{recorder.url}/live", ONE_SECOND, host="api.onrender.com")
