@@ -172,8 +172,20 @@ class Stack:
             )
             yield ids
         finally:
-            await connection.execute("DELETE FROM users WHERE id = ANY($1::uuid[])", ids)
-            await connection.close()
+            try:
+                # Requests the load generator gave up on may still be in an intake
+                # round, holding these users' key-share locks: Postgres may pick
+                # this statement to end a deadlock, and it is tried again.
+                for attempt in range(5):
+                    try:
+                        await connection.execute("DELETE FROM users WHERE id = ANY($1)", ids)
+                        break
+                    except asyncpg.exceptions.DeadlockDetectedError:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.5)
+            finally:
+                await connection.close()
 
     def service_env(self, name: str, *, port: int | None = None) -> dict[str, str]:
         """The whole environment of service `name`'s process (the Blueprint's, plus overrides)."""
