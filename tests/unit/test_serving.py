@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from api import serving
-from api.serving import Recycling, RetirementTurn, resident_bytes
+from api.serving import ConnectionTable, Recycling, RetirementTurn, resident_bytes
 
 
 class TestRecycling:
@@ -83,3 +85,58 @@ class TestRetirementTurn:
 
     def test_without_a_scratch_directory_a_worker_retires_alone(self) -> None:
         assert RetirementTurn(None).take()
+
+
+_PUBLISHER = """
+import sys
+from pathlib import Path
+from api.serving import ConnectionTable
+table = ConnectionTable(Path(sys.argv[1]))
+table.publish(int(sys.argv[2]))
+print("published", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+def _publisher(path: Path, connections: int) -> subprocess.Popen[str]:
+    """Another process holding a slot with `connections`, alive until its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PUBLISHER, str(path), str(connections)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "published"
+    return process
+
+
+class TestConnectionTable:
+    """The workers' shared connection counts: one slot each, freed on release or death."""
+
+    def test_sees_the_other_live_workers_counts_only(self, tmp_path: Path) -> None:
+        path = tmp_path / "connections"
+        mine = ConnectionTable(path)
+        mine.publish(5)
+        assert mine.fewest_elsewhere() is None, "no other worker: nobody to leave a connection to"
+
+        others = [_publisher(path, count) for count in (7, 3)]
+        try:
+            assert mine.fewest_elsewhere() == 3
+        finally:
+            for process in others:
+                process.communicate("")
+        # Both exited: their slots no longer count, and may be taken again.
+        assert mine.fewest_elsewhere() is None
+
+    def test_a_released_slot_is_not_published_again(self, tmp_path: Path) -> None:
+        path = tmp_path / "connections"
+        leaving, staying = ConnectionTable(path), ConnectionTable(path)
+        # Same process, two slots: `fewest_elsewhere` skips its own pid, so read the map.
+        leaving.publish(4)
+        leaving.release()
+        leaving.publish(9)  # a connection closing after the worker stopped accepting
+
+        slots = Path(path).read_bytes()
+        assert slots.count(os.getpid().to_bytes(8, "little")) == 1, "only `staying` holds a slot"
+        staying.release()

@@ -28,17 +28,31 @@ Here the worker stops accepting, and then:
   any other time;
 - after the keep-alive timeout (and a second more) whatever is still open is
   closed as uvicorn would, in-flight requests finish, and the lifespan ends.
+
+Each worker accepts one connection per turn of its event loop (`TurnAcceptor`)
+on the listening socket the workers share. uvloop's server accepts every
+pending connection at once, so a burst of new connections (a proxy opening its
+pool of keep-alive connections, a load test) went to whichever worker woke
+first: half the time every one of 16 connections opened together landed on one
+of two workers, which then served alone at half the server's throughput, for as
+long as those connections lived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
+import mmap
 import os
+import socket
+import ssl
+import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,6 +72,7 @@ RETIRE_SPACING = 2.0
 CLOSE_GRACE = 1.0
 _TICKS_PER_CHECK = 10  # uvicorn ticks every 0.1 s: check once a second
 _WORKER_BOOT_ERROR = 3  # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR
+_STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
 _LOCK_FILE = "api-retiring.lock"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _STATM = Path("/proc/self/statm")
@@ -73,10 +88,12 @@ def resident_bytes() -> int | None:
 
 
 class _State(ServerState):
-    """uvicorn's server state, plus whether the server retires, and an event for its last close."""
+    """uvicorn's server state, plus whether the server retires, an event for its last close,
+    and where the workers share their connection counts."""
 
     retiring = False
     closed_all: asyncio.Event | None = None
+    table: ConnectionTable | None = None
 
 
 class RetiringHttpToolsProtocol(HttpToolsProtocol):
@@ -91,7 +108,11 @@ class RetiringHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         state = self.server_state
-        if isinstance(state, _State) and state.closed_all is not None and not state.connections:
+        if not isinstance(state, _State):
+            return
+        if state.table is not None:
+            state.table.publish(len(state.connections))
+        if state.closed_all is not None and not state.connections:
             state.closed_all.set()
 
 
@@ -175,6 +196,198 @@ class RetirementTurn:
             self._fd = None
 
 
+# accept() errors that a retry a moment later may get past (asyncio's own list):
+# out of descriptors or memory. Accepting again at once would spin the loop.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_DELAY = 1.0
+# A worker ahead of another in open connections leaves a pending one to it, looking
+# again every DEFER_STEP seconds; after MAX_DEFER it takes the connection anyway
+# (the other worker may be busy or stuck).
+DEFER_STEP = 0.001
+MAX_DEFER = 0.02
+_BALANCE_FILE = "api-connections"
+_SLOTS = 32
+_SLOT = struct.Struct("qq")  # pid, open connections
+
+
+class ConnectionTable:
+    """Each live worker's open-connection count, in a file the workers map (one slot each).
+
+    A worker takes a free slot (an flock guards the choice), writes its count
+    there, and frees it when it stops accepting. A slot whose pid is gone (a
+    killed worker) counts as free.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._released = False
+        size = _SLOTS * _SLOT.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                # The map holds a duplicate of fd, the same open file: unlock explicitly.
+                self._map = mmap.mmap(fd, size)
+                self._slot = self._claim()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def from_env(cls) -> ConnectionTable | None:
+        """The table in the master's scratch directory; None outside gunicorn."""
+        directory = os.environ.get(SCRATCH_DIR_ENV_VAR)
+        if not directory:
+            return None
+        try:
+            return cls(Path(directory) / _BALANCE_FILE)
+        except (OSError, LookupError):
+            return None  # no room to coordinate: accept as uvicorn does
+
+    def _claim(self) -> int:
+        pid = os.getpid()
+        for slot in range(_SLOTS):
+            owner, _ = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+            if owner == 0 or not _alive(owner):
+                _SLOT.pack_into(self._map, slot * _SLOT.size, pid, 0)
+                return slot
+        raise LookupError("no free slot")
+
+    def publish(self, connections: int) -> None:
+        """Write this worker's count (nothing once released)."""
+        if not self._released:
+            _SLOT.pack_into(self._map, self._slot * _SLOT.size, os.getpid(), connections)
+
+    def fewest_elsewhere(self) -> int | None:
+        """The lowest count of the other live workers (None: no other worker accepts)."""
+        own = os.getpid()
+        fewest = None
+        for slot in range(_SLOTS):
+            pid, connections = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+            if pid in (0, own) or not _alive(pid):
+                continue
+            fewest = connections if fewest is None else min(fewest, connections)
+        return fewest
+
+    def release(self) -> None:
+        """Free the slot: this worker accepts no more."""
+        self._released = True
+        _SLOT.pack_into(self._map, self._slot * _SLOT.size, 0, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TurnAcceptor:
+    """Serves a listening socket shared with other workers, one connection per loop turn.
+
+    Every worker waits for the socket to be readable (level-triggered). When it
+    is, a worker holding more open connections than another (`ConnectionTable`)
+    leaves the connection to that one for up to `MAX_DEFER`; otherwise it takes
+    one and looks again on its next turn. Closed like an `asyncio.Server`.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        *,
+        connections: Callable[[], int],
+        table: ConnectionTable | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = protocol_factory
+        self._connections = connections
+        self._table = table
+        self._ssl = ssl_context
+        self._closed = False
+        self._deferred_since: float | None = None
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def publish(self) -> None:
+        """Tell the other workers how many connections this one holds now."""
+        if self._table is not None:
+            self._table.publish(self._connections())
+
+    def _should_defer(self) -> bool:
+        if self._table is None:
+            return False
+        own = self._connections()
+        self._table.publish(own)
+        fewest = self._table.fewest_elsewhere()
+        if fewest is None or own <= fewest:
+            self._deferred_since = None
+            return False
+        now = self._loop.time()
+        if self._deferred_since is None:
+            self._deferred_since = now
+        if now - self._deferred_since >= MAX_DEFER:
+            self._deferred_since = None
+            return False
+        return True
+
+    def _accept(self) -> None:
+        if self._should_defer():
+            self._pause(DEFER_STEP)
+            return
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up already
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                raise
+            _logger.warning("accept() failed (%s); trying again in %.0f s", exc, ACCEPT_RETRY_DELAY)
+            self._pause(ACCEPT_RETRY_DELAY)
+            return
+        conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            # As uvloop's own server sets it: a response is not held back for an ACK.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop.create_task(self._serve(conn))
+
+    def _pause(self, seconds: float) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+        except OSError:
+            conn.close()  # reset before the transport was made; nothing was read
+        self.publish()
+
+    def close(self) -> None:
+        """Stop accepting here (the other workers' copies of the socket stay open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._table is not None:
+            self._table.release()
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: Config, *, recycling: Recycling, turn: RetirementTurn) -> None:
         super().__init__(config)
@@ -182,7 +395,42 @@ class _Server(uvicorn.Server):
         self.recycling = recycling
         self.turn = turn
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up for sockets from gunicorn, serving each with a `TurnAcceptor`."""
+        if sockets is None:
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(_STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        loop = asyncio.get_running_loop()
+        table = ConnectionTable.from_env()
+        assert isinstance(self.server_state, _State)
+        self.server_state.table = table
+        self.servers = [
+            TurnAcceptor(  # type: ignore[misc]
+                loop,
+                sock,
+                create_protocol,
+                connections=lambda: len(self.server_state.connections),
+                table=table,
+                ssl_context=config.ssl,
+            )
+            for sock in sockets
+        ]
+        self.started = True
+
     async def on_tick(self, counter: int) -> bool:
+        for server in self.servers:
+            if isinstance(server, TurnAcceptor):
+                server.publish()  # connections that ended meanwhile
         if await super().on_tick(counter):
             return True
         reason = self.recycling.reason(
