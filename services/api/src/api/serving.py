@@ -63,6 +63,7 @@ from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from common.prometheus_multiprocess import ENV_VAR as SCRATCH_DIR_ENV_VAR
+from common.prometheus_multiprocess import is_alive
 
 MAX_MEMORY_GROWTH_MB = 128
 WARM_REQUESTS = 1000
@@ -250,7 +251,7 @@ class ConnectionTable:
         pid = os.getpid()
         for slot in range(_SLOTS):
             owner, _ = _SLOT.unpack_from(self._map, slot * _SLOT.size)
-            if owner == 0 or not _alive(owner):
+            if owner == 0 or not is_alive(owner):
                 _SLOT.pack_into(self._map, slot * _SLOT.size, pid, 0)
                 return slot
         raise LookupError("no free slot")
@@ -266,7 +267,7 @@ class ConnectionTable:
         fewest = None
         for slot in range(_SLOTS):
             pid, connections = _SLOT.unpack_from(self._map, slot * _SLOT.size)
-            if pid in (0, own) or not _alive(pid):
+            if pid in (0, own) or not is_alive(pid):
                 continue
             fewest = connections if fewest is None else min(fewest, connections)
         return fewest
@@ -275,16 +276,6 @@ class ConnectionTable:
         """Free the slot: this worker accepts no more."""
         self._released = True
         _SLOT.pack_into(self._map, self._slot * _SLOT.size, 0, 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TurnAcceptor:
