@@ -37,8 +37,7 @@ def _held_by_worker(server: Server) -> dict[int, int]:
         held[pid] = sum(
             1
             for connection in connections
-            if connection.status == psutil.CONN_ESTABLISHED
-            and connection.laddr.port == server.port
+            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == server.port
         )
     return held
 
