@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from api import serving
-from api.serving import ConnectionTable, Recycling, RetirementTurn, resident_bytes
+from api.serving import (
+    STALE_AFTER_NS,
+    ConnectionTable,
+    Recycling,
+    RetirementTurn,
+    resident_bytes,
+)
 
 
 class TestRecycling:
@@ -88,13 +95,15 @@ class TestRetirementTurn:
 
 
 _PUBLISHER = """
+import select
 import sys
 from pathlib import Path
 from api.serving import ConnectionTable
 table = ConnectionTable(Path(sys.argv[1]))
 table.publish(int(sys.argv[2]))
 print("published", flush=True)
-sys.stdin.read()  # until the test closes it
+while not select.select([sys.stdin], [], [], 0.05)[0]:  # until the test closes stdin
+    table.publish(int(sys.argv[2]))  # as a worker does at each tick
 """
 
 
@@ -125,7 +134,9 @@ class TestConnectionTable:
             assert mine.fewest_elsewhere() == 3
         finally:
             for process in others:
-                process.communicate("")
+                assert process.stdin is not None
+                process.stdin.close()
+                process.wait(timeout=10)
         # Both exited: their slots no longer count, and may be taken again.
         assert mine.fewest_elsewhere() is None
 
@@ -140,3 +151,15 @@ class TestConnectionTable:
         slots = Path(path).read_bytes()
         assert slots.count(os.getpid().to_bytes(8, "little")) == 1, "only `staying` holds a slot"
         staying.release()
+
+    def test_a_slot_not_written_for_a_second_is_free(self, tmp_path: Path) -> None:
+        path = tmp_path / "connections"
+        mine = ConnectionTable(path)
+        # A live process's slot, last written long ago: a stuck worker, or a reused pid.
+        stale = struct.Struct("qqq")
+        with path.open("r+b") as table:
+            table.seek(stale.size * 5)
+            table.write(stale.pack(os.getppid(), 0, time.monotonic_ns() - 2 * STALE_AFTER_NS))
+
+        assert mine.fewest_elsewhere() is None
+        mine.release()

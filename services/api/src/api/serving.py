@@ -208,15 +208,19 @@ DEFER_STEP = 0.001
 MAX_DEFER = 0.02
 _BALANCE_FILE = "api-connections"
 _SLOTS = 32
-_SLOT = struct.Struct("qq")  # pid, open connections
+_SLOT = struct.Struct("qqq")  # pid, open connections, when written (CLOCK_MONOTONIC, ns)
+# A worker writes its count at every accept and close and at each 0.1 s tick: a slot not
+# written for this long is a worker that died, stopped or is too busy to take more.
+STALE_AFTER_NS = 1_000_000_000
 
 
 class ConnectionTable:
     """Each live worker's open-connection count, in a file the workers map (one slot each).
 
     A worker takes a free slot (an flock guards the choice), writes its count
-    there, and frees it when it stops accepting. A slot whose pid is gone (a
-    killed worker) counts as free.
+    there with the time, and frees it when it stops accepting. A slot not
+    written for `STALE_AFTER_NS`, or whose process is gone, counts as free: a
+    killed worker's, a reused pid's, a stuck worker's.
     """
 
     def __init__(self, path: Path) -> None:
@@ -248,34 +252,41 @@ class ConnectionTable:
             return None  # no room to coordinate: accept as uvicorn does
 
     def _claim(self) -> int:
-        pid = os.getpid()
+        now = time.monotonic_ns()
         for slot in range(_SLOTS):
-            owner, _ = _SLOT.unpack_from(self._map, slot * _SLOT.size)
-            if owner == 0 or not is_alive(owner):
-                _SLOT.pack_into(self._map, slot * _SLOT.size, pid, 0)
+            if self._live(slot, now) is None:
+                _SLOT.pack_into(self._map, slot * _SLOT.size, os.getpid(), 0, now)
                 return slot
         raise LookupError("no free slot")
+
+    def _live(self, slot: int, now: int) -> tuple[int, int] | None:
+        """(pid, connections) of the worker holding `slot`, or None when it is free."""
+        pid, connections, written = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+        if pid == 0 or now - written > STALE_AFTER_NS or not is_alive(pid):
+            return None
+        return pid, connections
 
     def publish(self, connections: int) -> None:
         """Write this worker's count (nothing once released)."""
         if not self._released:
-            _SLOT.pack_into(self._map, self._slot * _SLOT.size, os.getpid(), connections)
+            _SLOT.pack_into(
+                self._map, self._slot * _SLOT.size, os.getpid(), connections, time.monotonic_ns()
+            )
 
     def fewest_elsewhere(self) -> int | None:
         """The lowest count of the other live workers (None: no other worker accepts)."""
-        own = os.getpid()
+        now = time.monotonic_ns()
         fewest = None
         for slot in range(_SLOTS):
-            pid, connections = _SLOT.unpack_from(self._map, slot * _SLOT.size)
-            if pid in (0, own) or not is_alive(pid):
-                continue
-            fewest = connections if fewest is None else min(fewest, connections)
+            live = self._live(slot, now) if slot != self._slot else None
+            if live is not None:
+                fewest = live[1] if fewest is None else min(fewest, live[1])
         return fewest
 
     def release(self) -> None:
         """Free the slot: this worker accepts no more."""
         self._released = True
-        _SLOT.pack_into(self._map, self._slot * _SLOT.size, 0, 0)
+        _SLOT.pack_into(self._map, self._slot * _SLOT.size, 0, 0, 0)
 
 
 class TurnAcceptor:
