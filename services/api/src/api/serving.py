@@ -96,6 +96,11 @@ class _State(ServerState):
     closed_all: asyncio.Event | None = None
     table: ConnectionTable | None = None
 
+    def publish_connections(self) -> None:
+        """Tell the other workers how many connections this one holds now."""
+        if self.table is not None:
+            self.table.publish(len(self.connections))
+
 
 class RetiringHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol: once its server retires, each response ends its connection."""
@@ -111,8 +116,7 @@ class RetiringHttpToolsProtocol(HttpToolsProtocol):
         state = self.server_state
         if not isinstance(state, _State):
             return
-        if state.table is not None:
-            state.table.publish(len(state.connections))
+        state.publish_connections()
         if state.closed_all is not None and not state.connections:
             state.closed_all.set()
 
@@ -304,32 +308,27 @@ class TurnAcceptor:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.Protocol],
         *,
-        connections: Callable[[], int],
-        table: ConnectionTable | None,
+        state: _State,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
-        self._connections = connections
-        self._table = table
+        self._state = state
         self._ssl = ssl_context
         self._closed = False
         self._deferred_since: float | None = None
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
 
-    def publish(self) -> None:
-        """Tell the other workers how many connections this one holds now."""
-        if self._table is not None:
-            self._table.publish(self._connections())
-
     def _should_defer(self) -> bool:
-        if self._table is None:
+        # This worker's own count is in the table already: written at each accept,
+        # close and tick.
+        table = self._state.table
+        if table is None:
             return False
-        own = self._connections()
-        self._table.publish(own)
-        fewest = self._table.fewest_elsewhere()
+        own = len(self._state.connections)
+        fewest = table.fewest_elsewhere()
         if fewest is None or own <= fewest:
             self._deferred_since = None
             return False
@@ -374,15 +373,15 @@ class TurnAcceptor:
             await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
         except OSError:
             conn.close()  # reset before the transport was made; nothing was read
-        self.publish()
+        self._state.publish_connections()
 
     def close(self) -> None:
         """Stop accepting here (the other workers' copies of the socket stay open)."""
         if self._closed:
             return
         self._closed = True
-        if self._table is not None:
-            self._table.release()
+        if self._state.table is not None:
+            self._state.table.release()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
 
@@ -413,16 +412,14 @@ class _Server(uvicorn.Server):
             )
 
         loop = asyncio.get_running_loop()
-        table = ConnectionTable.from_env()
         assert isinstance(self.server_state, _State)
-        self.server_state.table = table
+        self.server_state.table = ConnectionTable.from_env()
         self.servers = [
             TurnAcceptor(  # type: ignore[misc]
                 loop,
                 sock,
                 create_protocol,
-                connections=lambda: len(self.server_state.connections),
-                table=table,
+                state=self.server_state,
                 ssl_context=config.ssl,
             )
             for sock in sockets
@@ -430,9 +427,9 @@ class _Server(uvicorn.Server):
         self.started = True
 
     async def on_tick(self, counter: int) -> bool:
-        for server in self.servers:
-            if isinstance(server, TurnAcceptor):
-                server.publish()  # connections that ended meanwhile
+        # Fresh, so the others do not take this worker for a stopped one.
+        assert isinstance(self.server_state, _State)
+        self.server_state.publish_connections()
         if await super().on_tick(counter):
             return True
         reason = self.recycling.reason(
