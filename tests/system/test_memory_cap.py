@@ -150,7 +150,13 @@ async def watching(service: Capped) -> AsyncIterator[list[str]]:
     stop = asyncio.Event()
 
     async def probe() -> None:
-        async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:
+        # The storm's answers share this test's loop with the probe, which can then
+        # sit idle for seconds between requests: a connection idle past the
+        # server's keep-alive timeout (5 s) may be closed just as the next request
+        # is sent on it. As a load balancer does, the probe drops one idle that
+        # long itself (httpx checks before each request) and connects anew.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        async with httpx.AsyncClient(base_url=service.url, timeout=5, limits=limits) as client:
             while not stop.is_set():
                 try:
                     answer = await client.get("/health/live")
