@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from common.metrics import UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
-from common.middleware import AccessLogMiddleware
+from common.middleware import EdgeMiddleware
 from common.prometheus_multiprocess import ENV_VAR
 from tests.fixtures.metrics import Scrape, local_sample
 
@@ -28,7 +28,13 @@ def _app(token: str | None = None) -> FastAPI:
         return {"id": item_id}
 
     app.include_router(create_metrics_router(token=SecretStr(token) if token else None))
-    app.add_middleware(AccessLogMiddleware, metrics=HttpMetrics())
+    app.add_middleware(
+        EdgeMiddleware,
+        allowed_hosts=["*"],
+        content_security_policy="default-src 'none'",
+        hsts=False,
+        metrics=HttpMetrics(),
+    )
     return app
 
 

@@ -1,8 +1,13 @@
-"""The pure-ASGI edge middleware, each around a tiny Starlette app."""
+"""The pure-ASGI edge middleware, each around a tiny Starlette app.
+
+`EdgeMiddleware`'s headers, access log and metrics through the API itself are
+in tests/integration/test_http_edge.py and test_metrics_api.py.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.middleware import BodySizeLimitMiddleware, HostCheckMiddleware, RequestIdMiddleware
+from common.middleware import BodySizeLimitMiddleware, EdgeMiddleware, HostCheckMiddleware
 from common.request_context import get_request_id
 
 MAX_BYTES = 1024
@@ -70,6 +75,18 @@ async def _call_websocket(app: ASGIApp, *, host: str = "testserver") -> list[Mes
     return sent
 
 
+def _edge_options(allowed_hosts: list[str]) -> dict[str, Any]:
+    return {
+        "allowed_hosts": allowed_hosts,
+        "content_security_policy": "default-src 'none'",
+        "hsts": False,
+    }
+
+
+def _edge(*, allowed_hosts: list[str] | None = None) -> Middleware:
+    return Middleware(EdgeMiddleware, **_edge_options(allowed_hosts or ["*"]))
+
+
 def _app(*middleware: Middleware) -> Starlette:
     return Starlette(
         routes=[
@@ -85,12 +102,12 @@ def _client(app: Starlette, *, base_url: str = "http://testserver") -> httpx.Asy
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
 
-class TestRequestIdMiddleware:
+class TestRequestId:
     """A well-formed X-Request-ID is kept, anything else replaced; the id reaches the handler."""
 
     @pytest.fixture
     def app(self) -> Starlette:
-        return _app(Middleware(RequestIdMiddleware))
+        return _app(_edge())
 
     async def test_well_formed_incoming_id_is_echoed(self, app: Starlette) -> None:
         async with _client(app) as client:
@@ -133,7 +150,7 @@ class TestRequestIdMiddleware:
 
     async def test_websocket_handshake_gets_an_id(self) -> None:
         inner = _Recorder()
-        await _call_websocket(RequestIdMiddleware(inner))
+        await _call_websocket(EdgeMiddleware(inner, **_edge_options(["*"])))
         [(state_id, context_id)] = inner.calls
         assert state_id is not None
         assert context_id == state_id
@@ -144,10 +161,7 @@ class TestBodySizeLimitMiddleware:
 
     @pytest.fixture
     def app(self) -> Starlette:
-        return _app(
-            Middleware(RequestIdMiddleware),
-            Middleware(BodySizeLimitMiddleware, max_bytes=MAX_BYTES),
-        )
+        return _app(_edge(), Middleware(BodySizeLimitMiddleware, max_bytes=MAX_BYTES))
 
     async def test_body_within_the_limit_passes(self, app: Starlette) -> None:
         async with _client(app) as client:
@@ -202,15 +216,12 @@ class TestBodySizeLimitMiddleware:
         assert sent[0]["status"] == 200
 
 
-class TestHostCheckMiddleware:
+class TestHostCheck:
     """Only allowed Host headers pass; others get 400 problem+json."""
 
     @pytest.fixture
     def app(self) -> Starlette:
-        return _app(
-            Middleware(RequestIdMiddleware),
-            Middleware(HostCheckMiddleware, allowed_hosts=["api.example.com", "*.example.org"]),
-        )
+        return _app(_edge(allowed_hosts=["api.example.com", "*.example.org"]))
 
     @pytest.mark.parametrize(
         "base_url",
@@ -249,6 +260,13 @@ class TestHostCheckMiddleware:
         inner = _Recorder()
         middleware = HostCheckMiddleware(inner, allowed_hosts=["api.example.com"])
         sent = await _call_websocket(middleware, host="evil.com")
+        assert inner.calls == []
+        assert sent == [{"type": "websocket.close", "code": 1008, "reason": "Invalid host header"}]
+
+    async def test_edge_closes_a_websocket_to_other_host_with_1008(self) -> None:
+        inner = _Recorder()
+        edge = EdgeMiddleware(inner, **_edge_options(["api.example.com"]))
+        sent = await _call_websocket(edge, host="evil.com")
         assert inner.calls == []
         assert sent == [{"type": "websocket.close", "code": 1008, "reason": "Invalid host header"}]
 

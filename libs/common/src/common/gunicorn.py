@@ -52,7 +52,7 @@ def gunicorn_settings(
         "forwarded_allow_ips": forwarded_allow_ips,
         "proxy_allow_ips": forwarded_allow_ips,
         # JSON logs for gunicorn's own lines. The access log is the app's
-        # AccessLogMiddleware (duration_ms, request_id): under uvicorn workers
+        # EdgeMiddleware's (duration_ms, request_id): under uvicorn workers
         # gunicorn's access_log_format (%(D)s) is never applied, so it is off.
         "accesslog": None,
         "logconfig_dict": logging_config(log_level),

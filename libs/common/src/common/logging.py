@@ -52,7 +52,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         },
         "root": {"level": level.upper(), "handlers": ["stdout"]},
         "loggers": {
-            # Our access log (common.middleware.AccessLogMiddleware) has the
+            # Our access log (common.middleware.EdgeMiddleware) has the
             # duration and request id; uvicorn's own access line has neither.
             "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             # gunicorn's UvicornWorker copies gunicorn.error's handlers onto

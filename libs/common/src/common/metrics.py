@@ -143,7 +143,7 @@ def track_pool(pool: Pool) -> None:
 class HttpMetrics:
     """Counts and times each HTTP request by method, route template and status.
 
-    `AccessLogMiddleware` calls it, since it already times every request (one
+    `EdgeMiddleware` calls it, since it already times every request (one
     middleware layer, not two). The route comes from the router
     (`scope["route"]`), after the app ran, so a request to `/v1/jobs/<uuid>`
     is labelled `/v1/jobs/{job_id}` with no pattern matching here. Label

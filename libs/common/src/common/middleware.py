@@ -1,5 +1,6 @@
-"""Pure ASGI middleware for the HTTP edge: request id, access log and timing,
-security headers, body size limit, and the last-resort 500.
+"""Pure ASGI middleware for the HTTP edge: request id, host check, security
+headers, timing and access log (one layer: `EdgeMiddleware`), CORS, body size
+limit, and the last-resort 500.
 
 Each class follows Starlette's own middleware: `__init__(app, ...)` and
 `async __call__(scope, receive, send)`, passing through scope types it does
@@ -38,7 +39,7 @@ def add_late_headers(scope: Scope, headers: dict[str, str]) -> None:
     """Have this request's response carry `headers`, though its handler already built it.
 
     For what is known only once the handler returned (a rate limit counted
-    alongside it); `RequestIdMiddleware` adds them as the response starts.
+    alongside it); `EdgeMiddleware` adds them as the response starts.
     """
     late = scope.setdefault(_LATE_HEADERS, [])
     late.extend((name.lower().encode(), value.encode()) for name, value in headers.items())
@@ -52,70 +53,147 @@ def header_value(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class RequestIdMiddleware:
-    """Accept a well-formed incoming X-Request-ID or make one; echo it; expose it to logs.
+class HostCheckMiddleware:
+    """Reject requests whose Host header is not allowed (400, problem+json).
 
-    It also adds the response headers decided late (`add_late_headers`).
+    Starlette's TrustedHostMiddleware, answering in our error format; `*.x.com`
+    allows subdomains, `*` allows everything. `EdgeMiddleware` checks with it
+    (`allows`); realtime's socket route, which bypasses the HTTP stack, wraps it.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str]) -> None:
         self.app = app
+        hosts = list(allowed_hosts)
+        self.allow_any = "*" in hosts
+        self.exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
+        self.suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether the request's Host (without the port) is one of the allowed."""
+        if self.allow_any:
+            return True
+        host = (header_value(scope, b"host") or "").split(":")[0].lower()
+        return host in self.exact or bool(self.suffixes and host.endswith(self.suffixes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket") or self.allows(scope):
             await self.app(scope, receive, send)
             return
-        incoming = header_value(scope, b"x-request-id")
-        request_id = valid_request_id(incoming) or os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
-        id_header = (b"x-request-id", request_id.encode())
+        await self.refuse(scope, receive, send)
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                late = scope.get(_LATE_HEADERS, ())
-                message["headers"] = [*message.get("headers", ()), id_header, *late]
-            await send(message)
-
-        token = set_request_id(request_id)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            reset_request_id(token)
+    @staticmethod
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request to a host not allowed: 400 problem+json, or close a socket (1008)."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "Invalid host header"})
+            return
+        response = problem(
+            400, title="Invalid host header", detail="The Host header is not allowed."
+        )
+        await response(scope, receive, send)
 
 
-class AccessLogMiddleware:
-    """One JSON access-log line per request with status and duration; adds Server-Timing.
+class EdgeMiddleware:
+    """The HTTP edge in one layer, with one `send` wrapper.
 
-    With `metrics`, the same timing also feeds the HTTP metrics.
+    In order, for each request:
+
+    - **request id**: a well-formed incoming `X-Request-ID` is kept, anything
+      else replaced by a new one; it is in `scope["state"]`, in the logging
+      context while the request runs, and echoed in the response;
+    - **host check** (`HostCheckMiddleware.allows`): another Host gets a 400
+      problem+json (a WebSocket is closed with 1008), which carries the headers
+      below and is logged like any answer;
+    - **response headers**, added as the response starts: the security headers
+      (HSTS only when `hsts`: production, behind HTTPS), except one the response
+      set itself (the docs' CSP); `Server-Timing: app;dur=<ms>`; `X-Request-ID`;
+      and those decided after the handler returned (`add_late_headers`);
+    - **access log**: one JSON line per request with status and duration
+      (`skip_paths` only when they succeed), and with `metrics` the HTTP metrics
+      from the same timing.
+
+    One layer rather than four (request id, access log, security headers, host
+    check): each layer wrapped `send` in a coroutine of its own, a call per
+    ASGI message.
     """
 
     def __init__(
-        self, app: ASGIApp, *, skip_paths: Iterable[str] = (), metrics: HttpMetrics | None = None
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str],
+        content_security_policy: str,
+        hsts: bool,
+        skip_paths: Iterable[str] = (),
+        metrics: HttpMetrics | None = None,
     ) -> None:
         self.app = app
+        self.hosts = HostCheckMiddleware(app, allowed_hosts=allowed_hosts)
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+            "Content-Security-Policy": content_security_policy,
+        }
+        if hsts:
+            headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+        # Encoded once; a response that sets one itself (the docs' CSP) keeps its own.
+        self.security_headers = [
+            (name.lower().encode(), value.encode()) for name, value in headers.items()
+        ]
         self.skip_paths = frozenset(skip_paths)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        request_id = valid_request_id(header_value(scope, b"x-request-id")) or os.urandom(16).hex()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = set_request_id(request_id)
+        try:
+            if kind == "websocket":
+                if self.hosts.allows(scope):
+                    await self.app(scope, receive, send)
+                else:
+                    await self.hosts.refuse(scope, receive, send)
+                return
+            await self._http(scope, receive, send, request_id)
+        finally:
+            reset_request_id(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.perf_counter()
         status = 500
+        security_headers = self.security_headers
+        id_header = (b"x-request-id", request_id.encode())
 
-        async def send_timed(message: Message) -> None:
+        async def send_from_edge(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 elapsed = (time.perf_counter() - started) * 1000
-                timing = (b"server-timing", f"app;dur={elapsed:.1f}".encode())
-                message["headers"] = [*message.get("headers", ()), timing]
+                own = message.get("headers", ())
+                present = {name.lower() for name, _ in own}
+                message["headers"] = [
+                    *own,
+                    *(header for header in security_headers if header[0] not in present),
+                    (b"server-timing", f"app;dur={elapsed:.1f}".encode()),
+                    id_header,
+                    *scope.get(_LATE_HEADERS, ()),
+                ]
             await send(message)
 
         if self.metrics is not None:
             self.metrics.started()
         try:
-            await self.app(scope, receive, send_timed)
+            if self.hosts.allows(scope):
+                await self.app(scope, receive, send_from_edge)
+            else:
+                await self.hosts.refuse(scope, receive, send_from_edge)
         finally:
             seconds = time.perf_counter() - started
             if self.metrics is not None:
@@ -136,73 +214,6 @@ class AccessLogMiddleware:
                         "http_version": scope.get("http_version"),
                     },
                 )
-
-
-class SecurityHeadersMiddleware:
-    """Security headers on every HTTP response; HSTS only when `hsts` (production, HTTPS)."""
-
-    def __init__(self, app: ASGIApp, *, content_security_policy: str, hsts: bool) -> None:
-        self.app = app
-        headers = {
-            "X-Content-Type-Options": "nosniff",
-            "X-Frame-Options": "DENY",
-            "Referrer-Policy": "strict-origin-when-cross-origin",
-            "Cross-Origin-Opener-Policy": "same-origin",
-            "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-            "Content-Security-Policy": content_security_policy,
-        }
-        if hsts:
-            headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
-        # Encoded once; a response that sets one itself (the docs' CSP) keeps its own.
-        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                own = message.get("headers", ())
-                present = {name.lower() for name, _ in own}
-                message["headers"] = [
-                    *own,
-                    *(header for header in self.headers if header[0] not in present),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class HostCheckMiddleware:
-    """Reject requests whose Host header is not allowed (400, problem+json).
-
-    Starlette's TrustedHostMiddleware, answering in our error format; `*.x.com`
-    allows subdomains, `*` allows everything.
-    """
-
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str]) -> None:
-        self.app = app
-        hosts = list(allowed_hosts)
-        self.allow_any = "*" in hosts
-        self.exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
-        self.suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.allow_any or scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        host = Headers(scope=scope).get("host", "").split(":")[0].lower()
-        if host in self.exact or (self.suffixes and host.endswith(self.suffixes)):
-            await self.app(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "Invalid host header"})
-            return
-        response = problem(
-            400, title="Invalid host header", detail="The Host header is not allowed."
-        )
-        await response(scope, receive, send)
 
 
 class _TrackingSend:
@@ -347,18 +358,17 @@ class ProblemCORSMiddleware(CORSMiddleware):
 def add_edge_middleware(app: Starlette, settings: CommonSettings, *, csp: str) -> None:
     """The outer layers every web service shares, added after the service's own.
 
-    From the outside in: proxy headers (the real client address), request id,
-    access log with the HTTP metrics, security headers, host check. Starlette
-    wraps the last added outermost, so a service adds its inner layers first.
+    From the outside in: proxy headers (the real client address), then the
+    edge (`EdgeMiddleware`: request id, host check, security headers, timing,
+    access log and HTTP metrics). Starlette wraps the last added outermost, so
+    a service adds its inner layers first.
     """
-    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(
-        SecurityHeadersMiddleware, content_security_policy=csp, hsts=settings.is_production
-    )
-    app.add_middleware(
-        AccessLogMiddleware,
+        EdgeMiddleware,
+        allowed_hosts=settings.allowed_hosts,
+        content_security_policy=csp,
+        hsts=settings.is_production,
         skip_paths={"/health/live", "/health/ready", "/metrics"},
         metrics=HttpMetrics(),
     )
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
