@@ -54,8 +54,12 @@ format: ## rewrite files with ruff
 	$(BIN)/ruff check --fix .
 
 .PHONY: test
+# One pytest worker per core (pytest-xdist), each with its own services, database and
+# Redis prefix; a test file runs whole on one worker (its module fixtures once).
+# TEST_WORKERS=0 runs in this process, one test at a time.
+TEST_WORKERS ?= auto
 test: ## unit, integration and system tests (services: TEST_*_URL, else embedded)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 FUZZ_MAX_EXAMPLES ?= 200
 .PHONY: fuzz

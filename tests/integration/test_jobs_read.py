@@ -180,6 +180,8 @@ class TestAuthentication:
             ("GET", f"/v1/jobs/{uuid.uuid4()}"),
             ("POST", f"/v1/jobs/{uuid.uuid4()}/cancel"),
         ],
+        # Ids without the random part: every pytest-xdist worker collects the same.
+        ids=["POST-jobs", "GET-jobs", "GET-a-job", "POST-cancel"],
     )
     async def test_without_a_token_is_401(
         self, client: httpx.AsyncClient, method: str, path: str
