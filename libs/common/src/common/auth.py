@@ -109,11 +109,6 @@ def verify_access_token(settings: CommonSettings, token: str) -> Principal:
         raise InvalidToken from exc
 
 
-# Declared for OpenAPI (Swagger UI's Authorize button); the token itself is read
-# by `bearer_token` so the same dependency also serves WebSocket handshakes.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
-
-
 def bearer_token(connection: HTTPConnection) -> str | None:
     """The token of an `Authorization: Bearer ...` header, if there is one."""
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
@@ -179,17 +174,27 @@ def authenticate(connection: HTTPConnection) -> Principal:
     return outcome
 
 
-async def current_principal(
-    connection: HTTPConnection, _: Annotated[str | None, Depends(oauth2_scheme)] = None
-) -> Principal:
-    """The caller of this request, from its bearer token (no database query), not revoked.
+class _BearerPrincipal(OAuth2PasswordBearer):
+    """OAuth2's password flow in OpenAPI (Swagger UI's Authorize button), answering the principal.
 
-    The revocation check runs on every request, after the verified-token cache:
-    it reads the user's cut-off from this process's memory (`common.revocation`).
+    A security scheme is what FastAPI lists in OpenAPI; as one dependency it
+    also verifies, where a scheme declared beside the check was a second
+    dependency to solve on every authenticated request. The token is read by
+    `bearer_token`, so the same check also serves WebSocket handshakes.
     """
-    principal = authenticate(connection)
-    await state_of(connection)["revocations"].check(principal)
-    return principal
+
+    async def __call__(self, connection: HTTPConnection) -> Principal:  # type: ignore[override]
+        """The caller of this request, from its bearer token (no database query), not revoked.
+
+        The revocation check runs on every request, after the verified-token cache:
+        it reads the user's cut-off from this process's memory (`common.revocation`).
+        """
+        principal = authenticate(connection)
+        await state_of(connection)["revocations"].check(principal)
+        return principal
 
 
+current_principal = _BearerPrincipal(
+    tokenUrl="/v1/auth/token", scheme_name="OAuth2PasswordBearer", auto_error=False
+)
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
