@@ -39,7 +39,7 @@ _LONGEST_FIRST = [
 
 def _rank(item: pytest.Item) -> int:
     for rank, where in enumerate(_LONGEST_FIRST):
-        if item.path == where or item.path.is_relative_to(where):
+        if item.path.is_relative_to(where):  # a file is relative to itself
             return rank
     return len(_LONGEST_FIRST)
 
