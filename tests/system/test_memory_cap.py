@@ -38,6 +38,7 @@ from websockets.protocol import State
 from common.auth import issue_access_token
 from common.settings import CommonSettings
 from devharness.cgroups import MemoryCgroup, memory_cgroup_or_reason
+from devharness.http import client_limits
 from devharness.polling import eventually
 from devharness.processes import ManagedProcess, start_process
 from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
@@ -151,11 +152,8 @@ async def watching(service: Capped) -> AsyncIterator[list[str]]:
 
     async def probe() -> None:
         # The storm's answers share this test's loop with the probe, which can then
-        # sit idle for seconds between requests: a connection idle past the
-        # server's keep-alive timeout (5 s) may be closed just as the next request
-        # is sent on it. As a load balancer does, the probe drops one idle that
-        # long itself (httpx checks before each request) and connects anew.
-        limits = httpx.Limits(keepalive_expiry=2.0)
+        # sit idle for seconds between requests (`devharness.http`).
+        limits = client_limits()
         async with httpx.AsyncClient(base_url=service.url, timeout=5, limits=limits) as client:
             while not stop.is_set():
                 try:
@@ -219,7 +217,11 @@ class TestCappedApi:
         )
         async with capped("api", "api.main:app", API_LIMIT, env, tmp_path) as api:
             email = f"storm-{uuid.uuid4().hex[:10]}@example.com"
-            limits = httpx.Limits(max_connections=LOGINS_AT_ONCE + 8)
+            # A storm connection goes idle once its login is answered and may be taken
+            # again seconds later by another (134 of 400 logins were, in one run): under load, a
+            # client expiring it at the server's own 5 s reused one that the server
+            # was closing (a reset; the login never reached the app).
+            limits = client_limits(max_connections=LOGINS_AT_ONCE + 8)
             async with httpx.AsyncClient(base_url=api.url, timeout=60, limits=limits) as client:
                 registered = await client.post(
                     "/v1/auth/register", json={"email": email, "password": PASSWORD}
