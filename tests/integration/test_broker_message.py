@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,21 +15,6 @@ from common.settings import CommonSettings
 
 # Differ between any two sends: a fresh tag per message, the sending thread's reply queue.
 PER_SEND = {"delivery_tag", "reply_to"}
-
-
-@pytest.fixture
-def prefix(redis_key_prefix: str) -> str:
-    return f"{redis_key_prefix}broker-message-{uuid.uuid4().hex[:8]}:"
-
-
-@pytest.fixture
-def redis(redis_url: str, prefix: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _without_per_send(message: dict[str, Any]) -> dict[str, Any]:
@@ -49,10 +33,10 @@ class TestJobMessage:
         ],
     )
     def test_same_message_as_kombu_sends(
-        self, redis: Redis, redis_url: str, prefix: str, request_id: str | None,
+        self, sync_redis: Redis, redis_url: str, key_prefix: str, request_id: str | None,
         traceparent: str | None,
     ) -> None:  # fmt: skip
-        settings = CommonSettings(_env_file=None, redis_url=redis_url, redis_key_prefix=prefix)
+        settings = CommonSettings(_env_file=None, redis_url=redis_url, redis_key_prefix=key_prefix)
         celery = create_celery(settings, main="test", sender=True)
         job = JobToSend(uuid.uuid4(), DEMO_COUNTDOWN, {"steps": 2, "interval": 0.5}, request_id,
                         traceparent)  # fmt: skip
@@ -60,7 +44,7 @@ class TestJobMessage:
             send_queued_job(celery, job)
         finally:
             celery.close()
-        [sent] = redis.lrange(queue_key(prefix), 0, -1)
+        [sent] = sync_redis.lrange(queue_key(key_prefix), 0, -1)
 
         ours = json.loads(job_message(job))
 

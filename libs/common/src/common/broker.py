@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
@@ -27,6 +28,7 @@ from common.contracts.tasks import (
     RUN_JOB_TASK,
     TRACEPARENT_HEADER,
 )
+from common.kombu_redis import TRANSPORT
 from common.settings import CommonSettings
 from common.tracing import sending
 
@@ -48,8 +50,12 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
     }
     if settings.redis_key_prefix:
         transport_options["global_keyprefix"] = settings.redis_key_prefix
+    broker_url = settings.broker_url or settings.redis_url
     return {
-        "broker_url": settings.broker_url or settings.redis_url,
+        "broker_url": broker_url,
+        # kombu's Redis transport with one client per channel (`common.kombu_redis`);
+        # any other scheme, rediss:// (TLS) included, keeps the transport kombu picks.
+        "broker_transport": TRANSPORT if urlsplit(broker_url).scheme == "redis" else None,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.redis_socket_timeout,
