@@ -1,13 +1,16 @@
-"""`publisher.publish_event` on a Redis that has not seen its script yet (new or restarted)."""
+"""`publisher.publish_event` and `queue_publishes` on a Redis that has not seen their script yet."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from common import publisher
 from common.contracts import events
@@ -43,3 +46,38 @@ class TestPublishOnAFreshServer:
         assert fresh_redis.script_exists(publisher._PUBLISH_SHA) == [True]
         stream = fresh_redis.xrange(events.user_stream("t:", user_id)) or []
         assert [entry_id for entry_id, _ in stream] == [first.encode(), second.encode()]
+
+
+class TestQueuedOnAPipeline:
+    """`queue_publishes`: the intake's events, in its one pipeline, on a server of any age."""
+
+    async def test_events_land_in_order_in_one_round_trip_without_the_script_cached(
+        self, tmp_path: Path
+    ) -> None:
+        server = EmbeddedRedis(tmp_path / "redis", port=free_port(), durable=False)
+        client = AsyncRedis.from_url(server.start())
+        try:
+            user_id = uuid.uuid4()
+            sent = [
+                events.make_event(events.JOB_QUEUED, user_id=user_id, job_id=uuid.uuid4())
+                for _ in range(3)
+            ]
+            pipeline = client.pipeline(transaction=False)
+            queued = publisher.queue_publishes(pipeline, sent, prefix="t:")
+            pipeline.lpush("t:after", "message")
+            # No redis-py Script on the pipeline: no SCRIPT EXISTS round trip before it.
+            assert not pipeline.scripts
+            results = await pipeline.execute()
+
+            assert queued == 4
+            assert results[0] == publisher._PUBLISH_SHA
+            ids = results[1:queued]
+            stream: Any = await client.xrange(events.user_stream("t:", user_id))
+            assert [entry_id for entry_id, _ in stream] == ids
+            assert [orjson.loads(fields[b"event"])["job_id"] for _, fields in stream] == [
+                str(event.job_id) for event in sent
+            ]
+            assert results[queued:] == [1]
+        finally:
+            await client.aclose()
+            server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -41,12 +42,22 @@ def publish_event(redis: Redis, event: Event, *, prefix: str = "") -> str:
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
 
-async def queue_publish(pipeline: AsyncPipeline, event: Event, *, prefix: str = "") -> None:
-    """Queue `publish_event` on an asyncio pipeline (nothing is sent until it executes)."""
-    keys = [user_stream(prefix, event.user_id), user_channel(prefix, event.user_id)]
-    await pipeline.register_script(_PUBLISH_LUA)(
-        keys=keys, args=[STREAM_MAXLEN, event_body(event)], client=pipeline
-    )
+def queue_publishes(pipeline: AsyncPipeline, events: Sequence[Event], *, prefix: str = "") -> int:
+    """Queue `publish_event` for each of `events` on an asyncio pipeline; the commands queued.
+
+    The first is a SCRIPT LOAD, so the EVALSHAs after it find the script on a
+    restarted or flushed Redis too, in the same round trip: redis-py's
+    `Script` objects on a pipeline cost a SCRIPT EXISTS round trip of their own
+    on every execute. Nothing is sent until the pipeline executes; its first
+    result is the script's SHA, then one event id (or error) per event.
+    """
+    pipeline.execute_command("SCRIPT LOAD", _PUBLISH_LUA)
+    for event in events:
+        keys = (user_stream(prefix, event.user_id), user_channel(prefix, event.user_id))
+        pipeline.execute_command(
+            "EVALSHA", _PUBLISH_SHA, len(keys), *keys, STREAM_MAXLEN, event_body(event)
+        )
+    return len(events) + 1
 
 
 async def apublish_event(redis: AsyncRedis, event: Event, *, prefix: str = "") -> str:

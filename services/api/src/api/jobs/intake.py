@@ -230,8 +230,9 @@ class JobIntake:
         I/O that needs a thread hop per round, and a round trip of its own.
         """
         pipeline = self._redis.pipeline(transaction=False)
-        for row, _ in created:
-            await publisher.queue_publish(pipeline, _queued_event(row), prefix=self._key_prefix)
+        queued = publisher.queue_publishes(
+            pipeline, [_queued_event(row) for row, _ in created], prefix=self._key_prefix
+        )
         messages = [job_message(row) for row, _ in created]
         if self._broker is self._redis:
             # Executed in order: the events before the messages.
@@ -240,7 +241,8 @@ class JobIntake:
             outcomes = await pipeline.execute(raise_on_error=False)
         except Exception as exc:
             outcomes = [exc]
-        failed_events = [o for o in outcomes[: len(created)] if isinstance(o, Exception)]
+        # The script's SHA, one outcome per event, then the messages' push.
+        failed_events = [o for o in outcomes[:queued] if isinstance(o, Exception)]
         if failed_events:
             _logger.warning("job.queued events not published: %s", type(failed_events[0]).__name__)
         try:
