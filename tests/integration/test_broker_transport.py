@@ -17,7 +17,8 @@ from redis import Redis
 from common.broker import celery_config, create_celery, queue_key, send_job
 from common.contracts.job_kinds import DEMO_COUNTDOWN
 from common.contracts.tasks import JOBS_QUEUE
-from common.kombu_redis import TRANSPORT, Channel, QoS, QosWriter, Transport
+from common.kombu_redis import TRANSPORT, Channel, QoS, Transport
+from common.pipelined import PipelinedWriter
 from common.settings import CommonSettings
 
 PARAMS = {"steps": 1, "interval": 0.1}
@@ -139,13 +140,13 @@ class TestAckEmulationDoesNotWait:
     def test_replies_are_read_once_enough_are_waiting(
         self, sync_redis: Redis, redis_url: str, key_prefix: str
     ) -> None:
-        count = QosWriter.MAX_PENDING // 8 + 5  # more deliveries and acks than the cap holds
+        count = PipelinedWriter.MAX_PENDING // 8 + 5  # more deliveries and acks than the cap holds
         with _jobs_queue(redis_url, key_prefix, sent=count) as (queue, qos):
             most = 0
             for _ in range(count):
                 queue.get(timeout=5).ack()
                 most = max(most, qos.writer().pending)
-            assert QosWriter.MAX_PENDING <= most < QosWriter.MAX_PENDING + 8
+            assert PipelinedWriter.MAX_PENDING <= most < PipelinedWriter.MAX_PENDING + 8
             qos.flush()
             assert _records(sync_redis, key_prefix) == (0, 0)
         assert sync_redis.llen(queue_key(key_prefix)) == 0
@@ -183,9 +184,9 @@ class TestAckEmulationDoesNotWait:
             # A key of the wrong type: Redis refuses the HSET inside the transaction.
             sync_redis.set(f"{key_prefix}unacked", "not a hash")
             message = queue.get(timeout=5)
-            with caplog.at_level(logging.ERROR, logger="common.kombu_redis"):
+            with caplog.at_level(logging.ERROR, logger="common.pipelined"):
                 qos.flush()
-            refused = [r for r in caplog.records if r.name == "common.kombu_redis"]
+            refused = [r for r in caplog.records if r.name == "common.pipelined"]
             assert len(refused) == 1
             assert "WRONGTYPE" in refused[0].getMessage()
             sync_redis.delete(f"{key_prefix}unacked")

@@ -1,7 +1,9 @@
-"""`publisher.publish_event` and `queue_publishes` on a Redis that has not seen their script yet."""
+"""`publisher.publish_event`, `queue_publishes` and `send_event` on a Redis that has not seen
+their script yet."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,11 +11,15 @@ from typing import Any
 
 import orjson
 import pytest
+from redis import ConnectionError as RedisConnectionError
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from common import publisher
 from common.contracts import events
+from common.pipelined import PipelinedWriter
 from devservices import EmbeddedRedis, free_port
 
 
@@ -81,3 +87,54 @@ class TestQueuedOnAPipeline:
         finally:
             await client.aclose()
             server.stop()
+
+
+class TestSentWithoutWaiting:
+    """`send_event`: the worker's events, written without waiting for Redis's reply."""
+
+    def test_lands_in_order_on_a_server_without_the_script_then_the_replies_are_read(
+        self, fresh_redis: Redis
+    ) -> None:
+        user_id = uuid.uuid4()
+        listener = fresh_redis.pubsub()  # type: ignore[no-untyped-call]
+        listener.subscribe(events.user_channel("t:", user_id))
+        assert listener.get_message(timeout=5) is not None  # the subscription's confirmation
+        writer = PipelinedWriter(fresh_redis.connection_pool, what="job events")
+        try:
+            sent = [
+                events.make_event(type_, user_id=user_id, job_id=uuid.uuid4())
+                for type_ in (events.JOB_STARTED, events.JOB_PROGRESS, events.JOB_SUCCEEDED)
+            ]
+            for event in sent:
+                publisher.send_event(writer, event, prefix="t:")
+            assert writer.pending == 3
+            published = [listener.get_message(timeout=5) for _ in sent]
+            writer.flush()
+            assert writer.pending == 0
+        finally:
+            writer.close()
+            listener.close()
+        stream: Any = fresh_redis.xrange(events.user_stream("t:", user_id))
+        assert [orjson.loads(fields[b"event"])["type"] for _, fields in stream] == [
+            event.type for event in sent
+        ]
+        # The published copies carry the ids the stream gave, in the same order.
+        assert [orjson.loads(message["data"])["id"] for message in published if message] == [
+            entry_id.decode() for entry_id, _ in stream
+        ]
+
+    def test_a_server_that_is_down_fails_the_send_not_the_job(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Made while Redis is down (a worker process starting in an outage): no connection yet.
+        down = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+        writer = PipelinedWriter(down.connection_pool, what="job events")
+        event = events.make_event(events.JOB_STARTED, user_id=uuid.uuid4())
+        with pytest.raises(RedisConnectionError):
+            publisher.send_event(writer, event)
+        with caplog.at_level(logging.WARNING, logger="common.publisher"):
+            publisher.send_event_quietly(writer, event)
+        assert [r.getMessage() for r in caplog.records if r.name == "common.publisher"] == [
+            "event job.started not published: ConnectionError"
+        ]
+        writer.close()

@@ -18,8 +18,8 @@ kombu writes them:
   redis-py 8, three times a job); a new one is made when kombu replaces the
   pool (it drops its pools after a connection error).
 - `QoS` sends the two transactions on a connection of their own and does not
-  wait for the replies: they are read, and any error logged, once enough
-  have piled up (`QosWriter.MAX_PENDING`), on the ack emulation's timer, and
+  wait for the replies (`common.pipelined`): they are read, and any error
+  logged, once enough have piled up, on the ack emulation's timer, and
   before anything that reads the records (a reject, a restore, the
   channel's close). Redis runs one connection's commands in order, so an
   ack's delete never overtakes its delivery's record.
@@ -41,9 +41,7 @@ turns TLS on.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from time import time
 from typing import Any
@@ -51,104 +49,24 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
-from redis import RedisError, ResponseError
+
+from common.pipelined import PipelinedWriter
 
 TRANSPORT = "common.kombu_redis:Transport"
-
-_logger = logging.getLogger(__name__)
-
-
-class QosWriter:
-    """One Redis connection that sends commands without waiting, and reads their replies later.
-
-    Thread-safe (kombu allows acks from other threads). The connection is
-    taken from the channel's pool and held, so kombu's `pool.disconnect()`
-    closes it too; replies still pending on a closed connection are gone
-    with it, and the count restarts.
-    """
-
-    #: Replies read in one go once this many are waiting (about 32 jobs' worth).
-    MAX_PENDING = 256
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self._connection: Any = pool.get_connection()
-        self._sock: Any = None
-        self._pending = 0
-        self._lock = threading.Lock()
-
-    @property
-    def pending(self) -> int:
-        """Replies sent for and not yet read."""
-        return self._pending
-
-    def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
-        """Write `commands` at once; read earlier replies first if too many are waiting."""
-        connection = self._connection
-        with self._lock:
-            self._forget_if_reconnected()
-            if self._pending >= self.MAX_PENDING:
-                self._read(self._pending)
-            try:
-                connection.send_packed_command(
-                    connection.pack_commands(commands), check_health=False
-                )
-            except BaseException:
-                self._pending = 0  # redis-py disconnected: the replies are gone
-                raise
-            self._sock = connection._sock
-            self._pending += len(commands)
-
-    def flush(self) -> None:
-        """Read every pending reply (blocking, up to the socket timeout)."""
-        with self._lock:
-            self._forget_if_reconnected()
-            self._read(self._pending)
-
-    def close(self) -> None:
-        """Read what is pending if the connection still works, then hand it back."""
-        try:
-            self.flush()
-        except (OSError, RedisError):
-            _logger.warning("ack emulation: %d replies unread at close", self._pending)
-        finally:
-            self._pending = 0
-            self.pool.release(self._connection)
-
-    def _forget_if_reconnected(self) -> None:
-        if self._connection._sock is not self._sock:
-            self._pending = 0
-
-    def _read(self, count: int) -> None:
-        connection = self._connection
-        for _ in range(count):
-            self._pending -= 1
-            try:
-                reply = connection.read_response()
-            except ResponseError as error:  # an EXECABORT: nothing of that transaction ran
-                _logger.error("ack emulation: Redis refused a write: %s", error)
-                continue
-            except BaseException:
-                self._pending = 0  # redis-py disconnected on the error
-                raise
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, ResponseError):
-                        _logger.error("ack emulation: Redis refused a write: %s", item)
 
 
 class QoS(kombu_redis.QoS):
     """kombu's ack emulation; a delivery's and an ack's transactions are sent without waiting."""
 
     channel: Any
-    _writer: QosWriter | None = None
+    _writer: PipelinedWriter | None = None
 
-    def writer(self) -> QosWriter:
+    def writer(self) -> PipelinedWriter:
         """The channel's writer, made anew when kombu replaced the channel's pool."""
         writer = self._writer
         pool = self.channel.pool
         if writer is None or writer.pool is not pool:
-            writer = self._writer = QosWriter(pool)
+            writer = self._writer = PipelinedWriter(pool, what="ack emulation")
         return writer
 
     def flush(self) -> None:

@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.exceptions import NoScriptError
 
 from common.contracts.events import STREAM_MAXLEN, Event, event_body, user_channel, user_stream
+from common.pipelined import PipelinedWriter
 
 # KEYS: stream, channel. ARGV: maxlen, event JSON without "id" (starts with "{").
 _PUBLISH_LUA = """
@@ -40,6 +41,27 @@ def publish_event(redis: Redis, event: Event, *, prefix: str = "") -> str:
     except NoScriptError:  # a restarted or flushed Redis: EVAL caches it again
         event_id = redis.execute_command("EVAL", _PUBLISH_LUA, *arguments)  # type: ignore[no-untyped-call]
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+
+def send_event(writer: PipelinedWriter, event: Event, *, prefix: str = "") -> None:
+    """`publish_event` without waiting for Redis (`common.pipelined`): for the worker's job events.
+
+    Sent as EVAL with the script's text, so a restarted or flushed Redis that
+    has no copy of it runs it all the same (there is no reply to see a NOSCRIPT
+    in and try again); Redis finds it in its cache by the text's hash. The
+    event's id is not returned: it is in the stream and in the published copy.
+    Raises only if the command cannot be sent; a refusal is logged by the writer.
+    """
+    keys = (user_stream(prefix, event.user_id), user_channel(prefix, event.user_id))
+    writer.send((("EVAL", _PUBLISH_LUA, len(keys), *keys, STREAM_MAXLEN, event_body(event)),))
+
+
+def send_event_quietly(writer: PipelinedWriter, event: Event, *, prefix: str = "") -> None:
+    """`send_event`, a failure to send logged and not raised: the job's state is in Postgres."""
+    try:
+        send_event(writer, event, prefix=prefix)
+    except Exception as exc:
+        _logger.warning("event %s not published: %s", event.type, type(exc).__name__)
 
 
 def queue_publishes(pipeline: AsyncPipeline, events: Sequence[Event], *, prefix: str = "") -> int:

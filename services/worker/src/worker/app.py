@@ -49,7 +49,7 @@ from common.tracing import (
 from worker import capacity, resources
 from worker import metrics as worker_metrics
 from worker.job_functions import JOB_FUNCTIONS
-from worker.resources import get_resources
+from worker.resources import close_events, get_resources
 from worker.runner import (
     Deferred,
     Heartbeat,
@@ -101,6 +101,13 @@ def _start_tracing(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _flush_traces(**_: Any) -> None:
     shutdown_tracing()
+
+
+@worker_process_shutdown.connect
+def _flush_events(**_: Any) -> None:
+    # The job events this process sent and Redis has not answered yet: read
+    # before the process exits (errors logged), then the connection goes back.
+    close_events()
 
 
 # The request-id context of the task each thread runs, set from the message headers
@@ -195,7 +202,13 @@ def execute(task: Task[Any, Any], job_id: str) -> None:
     resources = get_resources()
     settings = resources.settings
     try:
-        run = claim(resources.engine, resources.redis, settings, job_id=uuid.UUID(job_id))
+        run = claim(
+            resources.engine,
+            resources.redis,
+            settings,
+            job_id=uuid.UUID(job_id),
+            events=resources.events,
+        )
     except Deferred:
         _logger.info("job %s deferred: its owner has the most jobs running already", job_id)
         return

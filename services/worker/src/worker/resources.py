@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from common.connection_budget import check_connection_budget_sync, share_of
 from common.db import ping_idle_connections, pool_options
+from common.pipelined import PipelinedWriter
 from common.redis import DRIVER_INFO
 from common.tracing import instrument_engine
 from worker.settings import WorkerSettings, get_settings
@@ -34,6 +35,8 @@ class Resources:
     settings: WorkerSettings
     engine: Engine
     redis: Redis
+    # The job events, sent without waiting for Redis's replies (`common.pipelined`).
+    events: PipelinedWriter
 
 
 _lock = threading.Lock()
@@ -61,7 +64,8 @@ def build(settings: WorkerSettings) -> Resources:
         health_check_interval=30,
         driver_info=DRIVER_INFO,
     )
-    return Resources(settings=settings, engine=engine, redis=redis)
+    events = PipelinedWriter(redis.connection_pool, what="job events")
+    return Resources(settings=settings, engine=engine, redis=redis, events=events)
 
 
 def get_resources() -> Resources:
@@ -73,6 +77,14 @@ def get_resources() -> Resources:
             _current.clear()
             resources = _current[pid] = build(get_settings())
         return resources
+
+
+def close_events() -> None:
+    """Read the replies to this process's job events still pending, if it has resources."""
+    with _lock:
+        resources = _current.get(os.getpid())
+    if resources is not None:
+        resources.events.close()
 
 
 def check_connection_budget(settings: WorkerSettings, processes: int) -> str | None:

@@ -29,6 +29,7 @@ from common import publisher
 from common.broker import JobToSend, send_queued_job
 from common.contracts import events
 from common.contracts.jobs import JobState
+from common.pipelined import PipelinedWriter
 from common.tracing import is_active as is_tracing
 from worker.settings import WorkerSettings
 
@@ -107,6 +108,8 @@ class JobRun:
     engine: Engine
     redis: Redis
     settings: WorkerSettings
+    # Where the events go without waiting for Redis; None (or tracing on): each waits.
+    events: PipelinedWriter | None = None
     cancel_requested: bool = False
     # The request that created the job (from its row), named in every event.
     request_id: str | None = None
@@ -126,7 +129,12 @@ class JobRun:
         event = events.make_event(
             type_, user_id=self.owner_id, job_id=self.job_id, request_id=self.request_id, **data
         )
-        publisher.publish_quietly(self.redis, event, prefix=self.settings.redis_key_prefix)
+        prefix = self.settings.redis_key_prefix
+        # With tracing on, through the client, whose instrumentation traces the command.
+        if self.events is not None and not is_tracing():
+            publisher.send_event_quietly(self.events, event, prefix=prefix)
+        else:
+            publisher.publish_quietly(self.redis, event, prefix=prefix)
 
     def _write(self, statement: TextClause, **values: Any) -> Any:
         params = {"id": self.job_id, "run_id": self.run_id, **values}
@@ -199,7 +207,12 @@ class Deferred(Exception):
 
 
 def claim(
-    engine: Engine, redis: Redis, settings: WorkerSettings, *, job_id: uuid.UUID
+    engine: Engine,
+    redis: Redis,
+    settings: WorkerSettings,
+    *,
+    job_id: uuid.UUID,
+    events: PipelinedWriter | None = None,
 ) -> JobRun | None:
     """Move a queued job to running under a new lease; None if it is not queued.
 
@@ -228,6 +241,7 @@ def claim(
         engine=engine,
         redis=redis,
         settings=settings,
+        events=events,
         cancel_requested=row.cancel_requested,
         request_id=row.request_id,
         traceparent=row.traceparent,
