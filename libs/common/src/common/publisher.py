@@ -30,10 +30,20 @@ _logger = logging.getLogger("common.publisher")
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
 
 
+def _script_arguments(event: Event, prefix: str) -> tuple[object, ...]:
+    """What follows the script (or its SHA) in EVAL / EVALSHA: numkeys, keys, then ARGV."""
+    return (
+        2,
+        user_stream(prefix, event.user_id),
+        user_channel(prefix, event.user_id),
+        STREAM_MAXLEN,
+        event_body(event),
+    )
+
+
 def publish_event(redis: Redis, event: Event, *, prefix: str = "") -> str:
     """Append to the owner's stream and publish on their channel; returns the event id."""
-    keys = (user_stream(prefix, event.user_id), user_channel(prefix, event.user_id))
-    arguments = (len(keys), *keys, STREAM_MAXLEN, event_body(event))
+    arguments = _script_arguments(event, prefix)
     # EVALSHA by hand: redis-py's Script wrapper costs as much CPU as the
     # round trip (the worker publishes three events per job).
     try:
@@ -52,8 +62,7 @@ def send_event(writer: PipelinedWriter, event: Event, *, prefix: str = "") -> No
     event's id is not returned: it is in the stream and in the published copy.
     Raises only if the command cannot be sent; a refusal is logged by the writer.
     """
-    keys = (user_stream(prefix, event.user_id), user_channel(prefix, event.user_id))
-    writer.send((("EVAL", _PUBLISH_LUA, len(keys), *keys, STREAM_MAXLEN, event_body(event)),))
+    writer.send((("EVAL", _PUBLISH_LUA, *_script_arguments(event, prefix)),))
 
 
 def send_event_quietly(writer: PipelinedWriter, event: Event, *, prefix: str = "") -> None:
@@ -75,10 +84,7 @@ def queue_publishes(pipeline: AsyncPipeline, events: Sequence[Event], *, prefix:
     """
     pipeline.execute_command("SCRIPT LOAD", _PUBLISH_LUA)
     for event in events:
-        keys = (user_stream(prefix, event.user_id), user_channel(prefix, event.user_id))
-        pipeline.execute_command(
-            "EVALSHA", _PUBLISH_SHA, len(keys), *keys, STREAM_MAXLEN, event_body(event)
-        )
+        pipeline.execute_command("EVALSHA", _PUBLISH_SHA, *_script_arguments(event, prefix))
     return len(events) + 1
 
 
