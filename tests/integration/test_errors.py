@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from api.main import create_app
 from api.settings import ApiSettings
@@ -124,12 +125,21 @@ async def _crash() -> None:
     raise RuntimeError("secret internals")
 
 
+async def _crash_mid_body() -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("secret internals")
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
 @pytest.fixture
 def crashing_app(settings_factory: Callable[..., ApiSettings]) -> FastAPI:
     # Built in a fixture: create_app() installs the logging config, which would
     # otherwise detach caplog's handler from the root logger mid-test.
     app = create_app(settings_factory())
     app.add_api_route("/test/crash", _crash)
+    app.add_api_route("/test/crash-mid-body", _crash_mid_body)
     return app
 
 
@@ -152,6 +162,19 @@ class TestUnhandledError:
         response = await client.get("/test/crash")
         assert_plain_500(response, "secret internals", "Traceback", "RuntimeError")
         assert response.headers["x-content-type-options"] == "nosniff"
+
+    async def test_a_crash_after_the_answer_started_is_not_answered_twice(
+        self,
+        client_factory: ClientFactory,
+        crashing_app: FastAPI,
+        json_caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # The status line is out: no 500 can follow it, the error goes to the server.
+        client = await client_factory(crashing_app)
+        with pytest.raises(RuntimeError, match="secret internals"):
+            await client.get("/test/crash-mid-body")
+        [record] = [r for r in json_caplog.records if r.name == "common.errors"]
+        assert isinstance(record.exc_info and record.exc_info[1], RuntimeError)
 
     async def test_crash_is_logged_with_traceback_and_request_id(
         self,

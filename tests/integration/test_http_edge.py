@@ -119,6 +119,25 @@ class TestCors:
         assert "authorization" in response.headers["access-control-allow-headers"].lower()
         assert response.headers["access-control-max-age"] == "600"
 
+    @pytest.mark.parametrize("origin", [None, ALLOWED_ORIGIN], ids=["same-origin", "cross-origin"])
+    async def test_every_answer_varies_by_origin(
+        self, cors_client: httpx.AsyncClient, origin: str | None
+    ) -> None:
+        # A cache must not serve an answer without Access-Control-Allow-Origin to a
+        # cross-origin caller, nor one with it to another origin.
+        headers = {"Origin": origin} if origin else {}
+        for path, status in (("/health/live", 200), ("/nowhere", 404)):
+            response = await cors_client.get(path, headers=headers)
+            assert response.status_code == status
+            varies = {
+                token.strip().lower()
+                for value in response.headers.get_list("vary")
+                for token in value.split(",")
+            }
+            assert "origin" in varies, response.headers
+            allowed = response.headers.get("access-control-allow-origin")
+            assert allowed == origin
+
     async def test_preflight_from_other_origin_is_not_allowed(
         self, cors_client: httpx.AsyncClient
     ) -> None:

@@ -7,16 +7,21 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import SecretStr
+from starlette.types import ASGIApp
 
-from common.metrics import UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
+from common.metrics import _HTTP_BUCKETS, UNMATCHED_ROUTE, HttpMetrics, create_metrics_router
 from common.middleware import EdgeMiddleware
 from common.prometheus_multiprocess import ENV_VAR
+from devharness.polling import eventually
 from tests.fixtures.metrics import Scrape, local_sample
 
 
@@ -38,7 +43,7 @@ def _app(token: str | None = None) -> FastAPI:
     return app
 
 
-def _client(app: FastAPI) -> httpx.AsyncClient:
+def _client(app: ASGIApp) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
@@ -81,6 +86,78 @@ class TestHttpMetrics:
         async with _client(_app()) as client:
             await client.get("/items/1")
         assert local_sample("http_requests_in_flight") == 0
+
+
+HISTOGRAM = "http_request_duration_seconds"
+
+
+class TestBatchedWrites:
+    """A request adds to counts in memory; a flush writes what `observe` would have."""
+
+    async def test_a_flush_writes_what_each_observation_would_have(self) -> None:
+        registry = CollectorRegistry()
+        labels = {"method": "GET", "route": UNMATCHED_ROUTE, "status": "201"}
+        direct = Histogram(
+            "direct_seconds", "", tuple(labels), buckets=_HTTP_BUCKETS, registry=registry
+        )
+        metrics = HttpMetrics()
+        scope = {"method": "GET", "route": None}
+        durations = [0.0004, 0.001, 0.0031, 0.02, 0.7, 3.0, 42.0, 0.0031]
+        before = _histogram(REGISTRY, HISTOGRAM, **labels)
+        for seconds in durations:
+            metrics.started()
+            metrics.finished(scope, 201, seconds)
+            direct.labels(**labels).observe(seconds)
+        assert _histogram(REGISTRY, HISTOGRAM, **labels) == (before), "written before a flush"
+        metrics.flush()
+        after = _histogram(REGISTRY, HISTOGRAM, **labels)
+        written = {name: after[name] - before.get(name, 0.0) for name in after}
+        expected = {
+            name.replace("direct_seconds", HISTOGRAM): value
+            for name, value in _histogram(registry, "direct_seconds", **labels).items()
+        }
+        assert written.keys() == expected.keys()
+        for name, value in expected.items():
+            assert written[name] == pytest.approx(value), name
+
+    async def test_the_timer_flushes_without_a_scrape(self) -> None:
+        metrics = HttpMetrics()
+        metrics.FLUSH_SECONDS = 0.01
+        key = {"method": "DELETE", "route": "/timer/{id}", "status": "204"}
+        before = REGISTRY.get_sample_value("http_requests_total", key) or 0.0
+        metrics.started()
+        metrics.finished({"method": "DELETE", "route": _Route("/timer/{id}")}, 204, 0.001)
+        await eventually(
+            lambda: (REGISTRY.get_sample_value("http_requests_total", key) or 0.0) == before + 1,
+            within=5,
+        )
+
+    async def test_the_apps_shutdown_flushes(self) -> None:
+        app = _app()
+        key = {"method": "GET", "route": "/items/{item_id}", "status": "200"}
+        before = REGISTRY.get_sample_value("http_requests_total", key) or 0.0
+        async with LifespanManager(app) as manager:
+            async with _client(manager.app) as client:
+                assert (await client.get("/items/shutdown")).status_code == 200
+            assert (REGISTRY.get_sample_value("http_requests_total", key) or 0.0) == before
+        assert REGISTRY.get_sample_value("http_requests_total", key) == before + 1
+
+
+@dataclass(frozen=True)
+class _Route:
+    path: str
+
+
+def _histogram(registry: CollectorRegistry, name: str, **labels: str) -> dict[str, float]:
+    """{sample name with its `le`: value} of histogram `name`'s label set `labels`."""
+    return {
+        f"{sample.name}{sample.labels.get('le', '')}": sample.value
+        for family in registry.collect()
+        if family.name == name
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+        and {k: v for k, v in sample.labels.items() if k != "le"} == labels
+    }
 
 
 class TestMetricsEndpoint:

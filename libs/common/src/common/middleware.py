@@ -30,6 +30,9 @@ from common.settings import CommonSettings
 REQUEST_ID_HEADER = "X-Request-ID"
 # Where a request's scope keeps the headers decided after its handler returned.
 _LATE_HEADERS = "common.late_headers"
+_VARY_ORIGIN = (b"vary", b"Origin")
+# Set by `EdgeMiddleware` in a request's scope: whether its response has started.
+_RESPONSE_STARTED = "common.response_started"
 _access_logger = logging.getLogger("access")
 _LENGTH_FRAMED = frozenset({"1.0", "1.1"})
 _error_logger = logging.getLogger("common.errors")
@@ -149,6 +152,8 @@ class EdgeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
+            if kind == "lifespan" and self.metrics is not None:
+                send = self._flushing_at_shutdown(send, self.metrics)
             await self.app(scope, receive, send)
             return
         request_id = valid_request_id(header_value(scope, b"x-request-id")) or os.urandom(16).hex()
@@ -165,6 +170,16 @@ class EdgeMiddleware:
         finally:
             reset_request_id(token)
 
+    @staticmethod
+    def _flushing_at_shutdown(send: Send, metrics: HttpMetrics) -> Send:
+        # The requests counted since the last flush, written before the process ends.
+        async def send_flushing(message: Message) -> None:
+            if message["type"].startswith("lifespan.shutdown."):
+                metrics.flush()
+            await send(message)
+
+        return send_flushing
+
     async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.perf_counter()
         status = 500
@@ -174,6 +189,7 @@ class EdgeMiddleware:
         async def send_from_edge(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                scope[_RESPONSE_STARTED] = True
                 status = message["status"]
                 elapsed = (time.perf_counter() - started) * 1000
                 own = message.get("headers", ())
@@ -187,6 +203,7 @@ class EdgeMiddleware:
                 ]
             await send(message)
 
+        scope[_RESPONSE_STARTED] = False
         if self.metrics is not None:
             self.metrics.started()
         try:
@@ -307,12 +324,15 @@ class UnhandledErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        tracked = _TrackingSend(send)
+        # Behind `EdgeMiddleware`, which notes in the scope whether the response
+        # started, `send` needs no wrapper of its own here.
+        tracked = None if _RESPONSE_STARTED in scope else _TrackingSend(send)
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, tracked or send)
         except Exception:
             _error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if tracked.response_started:
+            started = tracked.response_started if tracked else scope[_RESPONSE_STARTED]
+            if started:
                 raise
             response = problem(
                 500,
@@ -332,20 +352,10 @@ class ProblemCORSMiddleware(CORSMiddleware):
         if scope["type"] != "http" or header_value(scope, b"origin") is not None:
             await super().__call__(scope, receive, send)
             return
-
-        async def send_with_vary(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                for index, (name, value) in enumerate(headers):
-                    if name.lower() == b"vary":
-                        headers[index] = (name, value + b", Origin")
-                        break
-                else:
-                    headers.append((b"vary", b"Origin"))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_vary)
+        # Through the edge's own `send` wrapper, not one of ours: a field line
+        # of its own, which HTTP joins with any other `Vary` (RFC 9110, 5.3).
+        scope.setdefault(_LATE_HEADERS, []).append(_VARY_ORIGIN)
+        await self.app(scope, receive, send)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
