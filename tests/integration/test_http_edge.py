@@ -176,7 +176,9 @@ class TestProxyHeaders:
         self, client_factory: ClientFactory, settings_factory: SettingsFactory
     ) -> httpx.AsyncClient:
         settings = settings_factory(forwarded_allow_ips=[TEST_CLIENT_ADDRESS, "10.0.0.0/8"])
-        return await client_factory(_app_reporting_client(settings))
+        return await client_factory(
+            _app_reporting_client(settings), forwarded_allow_ips=settings.forwarded_allow_ips
+        )
 
     @pytest.mark.parametrize(
         "forwarded_for",
@@ -205,7 +207,9 @@ class TestProxyHeaders:
         self, client_factory: ClientFactory, settings_factory: SettingsFactory
     ) -> None:
         settings = settings_factory(forwarded_allow_ips=["127.0.0.1"])
-        client = await client_factory(_app_reporting_client(settings))
+        client = await client_factory(
+            _app_reporting_client(settings), forwarded_allow_ips=settings.forwarded_allow_ips
+        )
         response = await client.get("/test/client", headers=_VIA_PROXY)
         assert response.json() == {"host": TEST_CLIENT_ADDRESS, "scheme": "http"}
 

@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.errors import problem
 from common.metrics import HttpMetrics
@@ -366,12 +365,17 @@ class ProblemCORSMiddleware(CORSMiddleware):
 
 
 def add_edge_middleware(app: Starlette, settings: CommonSettings, *, csp: str) -> None:
-    """The outer layers every web service shares, added after the service's own.
+    """The outer layer every web service shares, added after the service's own.
 
-    From the outside in: proxy headers (the real client address), then the
-    edge (`EdgeMiddleware`: request id, host check, security headers, timing,
-    access log and HTTP metrics). Starlette wraps the last added outermost, so
-    a service adds its inner layers first.
+    `EdgeMiddleware`: request id, host check, security headers, timing, access
+    log and HTTP metrics. Starlette wraps the last added outermost, so a
+    service adds its inner layers first.
+
+    The real client address is the server's work, not a layer here: uvicorn
+    (under gunicorn, `common.gunicorn` gives it `FORWARDED_ALLOW_IPS`; its CLI
+    reads the same variable) believes `X-Forwarded-For` and
+    `X-Forwarded-Proto` only from those addresses, before the app sees the
+    request. A second pass in the app read the headers again on every request.
     """
     app.add_middleware(
         EdgeMiddleware,
@@ -381,4 +385,3 @@ def add_edge_middleware(app: Starlette, settings: CommonSettings, *, csp: str) -
         skip_paths={"/health/live", "/health/ready", "/metrics"},
         metrics=HttpMetrics(),
     )
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

@@ -7,11 +7,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from common.health import Lifecycle, create_health_router, redis_check
 from common.logging import configure_logging
@@ -109,10 +108,9 @@ class RealtimeApp(FastAPI):
 
 def _socket_app(settings: RealtimeSettings, limit: int) -> ASGIApp:
     hosts = HostCheckMiddleware(endpoint.events_socket, allowed_hosts=settings.allowed_hosts)
-    # uvicorn types its middleware with its own ASGI types; both are ASGI apps.
-    proxied = ProxyHeadersMiddleware(cast("Any", hosts), trusted_hosts=settings.forwarded_allow_ips)
-    # Outermost: a socket beyond the memory budget costs nothing further.
-    return capacity.ConnectionLimit(cast("ASGIApp", proxied), limit=limit)
+    # Outermost: a socket beyond the memory budget costs nothing further. The
+    # client's address behind the proxy is the server's (uvicorn's) work.
+    return capacity.ConnectionLimit(hosts, limit=limit)
 
 
 def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
