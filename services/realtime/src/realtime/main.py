@@ -23,6 +23,7 @@ from common.middleware import (
 from common.ratelimit import RateLimiter
 from common.redis import create_redis, create_subscriber_redis
 from common.revocation import Revocations
+from common.routing import add_routes
 from common.tracing import configure_tracing, instrument_app, shutdown_tracing
 from realtime import capacity, endpoint
 from realtime.hub import Hub
@@ -127,8 +128,8 @@ def create_app(settings: RealtimeSettings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
         debug=False,
     )
-    app.include_router(create_health_router())
-    app.include_router(create_metrics_router(token=settings.metrics_token))
+    add_routes(app, create_health_router())
+    add_routes(app, create_metrics_router(token=settings.metrics_token))
 
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(UnhandledErrorMiddleware)
