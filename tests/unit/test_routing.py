@@ -9,27 +9,14 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from pydantic import SecretStr
 
-from api.auth.router import password_router
-from api.auth.router import router as auth_router
-from api.jobs.router import router as jobs_router
-from api.realtime.router import router as realtime_router
-from api.users.router import router as users_router
+from api.main import routers
+from api.settings import ApiSettings
 from common.errors import install_error_handlers
-from common.health import create_health_router
-from common.metrics import create_metrics_router
 from common.routing import add_routes
 
 
 def _routers() -> list[APIRouter]:
-    return [
-        create_health_router(),
-        jobs_router,
-        auth_router,
-        users_router,
-        password_router,
-        realtime_router,
-        create_metrics_router(token=SecretStr("t")),
-    ]
+    return routers(ApiSettings(_env_file=None, environment="test", metrics_token=SecretStr("t")))
 
 
 def _both(routers: list[APIRouter]) -> tuple[FastAPI, FastAPI]:
