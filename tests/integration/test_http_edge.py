@@ -59,17 +59,33 @@ class TestRequestId:
 
 
 class TestSecurityHeaders:
-    """Security headers on every answer; HSTS only in production."""
+    """Security headers on every answer, the document ones on pages; HSTS only in production."""
 
     @pytest.mark.parametrize("path", ["/health/live", "/nowhere", "/docs"])
     async def test_security_headers_are_present(self, client: httpx.AsyncClient, path: str) -> None:
         response = await client.get(path)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-        assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
         csp = response.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in csp
         assert "script-src 'self'" in csp
+
+    @pytest.mark.parametrize(
+        ("path", "page"),
+        [("/docs", True), ("/redoc", True), ("/health/live", False), ("/nowhere", False)],
+    )
+    async def test_document_headers_only_on_pages(
+        self, client: httpx.AsyncClient, path: str, page: bool
+    ) -> None:
+        response = await client.get(path)
+        assert response.headers["content-type"].startswith("text/html") is page
+        document = {
+            "referrer-policy": "strict-origin-when-cross-origin",
+            "cross-origin-opener-policy": "same-origin",
+            "permissions-policy": "camera=(), microphone=(), geolocation=()",
+        }
+        seen = {name: response.headers.get(name) for name in document}
+        assert seen == (document if page else dict.fromkeys(document))
 
     async def test_no_hsts_outside_production(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/health/live")

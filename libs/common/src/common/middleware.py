@@ -107,9 +107,11 @@ class EdgeMiddleware:
       problem+json (a WebSocket is closed with 1008), which carries the headers
       below and is logged like any answer;
     - **response headers**, added as the response starts: the security headers
-      (HSTS only when `hsts`: production, behind HTTPS), except one the response
-      set itself (the docs' CSP); `Server-Timing: app;dur=<ms>`; `X-Request-ID`;
-      and those decided after the handler returned (`add_late_headers`);
+      (HSTS only when `hsts`: production, behind HTTPS; on an HTML page also
+      Referrer-Policy, Cross-Origin-Opener-Policy and Permissions-Policy),
+      except one the response set itself (the docs' CSP);
+      `Server-Timing: app;dur=<ms>`; `X-Request-ID`; and those decided after
+      the handler returned (`add_late_headers`);
     - **access log**: one JSON line per request with status and duration
       (`skip_paths` only when they succeed), and with `metrics` the HTTP metrics
       from the same timing.
@@ -134,16 +136,23 @@ class EdgeMiddleware:
         headers = {
             "X-Content-Type-Options": "nosniff",
             "X-Frame-Options": "DENY",
-            "Referrer-Policy": "strict-origin-when-cross-origin",
-            "Cross-Origin-Opener-Policy": "same-origin",
-            "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
             "Content-Security-Policy": content_security_policy,
         }
         if hsts:
             headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+        # Only a document a browser renders (an HTML page: the docs) acts on these;
+        # on a JSON answer they were three more header lines to write and parse.
+        document = {
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+        }
         # Encoded once; a response that sets one itself (the docs' CSP) keeps its own.
         self.security_headers = [
             (name.lower().encode(), value.encode()) for name, value in headers.items()
+        ]
+        self.document_headers = self.security_headers + [
+            (name.lower().encode(), value.encode()) for name, value in document.items()
         ]
         self.skip_paths = frozenset(skip_paths)
         self.metrics = metrics
@@ -182,7 +191,7 @@ class EdgeMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.perf_counter()
         status = 500
-        security_headers = self.security_headers
+        security_headers, document_headers = self.security_headers, self.document_headers
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_from_edge(message: Message) -> None:
@@ -192,10 +201,16 @@ class EdgeMiddleware:
                 status = message["status"]
                 elapsed = (time.perf_counter() - started) * 1000
                 own = message.get("headers", ())
-                present = {name.lower() for name, _ in own}
+                present = set()
+                added = security_headers
+                for name, value in own:
+                    name = name.lower()
+                    present.add(name)
+                    if name == b"content-type" and value.startswith(b"text/html"):
+                        added = document_headers
                 message["headers"] = [
                     *own,
-                    *(header for header in security_headers if header[0] not in present),
+                    *(header for header in added if header[0] not in present),
                     (b"server-timing", f"app;dur={elapsed:.1f}".encode()),
                     id_header,
                     *scope.get(_LATE_HEADERS, ()),
