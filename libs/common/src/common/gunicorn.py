@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from typing import Any
 
+from common.heap import gunicorn_pre_fork, gunicorn_when_ready
 from common.logging import logging_config
 from common.prometheus_multiprocess import (
     gunicorn_child_exit,
@@ -63,4 +64,7 @@ def gunicorn_settings(
         # master removes the metrics directory it made when it exits.
         "child_exit": gunicorn_child_exit,
         "on_exit": gunicorn_on_exit,
+        # The preloaded app's objects out of every full collection (common.heap).
+        "when_ready": gunicorn_when_ready,
+        "pre_fork": gunicorn_pre_fork,
     }

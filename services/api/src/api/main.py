@@ -27,6 +27,7 @@ from common.connection_budget import check_connection_budget, share_of
 from common.db import autocommit_engine, create_engine, create_session_factory
 from common.errors import install_error_handlers
 from common.health import Lifecycle, create_health_router, postgres_check, redis_check
+from common.heap import freeze_worker_heap
 from common.logging import configure_logging
 from common.metrics import create_metrics_router
 from common.middleware import (
@@ -99,6 +100,8 @@ def _lifespan(settings: ApiSettings) -> Any:
                 share=share_of(settings, processes=settings.web_workers),
             )
         )
+        # This worker's start-up is done: its objects out of every full collection.
+        freeze_worker_heap()
         try:
             yield {
                 "settings": settings,

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.health import Lifecycle, create_health_router, redis_check
+from common.heap import freeze_worker_heap
 from common.logging import configure_logging
 from common.metrics import create_metrics_router
 from common.middleware import (
@@ -56,6 +57,8 @@ def _lifespan(settings: RealtimeSettings) -> Any:
         hub.start()
         renewing = asyncio.create_task(user_sockets.keep_renewing(hub.open_sockets))
         lifecycle.install()
+        # This worker's start-up is done: its objects out of every full collection.
+        freeze_worker_heap()
         try:
             yield {
                 "settings": settings,

@@ -6,6 +6,7 @@ state machine (guarded UPDATEs) makes every redelivery harmless.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import threading
@@ -19,6 +20,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     task_received,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -38,6 +40,7 @@ from common.contracts.tasks import (
     RUN_JOB_TASK,
     TRACEPARENT_HEADER,
 )
+from common.heap import freeze_startup_heap
 from common.logging import configure_logging
 from common.request_context import reset_request_id, set_request_id, valid_request_id
 from common.tracing import (
@@ -89,6 +92,25 @@ def _json_logging(**_: Any) -> None:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in _PER_TASK_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_init.connect
+def _freeze_main_heap(**_: Any) -> None:
+    # The main process, its app loaded, before the pool forks: the start-up's
+    # objects out of every full collection of this process and its children
+    # (common.heap), whose collections then leave the shared pages alone.
+    freeze_startup_heap()
+
+
+@worker_ready.connect
+def _freeze_consumer_heap(**_: Any) -> None:
+    # What the consumer's start made since, in the main process (the serial stage).
+    gc.freeze()
+
+
+@worker_process_init.connect
+def _freeze_pool_heap(**_: Any) -> None:
+    gc.freeze()
 
 
 @worker_process_init.connect
