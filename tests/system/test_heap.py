@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.servers import GUNICORN_CONFIG, Server, start_server
+from tests.fixtures.servers import start_probe
 
 pytestmark = pytest.mark.system
 
@@ -18,14 +18,7 @@ pytestmark = pytest.mark.system
 async def test_each_gunicorn_worker_walks_only_what_it_made_since_start(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
-    server = await start_server(
-        Server,
-        "gunicorn",
-        "tests.apps.heap_probe:app",
-        config=GUNICORN_CONFIG,
-        env=server_env,
-        log_dir=tmp_path,
-    )
+    server = await start_probe(server_env, tmp_path)
     try:
         seen: dict[int, dict[str, int]] = {}
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:

@@ -24,13 +24,7 @@ import pytest
 
 from bench import wrk
 from devharness.polling import eventually
-from tests.fixtures.servers import (
-    GUNICORN_CONFIG,
-    RegisterUser,
-    Server,
-    ServerFactory,
-    start_server,
-)
+from tests.fixtures.servers import RegisterUser, Server, ServerFactory, start_probe
 
 pytestmark = pytest.mark.system
 
@@ -125,14 +119,7 @@ class TestEvenAfterAReplacement:
     async def test_the_replacement_gets_its_share_of_keep_alive_connections(
         self, server_env: dict[str, str], tmp_path: Path
     ) -> None:
-        server = await start_server(
-            Server,
-            "gunicorn",
-            "tests.apps.heap_probe:app",
-            config=GUNICORN_CONFIG,
-            env=server_env,
-            log_dir=tmp_path,
-        )
+        server = await start_probe(server_env, tmp_path)
         served: list[int] = []
         errors: Counter[str] = Counter()
         stop = asyncio.Event()
