@@ -95,54 +95,20 @@ class _State(ServerState):
     retiring = False
     closed_all: asyncio.Event | None = None
     table: ConnectionTable | None = None
-    # Keep-alive connections to end after their current response, to even out the workers.
-    to_shed = 0
-    imbalanced_since: float | None = None
 
     def publish_connections(self) -> None:
         """Tell the other workers how many connections this one holds now."""
         if self.table is not None:
             self.table.publish(len(self.connections))
 
-    def plan_shedding(self) -> None:
-        """How many connections to end cleanly, so the workers' counts meet halfway.
-
-        New connections go to the worker holding fewer (`TurnAcceptor`), but
-        keep-alive ones stay where they are: when a worker retires, its clients
-        reconnect to the workers still accepting, and its fresh replacement
-        would sit idle while the others serve everything, for as long as those
-        connections live (a proxy's pool: hours). A worker that has held more
-        than twice another's count plus two for `SHED_AFTER_SECONDS` (a lasting
-        imbalance, not a burst still being shared out) ends half the
-        difference, each after a response with `Connection: close`; the
-        clients' next connections go to the other.
-        """
-        fewest = self.table.fewest_elsewhere() if self.table is not None else None
-        own = len(self.connections)
-        if fewest is None or own < 2 * fewest + 2:
-            self.imbalanced_since = None
-            self.to_shed = 0
-            return
-        now = time.monotonic()
-        if self.imbalanced_since is None:
-            self.imbalanced_since = now
-        lasting = now - self.imbalanced_since >= SHED_AFTER_SECONDS
-        self.to_shed = (own - fewest) // 2 if lasting else 0
-
 
 class RetiringHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol: once its server retires, each response ends its
-    connection; before, as many as `_State.plan_shedding` says."""
+    """uvicorn's httptools protocol: once its server retires, each response ends its connection."""
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         state = self.server_state
-        if not isinstance(state, _State) or self.cycle is None:
-            return
-        if state.retiring:
-            self.cycle.keep_alive = False
-        elif state.to_shed > 0 and self.cycle.keep_alive:
-            state.to_shed -= 1
+        if isinstance(state, _State) and state.retiring and self.cycle is not None:
             self.cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -250,8 +216,6 @@ _SLOT = struct.Struct("qqq")  # pid, open connections, when written (CLOCK_MONOT
 # A worker writes its count at every accept and close and at each 0.1 s tick: a slot not
 # written for this long is a worker that died, stopped or is too busy to take more.
 STALE_AFTER_NS = 1_000_000_000
-# How long a worker holds far more connections than another before it ends some.
-SHED_AFTER_SECONDS = 1.0
 
 
 class ConnectionTable:
@@ -466,7 +430,6 @@ class _Server(uvicorn.Server):
         # Fresh, so the others do not take this worker for a stopped one.
         assert isinstance(self.server_state, _State)
         self.server_state.publish_connections()
-        self.server_state.plan_shedding()
         if await super().on_tick(counter):
             return True
         reason = self.recycling.reason(
