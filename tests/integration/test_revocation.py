@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from api.main import create_app
 from api.settings import ApiSettings
+from common.revocation import Revocations
 from devharness.polling import eventually
 from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser
 from tests.fixtures.problems import assert_problem
@@ -132,3 +135,29 @@ class TestPasswordChange:
         )
         assert_problem(response, 422)
         assert await _me(client, user.access_token) == 200
+
+
+class TestListenerStop:
+    """Stopping the listener ends it cleanly wherever it is: connecting, subscribing or
+    waiting for a message (a stop that closed the connection mid-SUBSCRIBE once failed
+    an app's shutdown with redis-py's AttributeError)."""
+
+    async def test_a_stop_at_any_step_of_the_subscription_ends_it_without_an_error(
+        self, redis: Redis, redis_url: str, key_prefix: str
+    ) -> None:
+        subscriber = Redis.from_url(redis_url, socket_connect_timeout=5)
+        try:
+            # A stop after 0, 1, 2, ... turns of the loop lands on every await of
+            # `listen` in turn, up to the wait for a message.
+            for turns in range(40):
+                revocations = Revocations(
+                    redis, prefix=key_prefix, cache_seconds=1, token_lifetime_seconds=60
+                )
+                listener = asyncio.create_task(revocations.listen(subscriber))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                await revocations.stop_listening(listener)
+                assert listener.done(), f"still listening after a stop at turn {turns}"
+                assert listener.exception() is None, f"stop at turn {turns}"
+        finally:
+            await subscriber.aclose()

@@ -163,9 +163,14 @@ class Revocations:
                     message = await pubsub.get_message(timeout=_POLL_SECONDS)
                     if message is not None and message["type"] == "message":
                         self._apply(message["data"])
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 if self._stopping:
+                    # `stop_listening` closed the connection under us: whatever that
+                    # raised mid-command (redis-py can raise AttributeError when the
+                    # writer is gone during SUBSCRIBE) is the stop itself.
                     return
+                if not isinstance(exc, (RedisError, OSError)):
+                    raise
                 _logger.warning("revocation channel lost: %s", type(exc).__name__)
             finally:
                 self._pubsub = None
