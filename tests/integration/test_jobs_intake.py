@@ -6,6 +6,7 @@ No worker runs here, so a job stays queued unless a test moves it in SQL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.jobs.intake import JobIntake, NewJob
 from api.settings import ApiSettings
 from common.contracts import events
 from common.contracts.job_kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
@@ -74,8 +76,12 @@ class TestAccept:
         self, user: RegisteredUser, queued_job: JobBody, db_engine: AsyncEngine, redis: Redis,
         settings: ApiSettings,
     ) -> None:  # fmt: skip
-        row = await read_job(db_engine, queued_job["id"])
-        assert row["sent_at"] is not None
+        # Marked by the intake's next round, after the 202 went out.
+        async def marked() -> Any:
+            row = await read_job(db_engine, queued_job["id"])
+            return row if row["sent_at"] is not None else None
+
+        row = await eventually(marked, within=10)
         assert str(row["owner_id"]) == user.id
         prefix = settings.redis_key_prefix
         assert await redis.llen(f"{prefix}{JOBS_QUEUE}") >= 1
@@ -85,6 +91,29 @@ class TestAccept:
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         assert args == [queued_job["id"]]
         assert kwargs == {}
+
+    async def test_an_intake_closed_right_after_its_answers_has_marked_every_job_sent(
+        self, user: RegisteredUser, settings: ApiSettings, db_engine: AsyncEngine, redis: Redis
+    ) -> None:
+        """The 202 does not wait for the `sent_at` mark; `close` (the shutdown) does,
+        or the relay would send each of these jobs a second time."""
+        intake = JobIntake(
+            db_engine, redis, redis, key_prefix=settings.redis_key_prefix, max_active=20
+        )
+        job = NewJob(
+            owner_id=uuid.UUID(user.id),
+            kind=DEMO_COUNTDOWN,
+            params={"steps": 1, "interval": 0},
+            idempotency_key=None,
+            request_hash="h",
+            request_id=None,
+            traceparent=None,
+        )
+        answers = await asyncio.gather(*(intake.submit(job) for _ in range(8)))
+        await intake.close()
+        assert all(created for _, created in answers)
+        rows = [await read_job(db_engine, str(row.id)) for row, _ in answers]
+        assert all(row["sent_at"] is not None for row in rows), "left for the relay to resend"
 
     async def test_job_queued_event_lands_in_the_owner_stream(
         self, user: RegisteredUser, queued_job: JobBody, user_events: UserEvents

@@ -13,10 +13,17 @@ requests have queued and handles it together:
 2. the `job.queued` events and then the messages go out in one Redis
    pipeline (events first: a worker may publish `job.started` as soon as it
    has the message), on the event loop, with no thread and no kombu producer;
-3. their `sent_at` is set by the next round's transaction.
+3. their `sent_at` is set by the next round's transaction (or a round of its
+   own when no job is waiting), and by `close` at shutdown.
 
-A request gets its answer once its job is committed, its message sent and
-`sent_at` recorded, as before: only the work is shared. Nothing waits for a
+A request gets its answer once its job is committed and its message sent:
+the 202 still means the job is committed. It does not wait for the `sent_at`
+mark, which only tells the relay not to send the job again; the window in
+which a crash leaves a sent job unmarked (the relay then sends it a second
+time, and the worker's claim runs it once) is the same whether the answer
+waits or not, and waiting cost each request a whole round: 0.34x the bare
+send loop against 0.52x without it (full profile, docs/performance.md).
+Nothing waits for a
 batch to fill: a round starts as soon as the previous one ends, so batches
 grow only when requests arrive faster than a round takes. The guarantees
 stay: a job is committed before its message leaves; an unsent one (broker
@@ -117,8 +124,8 @@ class JobIntake:
         self._key_prefix = key_prefix
         self._max_active = max_active
         self._queue: list[_Request] = []
-        # Sent in the last round, waiting for `sent_at`: (job, its request).
-        self._sent: list[tuple[JobRow, _Request]] = []
+        # Jobs sent in the last round, waiting for their `sent_at` mark.
+        self._sent: list[uuid.UUID] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -139,10 +146,13 @@ class JobIntake:
         return await request.future
 
     async def close(self) -> None:
-        """Finish the rounds in progress (requests waiting get their answers), then stop."""
+        """Finish the rounds in progress (requests waiting get their answers, sent jobs
+        their mark), then stop."""
         if self._task is None:
             return
-        if (self._queue or self._sent) and not self._task.done():
+        # Not idle: a round is in progress or due (one may already have taken the
+        # last marks out of `_sent`), and `_run` sets `_idle` once none is left.
+        if not self._idle.is_set() and not self._task.done():
             await self._idle.wait()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -159,17 +169,14 @@ class JobIntake:
                     await asyncio.create_task(self._round(batch, sent), context=context)
                 except Exception as exc:
                     _logger.exception("job intake round failed")
+                    # The sent jobs' requests had their answers; only their `sent_at`
+                    # is missing now, and the relay sends them again (run once).
                     for request in batch:
                         if not request.future.done():
                             request.future.set_exception(exc)
-                    # Committed and sent already: only `sent_at` is missing (the relay resends).
-                    for row, request in sent:
-                        if not request.future.done():
-                            request.future.set_result((row, True))
             self._idle.set()
 
-    async def _round(self, batch: list[_Request], sent: list[tuple[JobRow, _Request]]) -> None:
-        sent_ids = [row.id for row, _ in sent]
+    async def _round(self, batch: list[_Request], sent_ids: list[uuid.UUID]) -> None:
         firsts, repeats = _split_repeats(batch)
         if firsts:
             outcomes = await self._commit(firsts, sent_ids)
@@ -177,8 +184,6 @@ class JobIntake:
             outcomes = {}
             if sent_ids:
                 await _statement(self._engine, jobs_repository.MARK_SENT, (sent_ids,))
-        for row, request in sent:
-            _resolve(request, row, created=True)
         created: list[tuple[JobRow, _Request]] = []
         for index, request in enumerate(firsts):
             outcome = outcomes.get(index)
@@ -260,7 +265,9 @@ class JobIntake:
             for row, request in created:
                 _resolve(request, row, created=True)
             return
-        self._sent.extend(created)
+        for row, request in created:
+            _resolve(request, row, created=True)
+        self._sent.extend(row.id for row, _ in created)
 
 
 async def _statement(engine: AsyncEngine, sql: str, args: tuple[Any, ...]) -> Any:
