@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bench import wrk
-from tests.fixtures.servers import RegisterUser, Server, ServerFactory
+from devharness.polling import eventually
+from tests.fixtures.servers import RegisterUser, Server, ServerFactory, start_probe
 
 pytestmark = pytest.mark.system
 
@@ -107,3 +111,56 @@ class TestRecyclingUnderLoad:
         failures = {outcome: count for outcome, count in tally.items() if outcome != "ok"}
         assert failures == {}, f"{failures}; ok: {tally['ok']}"
         assert tally["ok"] > 0
+
+
+class TestEvenAfterAReplacement:
+    """A retired worker's clients, which reconnected to the other worker before its
+    replacement existed, come back to the replacement though their connections persist."""
+
+    async def test_the_replacement_gets_its_share_of_keep_alive_connections(
+        self, server_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        server = await start_probe(server_env, tmp_path)
+        served: list[int] = []
+        errors: Counter[str] = Counter()
+        stop = asyncio.Event()
+
+        async def loop(client: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                try:
+                    served.append((await client.get("/test/heap")).json()["pid"])
+                except httpx.TransportError as exc:
+                    errors[type(exc).__name__] += 1
+
+        # Keep-alive connections that live as long as the client: nothing else moves them.
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        try:
+            async with httpx.AsyncClient(
+                base_url=server.base_url, limits=limits, timeout=10.0
+            ) as client:
+                loops = [asyncio.create_task(loop(client)) for _ in range(8)]
+                try:
+                    first = server.worker_pids()
+                    await eventually(lambda: set(served) >= first, within=15, interval=0.1)
+                    # Retired as a recycle retires it: its connections end cleanly, and
+                    # their clients reconnect to the only worker then accepting.
+                    os.kill(min(first), signal.SIGTERM)
+
+                    def replacement() -> int | None:
+                        new = server.worker_pids() - first
+                        return next(iter(new)) if new and server.started_workers() >= 3 else None
+
+                    fresh = await eventually(replacement, within=30, interval=0.1)
+
+                    def even() -> bool:
+                        window = served[-200:]
+                        return len(window) == 200 and window.count(fresh) >= 50
+
+                    await eventually(even, within=15, interval=0.1)
+                finally:
+                    stop.set()
+                    await asyncio.gather(*loops)
+        finally:
+            await server.stop()
+        assert +errors == Counter(), errors
+        assert "connections for new worker(s)" in server.log()
