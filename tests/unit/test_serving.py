@@ -163,3 +163,70 @@ class TestConnectionTable:
 
         assert mine.fewest_elsewhere() is None
         mine.release()
+
+
+class _Connections(serving._State):
+    """A server state holding `n` stand-in connections."""
+
+    def __init__(self, table: ConnectionTable, n: int) -> None:
+        super().__init__()
+        self.table = table
+        self.connections = {object() for _ in range(n)}  # type: ignore[misc]
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    process.wait(timeout=10)
+
+
+class TestShareWithNewcomers:
+    """A worker ends its connections beyond an even share once, when a new worker appears."""
+
+    def test_a_new_worker_gets_the_excess_once(self, tmp_path: Path) -> None:
+        path = tmp_path / "connections"
+        state = _Connections(ConnectionTable(path), 16)
+        state.share_with_newcomers()  # first look: its peers at start are nobody new
+        assert state.to_shed == 0
+        newcomer = _publisher(path, 0)
+        try:
+            state.share_with_newcomers()
+            assert state.to_shed == 8, "16 of 16 held: 8 go to the newcomer"
+            state.to_shed = 0  # ended by the next 8 responses
+            state.share_with_newcomers()
+            assert state.to_shed == 0, "a worker already seen is not new again"
+        finally:
+            _stop(newcomer)
+
+    def test_at_start_and_at_an_even_share_nothing_moves(self, tmp_path: Path) -> None:
+        path = tmp_path / "connections"
+        peer = _publisher(path, 9)
+        try:
+            state = _Connections(ConnectionTable(path), 7)
+            state.share_with_newcomers()
+            assert state.to_shed == 0, "a peer running when this worker started is not new"
+            newcomer = _publisher(path, 0)
+            try:
+                state.share_with_newcomers()
+                assert state.to_shed == 1, "7 held of 16 over three workers: a share is 6"
+            finally:
+                _stop(newcomer)
+        finally:
+            _stop(peer)
+
+    def test_what_is_not_ended_in_time_is_not_ended_later(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "connections"
+        state = _Connections(ConnectionTable(path), 4)
+        state.share_with_newcomers()
+        newcomer = _publisher(path, 0)
+        try:
+            state.share_with_newcomers()
+            assert state.to_shed == 2
+            later = time.monotonic() + serving.SHED_SECONDS + 1
+            monkeypatch.setattr(time, "monotonic", lambda: later)
+            state.share_with_newcomers()
+            assert state.to_shed == 0, "idle connections: the keep-alive timeout ends them"
+        finally:
+            _stop(newcomer)

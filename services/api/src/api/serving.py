@@ -98,6 +98,7 @@ class _State(ServerState):
     table: ConnectionTable | None = None
     # Keep-alive connections to end after their current response (`share_with_newcomers`).
     to_shed = 0
+    shed_until = 0.0
     # The other workers this one has seen (None: it has not looked yet).
     peers_seen: set[int] | None = None
 
@@ -120,9 +121,14 @@ class _State(ServerState):
         `Connection: close`; their clients' next connections go to the
         newcomer. Only then: at any other time connections stay where they are
         (moving them in the steady state cost the intake a fifth of its rate).
+        What is not ended within `SHED_SECONDS` (idle connections, which the
+        keep-alive timeout ends anyway) is not ended later, when the counts
+        may have changed.
         """
         if self.table is None:
             return
+        if self.to_shed and time.monotonic() > self.shed_until:
+            self.to_shed = 0
         peers = self.table.live_elsewhere()
         if self.peers_seen is None:
             self.peers_seen = set(peers)  # this worker's start: nobody is new to it
@@ -134,6 +140,7 @@ class _State(ServerState):
         own = len(self.connections)
         share = math.ceil((own + sum(peers.values())) / (len(peers) + 1))
         self.to_shed = max(self.to_shed, own - share)
+        self.shed_until = time.monotonic() + SHED_SECONDS
         if self.to_shed:
             _logger.info(
                 "worker %d: ending %d of its %d connections for new worker(s) %s",
@@ -261,6 +268,8 @@ _SLOT = struct.Struct("qqq")  # pid, open connections, when written (CLOCK_MONOT
 # A worker writes its count at every accept and close and at each 0.1 s tick: a slot not
 # written for this long is a worker that died, stopped or is too busy to take more.
 STALE_AFTER_NS = 1_000_000_000
+# How long after a new worker appears the others still end connections for it.
+SHED_SECONDS = 5.0
 
 
 class ConnectionTable:
