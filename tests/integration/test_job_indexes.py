@@ -91,6 +91,62 @@ class TestActiveJobCount:
         assert all("ix_jobs_owner_active" in plan for plan in counts), counts
 
 
+GROW = (
+    "INSERT INTO jobs (id, owner_id, kind, state, progress) "
+    "SELECT gen_random_uuid(), $1, $2, 'queued', 0 FROM generate_series(1, $3)"
+)
+
+
+@pytest.fixture
+def fresh_database(services: ServiceUrls) -> Iterator[str]:
+    """A database of the test's own: the table's size and statistics when plans are made
+    are the test's to choose."""
+    with migrated_database(services.postgres) as url:
+        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _plans_after_growth(url: str, *, emptied_first: bool) -> list[str]:
+    """The plans of an intake round and its sent mark, on a connection whose plans were
+    made while the table was small (or, with `emptied_first`, just after a mass delete
+    and the VACUUM ANALYZE that follows), once another owner's jobs have grown it."""
+    connection = await asyncpg.connect(url)
+    try:
+        owners = [uuid.uuid4() for _ in range(2)]
+        await connection.executemany(
+            "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')",
+            [(owner, f"{owner}@example.com") for owner in owners],
+        )
+        if emptied_first:
+            await connection.execute(GROW, owners[1], DEMO_COUNTDOWN, GROWN)
+            await connection.execute("DELETE FROM jobs WHERE owner_id = $1", owners[1])
+            # As autovacuum does: the emptied pages cut off, a table of a few rows analyzed.
+            await connection.execute("VACUUM ANALYZE jobs")
+        # More calls than PostgreSQL makes custom plans for (five) before it settles.
+        sent: list[uuid.UUID] = []
+        for n in range(8):
+            [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, f"k{n}"))
+            sent = [row["id"]]
+        await connection.execute(GROW, owners[1], DEMO_COUNTDOWN, GROWN)
+        plans: list[str] = []
+        await connection.execute(EXPLAIN_NESTED)
+        connection.add_log_listener(lambda _, message: plans.append(str(message)))
+        [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, "again"))
+        await connection.execute(MARK_SENT, [row["id"]])
+        return plans
+    finally:
+        await connection.close()
+
+
+def _assert_probes_only(plans: list[str]) -> None:
+    statements = [plan for plan in plans if "Query Text: SELECT * FROM job_" not in plan]
+    assert any("UPDATE jobs SET sent_at" in plan for plan in statements), plans
+    for plan in statements:
+        assert "Seq Scan on jobs" not in plan, plan
+    counts = [plan for plan in statements if "count(*)" in plan]
+    assert counts, plans
+    assert all("Index Cond: (owner_id = o.owner_id)" in plan for plan in counts), counts
+
+
 class TestPlansMadeOnASmallTable:
     """A connection keeps its plans; made while the table was small, they still probe it grown.
 
@@ -99,110 +155,32 @@ class TestPlansMadeOnASmallTable:
     one pass, and went on doing so as the table grew (until the next ANALYZE).
     """
 
-    @pytest.fixture
-    def fresh_database(self, services: ServiceUrls) -> Iterator[str]:
-        """A database of this test's own: the table must be small when the plans are made."""
-        with migrated_database(services.postgres) as url:
-            yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
     async def test_intake_and_sent_mark_probe_indexes_after_the_table_grew(
         self, fresh_database: str
     ) -> None:
-        plans = await self._plans_after_growth(fresh_database)
-        statements = [plan for plan in plans if "Query Text: SELECT * FROM job_" not in plan]
-        assert any("UPDATE jobs SET sent_at" in plan for plan in statements), plans
-        for plan in statements:
-            assert "Seq Scan on jobs" not in plan, plan
-        counts = [plan for plan in statements if "count(*)" in plan]
-        assert counts, plans
-        assert all("Index Cond: (owner_id = o.owner_id)" in plan for plan in counts), counts
-
-    @staticmethod
-    async def _plans_after_growth(url: str) -> list[str]:
-        connection = await asyncpg.connect(url)
-        try:
-            owners = [uuid.uuid4() for _ in range(2)]
-            await connection.executemany(
-                "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')",
-                [(owner, f"{owner}@example.com") for owner in owners],
-            )
-            # More calls than PostgreSQL makes custom plans for (five) before it settles.
-            sent: list[uuid.UUID] = []
-            for n in range(8):
-                [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, f"k{n}"))
-                sent = [row["id"]]
-            await connection.execute(
-                "INSERT INTO jobs (id, owner_id, kind, state, progress) "
-                "SELECT gen_random_uuid(), $1, $2, 'queued', 0 FROM generate_series(1, $3)",
-                owners[1], DEMO_COUNTDOWN, GROWN,
-            )  # fmt: skip
-            plans: list[str] = []
-            await connection.execute(EXPLAIN_NESTED)
-            connection.add_log_listener(lambda _, message: plans.append(str(message)))
-            [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, "again"))
-            await connection.execute(MARK_SENT, [row["id"]])
-            return plans
-        finally:
-            await connection.close()
+        _assert_probes_only(await _plans_after_growth(fresh_database, emptied_first=False))
 
 
 class TestPlansMadeOnAnEmptiedTable:
-    """Statistics taken just after a mass delete say the table is empty; the intake still
-    probes the indexes once it has grown again.
+    """Statistics taken just after a mass delete say the table is empty; the job functions
+    still probe the indexes once it has grown again (revision 0007).
 
     Seen in the bench: autovacuum analyzed `jobs` right after one round's users
-    (and their jobs) were deleted, and the planner, told the table held nothing,
-    counted each owner's active jobs with a sequential scan; the next 30,000
-    jobs then made every intake round read the whole table, until the next
-    ANALYZE (the intake fell from 1,900 to 500 jobs/s within 20 s).
+    (and their jobs) were deleted, and the planner, told the table held a few
+    rows, counted each owner's active jobs with a sequential scan; the next
+    30,000 jobs then made every intake round read the whole table, until the
+    next ANALYZE (the intake fell from 1,900 to 500 jobs/s within 20 s).
     """
-
-    @pytest.fixture
-    def fresh_database(self, services: ServiceUrls) -> Iterator[str]:
-        with migrated_database(services.postgres) as url:
-            yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     async def test_intake_and_sent_mark_probe_indexes_after_an_empty_analyze(
         self, fresh_database: str
     ) -> None:
-        connection = await asyncpg.connect(fresh_database)
-        try:
-            owners = [uuid.uuid4() for _ in range(2)]
-            await connection.executemany(
-                "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')",
-                [(owner, f"{owner}@example.com") for owner in owners],
-            )
-            grow = (
-                "INSERT INTO jobs (id, owner_id, kind, state, progress) "
-                "SELECT gen_random_uuid(), $1, $2, 'queued', 0 FROM generate_series(1, $3)"
-            )
-            await connection.execute(grow, owners[1], DEMO_COUNTDOWN, GROWN)
-            await connection.execute("DELETE FROM jobs WHERE owner_id = $1", owners[1])
-            # As autovacuum did: the emptied pages cut off, a table of a few rows analyzed.
-            await connection.execute("VACUUM ANALYZE jobs")
-            sent: list[uuid.UUID] = []
-            for n in range(8):  # plans made now, past the custom ones PostgreSQL tries first
-                [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, f"k{n}"))
-                sent = [row["id"]]
-            await connection.execute(grow, owners[1], DEMO_COUNTDOWN, GROWN)
-            plans: list[str] = []
-            await connection.execute(EXPLAIN_NESTED)
-            connection.add_log_listener(lambda _, message: plans.append(str(message)))
-            [row] = await connection.fetch(INTAKE, *_intake_args(owners[0], sent, "again"))
-            await connection.execute(MARK_SENT, [row["id"]])
-        finally:
-            await connection.close()
-        statements = [plan for plan in plans if "Query Text: SELECT * FROM job_" not in plan]
-        assert any("UPDATE jobs SET sent_at" in plan for plan in statements), plans
-        for plan in statements:
-            assert "Seq Scan on jobs" not in plan, plan
-        counts = [plan for plan in statements if "count(*)" in plan]
-        assert counts, plans
+        _assert_probes_only(await _plans_after_growth(fresh_database, emptied_first=True))
 
     async def test_every_job_function_runs_without_sequential_scans(
         self, fresh_database: str
     ) -> None:
-        """The worker's claim, finish and hand-off read `jobs` by index too (0007)."""
+        """The worker's claim, finish and hand-off read `jobs` by index too."""
         connection = await asyncpg.connect(fresh_database)
         try:
             rows = await connection.fetch(
