@@ -21,10 +21,10 @@ the 202 still means the job is committed. It does not wait for the `sent_at`
 mark, which only tells the relay not to send the job again; the window in
 which a crash leaves a sent job unmarked (the relay then sends it a second
 time, and the worker's claim runs it once) is the same whether the answer
-waits or not, and waiting cost each request a whole round: 0.34x the bare
-send loop against 0.52x without it (full profile, docs/performance.md).
-Nothing waits for a
-batch to fill: a round starts as soon as the previous one ends, so batches
+waits or not, and waiting cost each request a whole round (the full
+profile's intake alone: 0.34x the bare send loop with it, 0.49x without; the
+thirteenth pass of docs/performance.md). Nothing waits for a batch to fill:
+a round starts as soon as the previous one ends, so batches
 grow only when requests arrive faster than a round takes. The guarantees
 stay: a job is committed before its message leaves; an unsent one (broker
 down) is left for the relay; an Idempotency-Key names one job; the active-job
