@@ -20,10 +20,14 @@ pytestmark = pytest.mark.system
 CONNECTIONS = 16
 BURSTS = 6
 # Of 16 connections, each of the two workers holds at least this many after every burst,
-# and on average at least AT_LEAST_ON_AVERAGE (a worker may take a connection the other
-# was slow to, after api.serving.MAX_DEFER). Before, half of the bursts left one with none.
-AT_LEAST = 4
-AT_LEAST_ON_AVERAGE = 6
+# and on average at least AT_LEAST_ON_AVERAGE. Before TurnAcceptor, four of six bursts left
+# a worker with none (13-16 on the other). Alone, the split is 7-9 each; but a worker kept
+# off the CPU for more than api.serving.MAX_DEFER (20 ms) lets the other take what it
+# was slow to, and with the suite's other tests running on the same two cores one burst
+# of six split 3 / 13 (the smaller shares averaged 5.8): these bounds catch the old
+# behaviour, not a busy machine.
+AT_LEAST = 2
+AT_LEAST_ON_AVERAGE = 4
 
 
 def _held_by_worker(server: Server) -> dict[int, int]:
