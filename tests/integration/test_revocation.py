@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from redis.asyncio import Redis
 
 from api.main import create_app
 from api.settings import ApiSettings
-from common.revocation import Revocations
+from common.revocation import Revocations, revoked_before_key
 from devharness.polling import eventually
 from tests.fixtures.api import PASSWORD, ClientFactory, MakeUser, RegisteredUser
 from tests.fixtures.problems import assert_problem
@@ -161,3 +162,40 @@ class TestListenerStop:
                 assert listener.exception() is None, f"stop at turn {turns}"
         finally:
             await subscriber.aclose()
+
+
+class TestCutoffReads:
+    """The cut-offs requests want at the same moment are read together, each one right."""
+
+    async def test_concurrent_reads_share_one_mget_and_each_gets_its_own_cutoff(
+        self, redis: Redis, key_prefix: str
+    ) -> None:
+        revocations = Revocations(
+            redis, prefix=key_prefix, cache_seconds=60, token_lifetime_seconds=60
+        )
+        users = [uuid.uuid4() for _ in range(20)]
+        revoked = {user: 1_000 + n for n, user in enumerate(users[::3])}
+        for user, cutoff in revoked.items():
+            await redis.set(revoked_before_key(key_prefix, user), cutoff, ex=60)
+        # Asked twice per user in the same turn of the loop, as concurrent requests do.
+        cutoffs = await asyncio.gather(*(revocations.cutoff(user) for user in users * 2))
+        assert cutoffs == [revoked.get(user, 0) for user in users] * 2
+        assert revocations.batches_read == 1
+        # Remembered: asking again reads nothing.
+        assert await revocations.cutoff(users[0]) == revoked[users[0]]
+        assert revocations.batches_read == 1
+
+    async def test_a_request_cancelled_while_waiting_leaves_the_read_to_the_others(
+        self, redis: Redis, key_prefix: str
+    ) -> None:
+        revocations = Revocations(
+            redis, prefix=key_prefix, cache_seconds=60, token_lifetime_seconds=60
+        )
+        user = uuid.uuid4()
+        await redis.set(revoked_before_key(key_prefix, user), 42, ex=60)
+        leaving = asyncio.create_task(revocations.cutoff(user))
+        staying = asyncio.create_task(revocations.cutoff(user))
+        await asyncio.sleep(0)  # both wait on the same read now
+        leaving.cancel()
+        assert await staying == 42
+        assert leaving.cancelled()

@@ -11,7 +11,9 @@ it.
 
 No extra round trip on the hot path: each process remembers a user's cut-off
 for `TOKEN_REVOCATION_CACHE_SECONDS`, so a user's requests cost one Redis read
-per process per that many seconds; the process that revokes updates its own
+per process per that many seconds, and the reads that requests need at the
+same moment (many users, each seen once in a while) go out as one MGET per
+turn of the event loop; the process that revokes updates its own
 memory at once, and every process subscribed to the revocation channel does
 too (`listen`). A process that misses a message (its subscription dropped)
 still sees the revocation once its remembered value expires: that interval is
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -40,6 +43,14 @@ _logger = logging.getLogger("common.revocation")
 # Users this process remembers (a bounded, oldest-out cache).
 _CACHE_MAX = 50_000
 _POLL_SECONDS = 1.0
+# The most cut-offs one MGET reads.
+READ_BATCH_MAX = 64
+
+
+def _retrieved(future: asyncio.Future[int]) -> None:
+    """Mark a read's error as seen: its requests may all have gone (asyncio logs it else)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def revoked_before_key(prefix: str, user_id: uuid.UUID) -> str:
@@ -78,6 +89,11 @@ class Revocations:
         # Told of every announced revocation (realtime closes the user's sockets).
         self._on_revoke = on_revoke
         self._pubsub: PubSub | None = None
+        # Cut-offs wanted and not yet read (one future per user, shared by its requests),
+        # and the task reading them.
+        self._wanted: dict[uuid.UUID, asyncio.Future[int]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.batches_read = 0
 
     @classmethod
     def from_settings(
@@ -106,10 +122,49 @@ class Revocations:
         remembered = self._cache.get(user_id)
         if remembered is not None and time.monotonic() - remembered[1] < self._cache_seconds:
             return remembered[0]
-        value = await self._redis.get(revoked_before_key(self._prefix, user_id))
-        cutoff = int(value) if value is not None else 0
-        self._remember(user_id, cutoff)
-        return cutoff
+        wanted = self._wanted.get(user_id)
+        if wanted is None:
+            wanted = self._wanted[user_id] = asyncio.get_running_loop().create_future()
+            wanted.add_done_callback(_retrieved)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read_batches())
+        # Shielded: a request cancelled while it waits leaves the read to the others.
+        return await asyncio.shield(wanted)
+
+    async def _read_batches(self) -> None:
+        """Read the wanted cut-offs, up to `READ_BATCH_MAX` per MGET, one MGET at a time.
+
+        The task starts on the loop's next turn, so its first MGET holds every
+        cut-off the requests of this turn want; those wanted while it is in
+        flight go in the next. A failed read fails its requests' checks, which
+        `check` answers as before (the token is accepted, the failure logged).
+        """
+        try:
+            while self._wanted:
+                batch = list(itertools.islice(self._wanted.items(), READ_BATCH_MAX))
+                for user_id, _ in batch:
+                    del self._wanted[user_id]
+                keys = [revoked_before_key(self._prefix, user_id) for user_id, _ in batch]
+                try:
+                    values = await self._redis.mget(keys)
+                except asyncio.CancelledError:
+                    for _, wanted in [*batch, *self._wanted.items()]:
+                        wanted.cancel()
+                    self._wanted.clear()
+                    raise
+                except Exception as exc:
+                    for _, wanted in batch:
+                        if not wanted.done():
+                            wanted.set_exception(exc)
+                    continue
+                self.batches_read += 1
+                for (user_id, wanted), value in zip(batch, values, strict=True):
+                    cutoff = int(value) if value is not None else 0
+                    self._remember(user_id, cutoff)
+                    if not wanted.done():
+                        wanted.set_result(cutoff)
+        finally:
+            self._reader = None
 
     async def check(self, principal: Principal) -> None:
         """Raise `InvalidToken` if the principal's token was issued before its user's cut-off.
