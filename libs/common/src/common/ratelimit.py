@@ -48,6 +48,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from common.auth import InvalidToken, authenticate, bearer_token
+from common.batching import Batches
 from common.errors import ServiceUnavailable, TooManyRequests
 from common.metrics import RATE_LIMIT_BACKEND_FAILURES, RATE_LIMIT_REJECTIONS
 from common.middleware import add_late_headers
@@ -165,11 +166,10 @@ BATCH_MAX = 64
 
 @dataclass(frozen=True, slots=True)
 class _Hit:
-    """A hit waiting for its batch: its key and script arguments, and who waits for the verdict."""
+    """A hit waiting for its batch: its key and script arguments."""
 
     key: str
     arguments: tuple[int, int, str]
-    verdict: asyncio.Future[list[int]]
 
 
 class RateLimiter:
@@ -184,10 +184,13 @@ class RateLimiter:
         # Hit ids, unique across processes (a random prefix) and hits (a counter).
         self._hit_prefix = os.urandom(6).hex()
         self._hits = itertools.count()
-        # Hits not yet sent, and the task sending them (one batch at a time).
-        self._queue: list[_Hit] = []
-        self._sender: asyncio.Task[None] | None = None
-        self.batches_sent = 0
+        # Hits of the same moment counted by one script call (`common.batching`).
+        self._batches: Batches[_Hit, list[int]] = Batches(self._evalsha, max_size=BATCH_MAX)
+
+    @property
+    def batches_sent(self) -> int:
+        """Script calls made so far."""
+        return self._batches.sent
 
     @classmethod
     def from_settings(
@@ -199,48 +202,12 @@ class RateLimiter:
         )
 
     def _count(self, key: str, *arguments: Any) -> asyncio.Future[list[int]]:
-        """Queue one hit; its verdict comes with the next batch (see `_send_batches`)."""
-        verdict: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Hit(key, arguments, verdict))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send_batches())
-        return verdict
+        """Queue one hit; its verdict comes with the next batch (`common.batching`).
+        A failed call fails each of its hits, which `hit` answers by its policy."""
+        return self._batches.submit(_Hit(key, arguments))
 
-    async def _send_batches(self) -> None:
-        """Send the queued hits, up to `BATCH_MAX` per script call, one call at a time.
-
-        The task starts on the loop's next turn, so the first batch holds every
-        hit of the requests that ran in this one; hits queued while a batch is
-        in flight go in the next. Under load that is one round trip, and one
-        pass through redis-py, for many requests, where it was one each; alone,
-        a hit waits for nothing. A failed call fails each of its hits, which
-        `hit` answers by its policy.
-        """
-        try:
-            while self._queue:
-                batch = self._queue[:BATCH_MAX]
-                del self._queue[:BATCH_MAX]
-                try:
-                    verdicts = await self._evalsha(batch)
-                except asyncio.CancelledError:
-                    for hit in [*batch, *self._queue]:
-                        hit.verdict.cancel()
-                    self._queue.clear()
-                    raise
-                except Exception as exc:
-                    for hit in batch:
-                        if not hit.verdict.done():
-                            hit.verdict.set_exception(exc)
-                    continue
-                self.batches_sent += 1
-                for index, hit in enumerate(batch):
-                    if not hit.verdict.done():  # its request may have been cancelled
-                        hit.verdict.set_result(verdicts[3 * index : 3 * index + 3])
-        finally:
-            self._sender = None
-
-    async def _evalsha(self, batch: list[_Hit]) -> Any:
-        """The hits script by its digest (EVALSHA as one command).
+    async def _evalsha(self, batch: list[_Hit]) -> list[list[int]]:
+        """The hits script by its digest (EVALSHA as one command); each hit's verdict.
 
         redis-py's script object costs about as much client CPU per call as the
         command itself; it is used only to load the script when Redis lost it
@@ -249,11 +216,12 @@ class RateLimiter:
         keys = [hit.key for hit in batch]
         arguments = [argument for hit in batch for argument in hit.arguments]
         try:
-            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+            verdicts = await self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._script.sha, len(keys), *keys, *arguments
             )
         except NoScriptError:
-            return await self._script(keys=keys, args=arguments)
+            verdicts = await self._script(keys=keys, args=arguments)
+        return [verdicts[3 * index : 3 * index + 3] for index in range(len(batch))]
 
     def _hit_id(self) -> str:
         return f"{self._hit_prefix}{next(self._hits):x}"

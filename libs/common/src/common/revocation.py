@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
@@ -36,6 +35,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from common.auth import InvalidToken, Principal
+from common.batching import Batches
 from common.errors import ServiceUnavailable
 from common.settings import CommonSettings
 
@@ -45,12 +45,6 @@ _CACHE_MAX = 50_000
 _POLL_SECONDS = 1.0
 # The most cut-offs one MGET reads.
 READ_BATCH_MAX = 64
-
-
-def _retrieved(future: asyncio.Future[int]) -> None:
-    """Mark a read's error as seen: its requests may all have gone (asyncio logs it else)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def revoked_before_key(prefix: str, user_id: uuid.UUID) -> str:
@@ -89,11 +83,15 @@ class Revocations:
         # Told of every announced revocation (realtime closes the user's sockets).
         self._on_revoke = on_revoke
         self._pubsub: PubSub | None = None
-        # Cut-offs wanted and not yet read (one future per user, shared by its requests),
-        # and the task reading them.
+        # Cut-offs wanted at the same moment, read by one MGET (`common.batching`), and
+        # the reads in flight by user: a user's concurrent requests share one.
+        self._reads: Batches[uuid.UUID, int] = Batches(self._read, max_size=READ_BATCH_MAX)
         self._wanted: dict[uuid.UUID, asyncio.Future[int]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self.batches_read = 0
+
+    @property
+    def batches_read(self) -> int:
+        """MGETs made so far."""
+        return self._reads.sent
 
     @classmethod
     def from_settings(
@@ -124,47 +122,18 @@ class Revocations:
             return remembered[0]
         wanted = self._wanted.get(user_id)
         if wanted is None:
-            wanted = self._wanted[user_id] = asyncio.get_running_loop().create_future()
-            wanted.add_done_callback(_retrieved)
-            if self._reader is None:
-                self._reader = asyncio.create_task(self._read_batches())
+            wanted = self._wanted[user_id] = self._reads.submit(user_id)
+            wanted.add_done_callback(lambda _: self._wanted.pop(user_id, None))
         # Shielded: a request cancelled while it waits leaves the read to the others.
         return await asyncio.shield(wanted)
 
-    async def _read_batches(self) -> None:
-        """Read the wanted cut-offs, up to `READ_BATCH_MAX` per MGET, one MGET at a time.
-
-        The task starts on the loop's next turn, so its first MGET holds every
-        cut-off the requests of this turn want; those wanted while it is in
-        flight go in the next. A failed read fails its requests' checks, which
-        `check` answers as before (the token is accepted, the failure logged).
-        """
-        try:
-            while self._wanted:
-                batch = list(itertools.islice(self._wanted.items(), READ_BATCH_MAX))
-                for user_id, _ in batch:
-                    del self._wanted[user_id]
-                keys = [revoked_before_key(self._prefix, user_id) for user_id, _ in batch]
-                try:
-                    values = await self._redis.mget(keys)
-                except asyncio.CancelledError:
-                    for _, wanted in [*batch, *self._wanted.items()]:
-                        wanted.cancel()
-                    self._wanted.clear()
-                    raise
-                except Exception as exc:
-                    for _, wanted in batch:
-                        if not wanted.done():
-                            wanted.set_exception(exc)
-                    continue
-                self.batches_read += 1
-                for (user_id, wanted), value in zip(batch, values, strict=True):
-                    cutoff = int(value) if value is not None else 0
-                    self._remember(user_id, cutoff)
-                    if not wanted.done():
-                        wanted.set_result(cutoff)
-        finally:
-            self._reader = None
+    async def _read(self, users: list[uuid.UUID]) -> list[int]:
+        """The cut-offs of `users`, read by one MGET and remembered."""
+        values = await self._redis.mget([revoked_before_key(self._prefix, user) for user in users])
+        cutoffs = [int(value) if value is not None else 0 for value in values]
+        for user_id, cutoff in zip(users, cutoffs, strict=True):
+            self._remember(user_id, cutoff)
+        return cutoffs
 
     async def check(self, principal: Principal) -> None:
         """Raise `InvalidToken` if the principal's token was issued before its user's cut-off.

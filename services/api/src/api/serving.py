@@ -339,13 +339,7 @@ class ConnectionTable:
 
     def fewest_elsewhere(self) -> int | None:
         """The lowest count of the other live workers (None: no other worker accepts)."""
-        now = time.monotonic_ns()
-        fewest = None
-        for slot in range(_SLOTS):
-            live = self._live(slot, now) if slot != self._slot else None
-            if live is not None:
-                fewest = live[1] if fewest is None else min(fewest, live[1])
-        return fewest
+        return min(self.live_elsewhere().values(), default=None)
 
     def release(self) -> None:
         """Free the slot: this worker accepts no more."""
