@@ -190,9 +190,9 @@ class TestUnhandledError:
         assert record.exc_info is not None
         assert isinstance(record.exc_info[1], RuntimeError)
         [line] = [
-            json.loads(text)
-            for text in json_caplog.text.splitlines()
-            if '"logger": "common.errors"' in text
+            record
+            for record in map(json.loads, json_caplog.text.splitlines())
+            if record["logger"] == "common.errors"
         ]
         assert line["request_id"] == "crash-req-0001"
         assert "Traceback" in line["exc_info"]

@@ -78,6 +78,12 @@ class TestJsonFormatter:
         assert line["status"] == 503
         assert line["path"] == "/health/ready"
 
+    def test_an_integer_beyond_64_bits_is_still_written(self) -> None:
+        line = _format(_record(count=2**70, when=datetime(2026, 1, 2)))
+        assert line["count"] == 2**70
+        assert line["when"] == "2026-01-02T00:00:00"
+        assert line["message"] == "hello world"
+
     def test_traceback_is_included(self) -> None:
         try:
             raise RuntimeError("boom")

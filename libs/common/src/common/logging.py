@@ -1,20 +1,28 @@
-"""JSON-lines logging for every process, with the request id on each record."""
+"""JSON-lines logging for every process, with the request id on each record.
+
+Each record is one compact line of JSON on stdout, encoded by orjson through
+python-json-logger's `OrjsonFormatter`: 185k -> 152k instructions per access
+line against its stdlib-json formatter (docs/performance.md, the fourteenth
+pass).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import sys
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
+from pythonjsonlogger.json import JsonEncoder
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from common.request_context import get_request_id
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-class JsonFormatter(_BaseJsonFormatter):
+class JsonFormatter(OrjsonFormatter):
     """One JSON object per line: timestamp, level, logger, message, request_id, extras."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -30,6 +38,14 @@ class JsonFormatter(_BaseJsonFormatter):
 
         moment = datetime.fromtimestamp(record.created, tz=UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except TypeError:
+            # What orjson refuses and the standard library writes: an integer
+            # beyond 64 bits. The line is still written, whatever its extras hold.
+            return json.dumps(log_data, cls=JsonEncoder, separators=(",", ":"))
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
