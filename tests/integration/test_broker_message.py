@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -18,12 +19,14 @@ PER_SEND = {"delivery_tag", "reply_to"}
 
 
 def _without_per_send(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its body decoded (the same JSON, however spaced) and no per-send field."""
     properties = {k: v for k, v in message["properties"].items() if k not in PER_SEND}
-    return {**message, "properties": properties}
+    body = json.loads(base64.b64decode(message["body"]))
+    return {**message, "body": body, "properties": properties}
 
 
 class TestJobMessage:
-    """The bytes `job_message` gives are what kombu's Redis transport stores for the same job."""
+    """`job_message` gives what kombu's Redis transport stores for the same job (as JSON)."""
 
     @pytest.mark.parametrize(
         ("request_id", "traceparent"),
