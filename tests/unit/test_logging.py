@@ -78,9 +78,14 @@ class TestJsonFormatter:
         assert line["status"] == 503
         assert line["path"] == "/health/ready"
 
-    def test_an_integer_beyond_64_bits_is_still_written(self) -> None:
-        line = _format(_record(count=2**70, when=datetime(2026, 1, 2)))
-        assert line["count"] == 2**70
+    @pytest.mark.parametrize(
+        "refused",
+        [2**70, "/jobs/\udc80"],  # beyond 64 bits; a lone surrogate (not UTF-8)
+        ids=["big-integer", "lone-surrogate"],
+    )
+    def test_what_orjson_refuses_is_still_written(self, refused: object) -> None:
+        line = _format(_record(value=refused, when=datetime(2026, 1, 2)))
+        assert line["value"] == refused
         assert line["when"] == "2026-01-02T00:00:00"
         assert line["message"] == "hello world"
 

@@ -44,7 +44,8 @@ class JsonFormatter(OrjsonFormatter):
             return super().jsonify_log_record(log_data)
         except TypeError:
             # What orjson refuses and the standard library writes: an integer
-            # beyond 64 bits. The line is still written, whatever its extras hold.
+            # beyond 64 bits, a string with a lone surrogate (not UTF-8). The
+            # line is still written, whatever its extras hold.
             return json.dumps(log_data, cls=JsonEncoder, separators=(",", ":"))
 
     def add_fields(
