@@ -6,6 +6,7 @@ in tests/integration/test_http_edge.py and test_metrics_api.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,12 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.middleware import BodySizeLimitMiddleware, EdgeMiddleware, HostCheckMiddleware
+from common.middleware import (
+    LOGGED_PATH_MAX,
+    BodySizeLimitMiddleware,
+    EdgeMiddleware,
+    HostCheckMiddleware,
+)
 from common.request_context import get_request_id
 
 MAX_BYTES = 1024
@@ -154,6 +160,28 @@ class TestRequestId:
         [(state_id, context_id)] = inner.calls
         assert state_id is not None
         assert context_id == state_id
+
+
+class TestAccessLog:
+    """One access line per request; a path longer than the bound is cut, with its length."""
+
+    @pytest.mark.parametrize(
+        ("length", "cut"), [(LOGGED_PATH_MAX, False), (LOGGED_PATH_MAX + 1, True), (60_000, True)]
+    )
+    async def test_the_logged_path_is_bounded(
+        self, caplog: pytest.LogCaptureFixture, length: int, cut: bool
+    ) -> None:
+        path = "/" + "p" * (length - 1)
+        caplog.set_level(logging.INFO, logger="access")
+        async with _client(_app(_edge())) as client:
+            assert (await client.get(path)).status_code == 404
+        [record] = [r for r in caplog.records if r.name == "access"]
+        logged = record.__dict__["path"]
+        if cut:
+            assert logged == f"{path[:LOGGED_PATH_MAX]}... ({length:,} characters)"
+        else:
+            assert logged == path
+        assert record.getMessage() == f"GET {logged} 404"
 
 
 class TestBodySizeLimitMiddleware:

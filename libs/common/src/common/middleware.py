@@ -33,6 +33,8 @@ _VARY_ORIGIN = (b"vary", b"Origin")
 # Set by `EdgeMiddleware` in a request's scope: whether its response has started.
 _RESPONSE_STARTED = "common.response_started"
 _access_logger = logging.getLogger("access")
+# The most characters of a request's path the access log writes.
+LOGGED_PATH_MAX = 1024
 _LENGTH_FRAMED = frozenset({"1.0", "1.1"})
 _error_logger = logging.getLogger("common.errors")
 
@@ -112,7 +114,8 @@ class EdgeMiddleware:
       except one the response set itself (the docs' CSP);
       `Server-Timing: app;dur=<ms>`; `X-Request-ID`; and those decided after
       the handler returned (`add_late_headers`);
-    - **access log**: one JSON line per request with status and duration
+    - **access log**: one JSON line per request with status and duration (a
+      path longer than `LOGGED_PATH_MAX` cut, its length noted)
       (`skip_paths` only when they succeed), and with `metrics` the HTTP metrics
       from the same timing.
 
@@ -229,16 +232,21 @@ class EdgeMiddleware:
             seconds = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.finished(scope, status, seconds)
-            if scope["path"] not in self.skip_paths or status >= 400:
+            path = scope["path"]
+            if path not in self.skip_paths or status >= 400:
                 client = scope.get("client")
+                if len(path) > LOGGED_PATH_MAX:
+                    # uvicorn takes paths of tens of KiB (60,000 characters pass): the
+                    # log keeps their start and length, not a line that long per request.
+                    path = f"{path[:LOGGED_PATH_MAX]}... ({len(path):,} characters)"
                 _access_logger.info(
                     "%s %s %d",
                     scope["method"],
-                    scope["path"],
+                    path,
                     status,
                     extra={
                         "method": scope["method"],
-                        "path": scope["path"],
+                        "path": path,
                         "status": status,
                         "duration_ms": round(seconds * 1000, 2),
                         "client": client[0] if client else None,
