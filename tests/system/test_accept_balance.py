@@ -53,30 +53,42 @@ async def _connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.Stream
     return reader, writer
 
 
-async def _burst(server: Server) -> tuple[list[asyncio.StreamWriter], dict[int, int]]:
-    """Open CONNECTIONS keep-alive connections at once, one request answered on each."""
+async def _burst(server: Server) -> tuple[list[asyncio.StreamWriter], dict[int, int], int]:
+    """Open CONNECTIONS keep-alive connections at once, one request answered on each.
+
+    Also how many the server ended after their answer (`Connection: close`): a
+    worker that sees a sibling start after it shares out its connections so
+    (`api.serving._State.share_with_newcomers`), which the suite's first burst
+    can meet while the module's server is starting.
+    """
     pairs = await asyncio.gather(*(_connect(server) for _ in range(CONNECTIONS)))
+    ended = 0
     for reader, _ in pairs:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
         assert head.startswith(b"HTTP/1.1 200"), head
+        lines = [line.lower() for line in head.split(b"\r\n")]
+        ended += b"connection: close" in lines
         length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
+            int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:")
         )
         await reader.readexactly(length)
-    return [writer for _, writer in pairs], _held_by_worker(server)
+    return [writer for _, writer in pairs], _held_by_worker(server), ended
 
 
 async def test_a_burst_of_connections_is_shared_by_both_workers(api_server: Server) -> None:
-    spreads = []
+    spreads, ended = [], []
     for _ in range(BURSTS):
-        writers, held = await _burst(api_server)
+        writers, held, closed = await _burst(api_server)
         spreads.append(sorted(held.values()))
+        ended.append(closed)
         for writer in writers:
             writer.close()
         await asyncio.gather(*(writer.wait_closed() for writer in writers))
 
-    assert all(sum(spread) == CONNECTIONS and len(spread) == 2 for spread in spreads), spreads
-    assert all(spread[0] >= AT_LEAST for spread in spreads), spreads
-    assert sum(spread[0] for spread in spreads) / BURSTS >= AT_LEAST_ON_AVERAGE, spreads
+    # Every connection is held by a worker, or was ended by the server after its answer.
+    assert all(
+        sum(spread) + closed == CONNECTIONS and len(spread) == 2
+        for spread, closed in zip(spreads, ended, strict=True)
+    ), (spreads, ended)
+    assert all(spread[0] >= AT_LEAST for spread in spreads), (spreads, ended)
+    assert sum(spread[0] for spread in spreads) / BURSTS >= AT_LEAST_ON_AVERAGE, (spreads, ended)

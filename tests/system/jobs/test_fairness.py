@@ -22,10 +22,13 @@ class TestRunningJobsPerUser:
     async def test_a_backlog_does_not_delay_another_users_job_beyond_one_slot(
         self, stack: JobsStack, job_row: JobRow
     ) -> None:
-        # Two worker slots (two workers of one process each), as on Render.
-        alice, bob, *_ = await asyncio.gather(
-            stack.new_user(), stack.new_user(), stack.start_worker(), stack.start_worker()
+        # Two worker slots (two workers of one process each), as on Render. The two
+        # sign-ups one after the other: at once, on a loaded machine, the second could
+        # wait past the hashing wait for the first's hash and get the API's 503.
+        _, _, alice = await asyncio.gather(
+            stack.start_worker(), stack.start_worker(), stack.new_user()
         )
+        bob = await stack.new_user()
         backlog = [await alice.post_job("demo.countdown", LONG) for _ in range(10)]
         short = await bob.post_job("demo.countdown", {"steps": 1, "interval": 0})
         assert (await bob.wait_until_final(short["id"], within=60))["state"] == "succeeded"
