@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bench import wrk
@@ -134,6 +135,7 @@ class TestEvenAfterAReplacement:
 
         # Keep-alive connections that live as long as the client: nothing else moves them.
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        master = psutil.Process(server.pid)
         try:
             async with httpx.AsyncClient(
                 base_url=server.base_url, limits=limits, timeout=10.0
@@ -142,9 +144,25 @@ class TestEvenAfterAReplacement:
                 try:
                     first = server.worker_pids()
                     await eventually(lambda: set(served) >= first, within=15, interval=0.1)
+                    retiree, survivor = min(first), max(first)
+                    # The master held still, so the replacement cannot exist before every
+                    # client has reconnected to the survivor (on a slow machine it could
+                    # start while the retiree still ends its connections, and take them).
+                    master.suspend()
                     # Retired as a recycle retires it: its connections end cleanly, and
                     # their clients reconnect to the only worker then accepting.
-                    os.kill(min(first), signal.SIGTERM)
+                    os.kill(retiree, signal.SIGTERM)
+                    await eventually(
+                        lambda: psutil.Process(retiree).status() == psutil.STATUS_ZOMBIE,
+                        within=30,
+                        interval=0.1,
+                    )
+                    # Each of the 8 loops may yet append one answer the retiree gave before
+                    # it exited; every answer after those is the survivor's.
+                    mark = len(served) + 8
+                    await eventually(lambda: len(served) >= mark + 50, within=15, interval=0.1)
+                    assert set(served[mark:]) == {survivor}
+                    master.resume()
 
                     def replacement() -> int | None:
                         new = server.worker_pids() - first
@@ -161,6 +179,11 @@ class TestEvenAfterAReplacement:
                     stop.set()
                     await asyncio.gather(*loops)
         finally:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                master.resume()
             await server.stop()
         assert +errors == Counter(), errors
-        assert "connections for new worker(s)" in server.log()
+        # The survivor held all 8 when the replacement appeared, and ended its excess:
+        # an even share of 8 between two workers leaves it 4.
+        shed = f"worker {survivor}: ending 4 of its 8 connections for new worker(s) [{fresh}]"
+        assert shed in server.log()
