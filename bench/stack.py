@@ -45,6 +45,7 @@ from common.broker import create_celery
 from common.contracts.tasks import JOBS_QUEUE
 from common.settings import CommonSettings
 from devharness.database import migrated_database
+from devharness.polling import eventually
 from devharness.processes import ManagedProcess, start_process
 from devharness.ratelimits import GENEROUS_RATE_LIMIT_ENV
 from devharness.services import ROOT, ServiceUrls, provide_services, services_named_by
@@ -174,8 +175,11 @@ class Stack:
         finally:
             try:
                 # Requests the load generator gave up on may still be in an intake
-                # round, holding these users' key-share locks: Postgres may pick
-                # this statement to end a deadlock, and it is tried again.
+                # round, holding these users' key-share locks: the delete waits for
+                # the database to be quiet, which ends the deadlocks Postgres broke
+                # by failing a request (a 500 in the API's log) or this statement.
+                # Should one happen still, the statement is tried again.
+                await _quiet(connection)
                 for attempt in range(5):
                     try:
                         await connection.execute("DELETE FROM users WHERE id = ANY($1)", ids)
@@ -319,3 +323,21 @@ def database() -> Iterator[tuple[ServiceUrls, str]]:
     """The services and a fresh database migrated to head (dropped on exit); outside any loop."""
     with services() as urls, migrated_database(urls.postgres) as database_url:
         yield urls, database_url
+
+
+_BUSY_BACKENDS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend' AND state IN ('active', 'idle in transaction')
+"""
+
+
+async def _quiet(connection: Any, *, within: float = 10.0) -> None:
+    """Until no other session of the database runs a statement or holds a transaction open
+    (at most `within` seconds: a poll that never rests is left to the retries)."""
+
+    async def quiet() -> bool:
+        return not await connection.fetchval(_BUSY_BACKENDS)
+
+    with contextlib.suppress(TimeoutError):
+        await eventually(quiet, within=within, interval=0.05)
