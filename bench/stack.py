@@ -175,10 +175,10 @@ class Stack:
         finally:
             try:
                 # Requests the load generator gave up on may still be in an intake
-                # round, holding these users' key-share locks: the delete waits for
-                # the database to be quiet, which ends the deadlocks Postgres broke
-                # by failing a request (a 500 in the API's log) or this statement.
-                # Should one happen still, the statement is tried again.
+                # round, holding these users' key-share locks. The delete waits for
+                # the database to be quiet, so Postgres need not break a deadlock by
+                # failing one of those requests (a 500 in the API's log) or this
+                # statement; should it still fail this one, it is tried again.
                 await _quiet(connection)
                 for attempt in range(5):
                     try:
@@ -333,8 +333,8 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 
 
 async def _quiet(connection: Any, *, within: float = 10.0) -> None:
-    """Until no other session of the database runs a statement or holds a transaction open
-    (at most `within` seconds: a poll that never rests is left to the retries)."""
+    """Until no other session of the database runs a statement or holds a transaction open,
+    for at most `within` seconds (a session busy for longer is left to the delete's retries)."""
 
     async def quiet() -> bool:
         return not await connection.fetchval(_BUSY_BACKENDS)
