@@ -24,6 +24,7 @@ from common.middleware import (
     BodySizeLimitMiddleware,
     EdgeMiddleware,
     HostCheckMiddleware,
+    UnhandledErrorMiddleware,
 )
 from common.request_context import get_request_id
 
@@ -182,6 +183,24 @@ class TestAccessLog:
         else:
             assert logged == path
         assert record.getMessage() == f"GET {logged} 404"
+
+    async def test_an_unhandled_errors_line_bounds_the_path_too(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def fail(request: Request) -> JSONResponse:
+            raise RuntimeError("boom")
+
+        app = Starlette(
+            routes=[Route("/{rest:path}", fail)],
+            middleware=[_edge(), Middleware(UnhandledErrorMiddleware)],
+        )
+        path = "/" + "p" * 59_999
+        caplog.set_level(logging.ERROR, logger="common.errors")
+        async with _client(app) as client:
+            assert (await client.get(path)).status_code == 500
+        [record] = [r for r in caplog.records if r.name == "common.errors"]
+        cut = f"{path[:LOGGED_PATH_MAX]}... (60,000 characters)"
+        assert record.getMessage() == f"unhandled error on GET {cut}"
 
 
 class TestBodySizeLimitMiddleware:

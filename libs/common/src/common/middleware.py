@@ -33,10 +33,18 @@ _VARY_ORIGIN = (b"vary", b"Origin")
 # Set by `EdgeMiddleware` in a request's scope: whether its response has started.
 _RESPONSE_STARTED = "common.response_started"
 _access_logger = logging.getLogger("access")
-# The most characters of a request's path the access log writes.
+# The most characters of a request's path a log line writes (`logged_path`).
 LOGGED_PATH_MAX = 1024
 _LENGTH_FRAMED = frozenset({"1.0", "1.1"})
 _error_logger = logging.getLogger("common.errors")
+
+
+def logged_path(path: str) -> str:
+    """A request's path as a log line carries it: cut after `LOGGED_PATH_MAX` characters,
+    with its length noted. uvicorn takes paths of tens of KiB (60,000 characters pass)."""
+    if len(path) <= LOGGED_PATH_MAX:
+        return path
+    return f"{path[:LOGGED_PATH_MAX]}... ({len(path):,} characters)"
 
 
 def add_late_headers(scope: Scope, headers: dict[str, str]) -> None:
@@ -232,13 +240,9 @@ class EdgeMiddleware:
             seconds = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.finished(scope, status, seconds)
-            path = scope["path"]
-            if path not in self.skip_paths or status >= 400:
+            if scope["path"] not in self.skip_paths or status >= 400:
                 client = scope.get("client")
-                if len(path) > LOGGED_PATH_MAX:
-                    # uvicorn takes paths of tens of KiB (60,000 characters pass): the
-                    # log keeps their start and length, not a line that long per request.
-                    path = f"{path[:LOGGED_PATH_MAX]}... ({len(path):,} characters)"
+                path = logged_path(scope["path"])
                 _access_logger.info(
                     "%s %s %d",
                     scope["method"],
@@ -352,7 +356,9 @@ class UnhandledErrorMiddleware:
         try:
             await self.app(scope, receive, tracked or send)
         except Exception:
-            _error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            _error_logger.exception(
+                "unhandled error on %s %s", scope["method"], logged_path(scope["path"])
+            )
             started = tracked.response_started if tracked else scope[_RESPONSE_STARTED]
             if started:
                 raise
