@@ -113,6 +113,11 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def missed(rows: list[Row]) -> list[Row]:
+    """The rows whose target was missed; an informative row (`met` None) has none to miss."""
+    return [row for row in rows if row["met"] is False]
+
+
 def markdown(rows: list[Row], facts: dict[str, Any]) -> str:
     """results.md: the table, then the machine."""
     lines = [
@@ -125,8 +130,9 @@ def markdown(rows: list[Row], facts: dict[str, Any]) -> str:
         cells = [row[key] for key in ("scenario", "metric", "ours", "baseline", "unit")]
         cells += [row["ratio"], row["target"], row["met"], row["note"]]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
-    met = sum(1 for row in rows if row["met"])
-    lines += ["", f"{met} of {len(rows)} targets met.", "", "## Configuration", ""]
+    targets = [row for row in rows if row["met"] is not None]  # not the informative rows
+    met = len(targets) - len(missed(rows))
+    lines += ["", f"{met} of {len(targets)} targets met.", "", "## Configuration", ""]
     lines.append(
         "Every service ran its render.yaml `startCommand` with its env vars resolved as "
         "`make rehearse` resolves them; these differed:"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import wrk
-from bench.report import make_row, markdown, write_results
+from bench.report import make_row, markdown, missed, write_results
 
 needs_wrk = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
@@ -153,6 +153,20 @@ class TestReport:
 
         assert row["met"] is False
         assert row["note"].startswith("ERRORS")
+
+    def test_informative_rows_are_neither_targets_nor_misses(self) -> None:
+        # `--strict` exits 1 exactly when `missed` is not empty.
+        informative = {
+            "scenario": "fan-out", "metric": "server CPU per frame", "ours": 12.5,
+            "baseline": 21.3, "unit": "us", "ratio": 1.7, "target": "-", "met": None, "note": "",
+        }  # fmt: skip
+        kept = make_row("A", "x", ours=90, baseline=100, unit="req/s", target=0.85,
+                        higher_is_better=True)  # fmt: skip
+        lost = make_row("B", "y", ours=3, baseline=1, unit="ms", target=2, higher_is_better=False)
+
+        assert missed([informative, kept]) == []
+        assert missed([informative, kept, lost]) == [lost]
+        assert "1 of 2 targets met." in markdown([informative, kept, lost], {})
 
     def test_results_are_written_with_the_miss_visible(self, tmp_path: Path) -> None:
         rows = [
