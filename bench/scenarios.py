@@ -285,10 +285,12 @@ async def login_storm(targets: Targets, profile: Profile) -> tuple[list[Row], di
         storms.append(await storm_task)
     idle, loaded = _median_p99(idle_runs), _median_p99(loaded_runs)
     storm = _median(storms)
+    probe_errors = [run.describe_errors() for run in loaded_runs if run.error_count]
     note = (
         f"{storm.rate:.1f} logins/s on {profile.storm_connections} connections "
-        f"(errors {storm.error_count}); p50 {idle.latency_ms['p50']:.2f} -> "
+        f"(errors {storm.describe_errors()}); p50 {idle.latency_ms['p50']:.2f} -> "
         f"{loaded.latency_ms['p50']:.2f} ms"
+        + (f"; probe errors {'; '.join(probe_errors)}" if probe_errors else "")
     )
     row = make_row(
         "Login storm",

@@ -46,6 +46,11 @@ class WrkResult:
     def error_count(self) -> int:
         return sum(self.errors.values())
 
+    def describe_errors(self) -> str:
+        """`0`, or the count and its kinds: `7: timeout 5, status 2`."""
+        kinds = ", ".join(f"{kind} {count}" for kind, count in self.errors.items() if count)
+        return f"{self.error_count}: {kinds}" if kinds else "0"
+
 
 def wrk_path() -> str:
     """The wrk executable; `WrkError` with how to install it when absent."""

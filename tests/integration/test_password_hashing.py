@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -126,6 +127,25 @@ class TestParameters:
         answer = await client.post("/v1/auth/token", data={"username": email, "password": "x" * 12})
         assert_problem(answer, 401)
         assert await _stored_hash(db_engine, email) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux scheduling")
+class TestPriority:
+    """A hash runs at the lowest CPU priority, in its worker's session (so its autogroup)."""
+
+    async def test_a_hash_in_flight_is_idle_priority_in_the_workers_session(
+        self, slow_hashing: SlowHashing
+    ) -> None:
+        client, known = await slow_hashing()
+        email = f"idle-{uuid.uuid4().hex[:10]}@example.com"
+        pending = asyncio.create_task(_post_register(client, email))
+        (child,) = await eventually(_hashing_children(known), within=10)
+        (server,) = _hash_servers() - known
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        # A session of its own would be an autogroup of its own, which Linux weighs
+        # against the worker's (here the test process) as an equal, whatever the policy.
+        assert os.getsid(server) == os.getsid(child.pid) == os.getsid(0)
+        assert (await pending).status_code == 201
 
 
 class TestFullBudget:
