@@ -75,6 +75,15 @@ def _hashing_children(known: set[int]) -> Callable[[], Awaitable[list[psutil.Pro
     return probe
 
 
+async def _registering(
+    client: httpx.AsyncClient, known: set[int], email: str
+) -> tuple[asyncio.Task[httpx.Response], list[psutil.Process]]:
+    """Start registering `email`; once its hash runs, the request and the hashing children."""
+    pending = asyncio.create_task(_post_register(client, email))
+    children = await eventually(_hashing_children(known), within=10)
+    return pending, children
+
+
 SlowHashing = Callable[..., Awaitable[tuple[httpx.AsyncClient, set[int]]]]
 
 
@@ -138,8 +147,7 @@ class TestPriority:
     ) -> None:
         client, known = await slow_hashing()
         email = f"idle-{uuid.uuid4().hex[:10]}@example.com"
-        pending = asyncio.create_task(_post_register(client, email))
-        (child,) = await eventually(_hashing_children(known), within=10)
+        pending, (child,) = await _registering(client, known, email)
         (server,) = _hash_servers() - known
         assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
         # A session of its own would be an autogroup of its own, which Linux weighs
@@ -159,8 +167,7 @@ class TestFullBudget:
             password_hash_concurrency=1, password_hash_wait_seconds=0
         )
         email = f"busy-{uuid.uuid4().hex[:10]}@example.com"
-        first = asyncio.create_task(_post_register(client, email))
-        await eventually(_hashing_children(known), within=10)
+        first, _ = await _registering(client, known, email)
         answer = await _post_register(client, f"x{email}")
         body = assert_problem(answer, 503)
         assert body["title"] == "Service busy"
@@ -173,8 +180,7 @@ class TestFullBudget:
     ) -> None:
         client, known = await slow_hashing()
         email = f"kill-{uuid.uuid4().hex[:10]}@example.com"
-        pending = asyncio.create_task(_post_register(client, email))
-        children = await eventually(_hashing_children(known), within=10)
+        pending, children = await _registering(client, known, email)
         os.kill(children[0].pid, signal.SIGKILL)  # what the OOM killer would do
         body = assert_problem(await pending, 503)
         assert "ended by signal 9" in body["detail"]
@@ -185,8 +191,7 @@ class TestFullBudget:
     async def test_a_killed_hashing_server_is_replaced(self, slow_hashing: SlowHashing) -> None:
         client, known = await slow_hashing()
         email = f"server-{uuid.uuid4().hex[:10]}@example.com"
-        pending = asyncio.create_task(_post_register(client, email))
-        await eventually(_hashing_children(known), within=10)
+        pending, _ = await _registering(client, known, email)
         (server,) = _hash_servers() - known
         os.kill(server, signal.SIGKILL)
         # The hash in flight lives in its own process and still answers.
