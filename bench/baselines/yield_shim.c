@@ -1,7 +1,7 @@
 /* Preloaded (LD_PRELOAD) into the argon2 tool by bench/floor.py for its
- * informative row, C Argon2 that gives its CPU away: an interval timer's
- * SIGALRM calls sched_yield(2) every YIELD_EVERY_US microseconds, so that
- * whatever else waits for the CPU runs.
+ * floor row, C Argon2 that gives its CPU away as the API's hashes do: an
+ * interval timer's SIGALRM calls sched_yield(2) every YIELD_EVERY_US
+ * microseconds, so that whatever else waits for the CPU runs.
  */
 #include <sched.h>
 #include <signal.h>

@@ -1,7 +1,8 @@
 """The hashing server: `python -m api.auth._hash_server`, one per API worker, started by it.
 
 A small fork server. It imports only what Argon2 needs (the argon2-cffi
-binding, about 7 MiB of memory in all), lowers its CPU priority, and then, for
+binding, about 7 MiB of memory in all), lowers its CPU priority (`NICE`
+steps below its worker), and then, for
 each request line read on stdin, forks a child that hashes or verifies and
 writes one answer line to stdout. A child is a copy-on-write copy of this
 small process, so it costs the Argon2 memory of its hash and little more, and
@@ -16,6 +17,16 @@ Protocol, one JSON object per line:
     <- {"id": 8, "valid": true, "rehash": null}     (a new hash when params changed)
     <- {"id": 9, "error": "..."}                    (bad request, or the child died)
 
+A child gives its CPU away every `YIELD_EVERY` seconds while it hashes: an
+interval timer's SIGALRM runs `sched_yield(2)` itself, as a C handler (a
+Python handler would run only once Argon2 returns). A request that wakes on a
+core where a hash runs then waits at most that long, on kernels whose
+wake-ups do not preempt a task in user space until the next scheduler tick
+(up to 4 ms at 250 Hz) as well as on those that do. A nice value, not
+`SCHED_IDLE`, keeps a share of the CPU for hashes under a load that keeps
+every core busy, so logins slow down there but do not starve (see
+docs/performance.md, the seventeenth pass).
+
 Every answer is written with one `write` shorter than PIPE_BUF, so answers of
 concurrent children never interleave. The server exits when stdin closes (its
 worker is gone); children in flight finish first.
@@ -24,10 +35,12 @@ worker is gone); children in flight finish first.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -35,20 +48,50 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 # Longer request lines are refused (the API bounds passwords far below this).
 MAX_LINE = 64 * 1024
+# How far below its worker a hash runs: CPU weight 335 against the worker's 1024, so a
+# hash gets a quarter of a core its worker keeps busy (at SCHED_IDLE, 3: it starved).
+NICE = 5
+# How often a hash gives its CPU away (seconds): a hash costs 3-4% more alone
+# (a timer interrupt in a VM is not free), and a waking request waits at most this.
+YIELD_EVERY = 0.0005
 _OUT = sys.stdout.fileno()
 # Children in flight: pid -> request id, to answer for one that dies without answering.
 _pending: dict[int, int] = {}
 
 
 def _lower_priority() -> None:
-    # SCHED_IDLE: a hash runs on CPU time nothing else in the instance wants, and
-    # a request that wakes up preempts it at once (Linux); children inherit it.
-    # Elsewhere, or if refused, the lowest nice value does nearly as well.
+    # Lowering is always allowed; children inherit it.
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.nice(NICE)
+
+
+def _install_yield() -> bool:
+    """Make SIGALRM call `sched_yield` in C (children inherit it); whether that worked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        install = libc.signal
+        install.restype = ctypes.c_void_p
+        install.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        handler = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    # glibc's and musl's signal(3) install with SA_RESTART: no call fails with EINTR.
+    failed = ctypes.c_void_p(-1).value  # SIG_ERR
+    previous: int | None = install(signal.SIGALRM, handler)
+    return previous != failed
+
+
+@contextlib.contextmanager
+def yielding(every: float) -> Iterator[None]:
+    """Within: SIGALRM every `every` seconds (0: none), so the handler gives the CPU away."""
+    if every <= 0:
+        yield
         return
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(19)
+    signal.setitimer(signal.ITIMER_REAL, every, every)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _write(answer: dict[str, Any]) -> None:
@@ -73,9 +116,10 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     return {"id": request["id"], "valid": True, "rehash": rehash}
 
 
-def _serve_one(request: dict[str, Any]) -> None:
+def _serve_one(request: dict[str, Any], *, yield_every: float) -> None:
     try:
-        result = answer(request)
+        with yielding(yield_every):
+            result = answer(request)
     except Exception as exc:
         result = {"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"[:500]}
     _write(result)
@@ -99,6 +143,7 @@ def _reap(signum: int = 0, frame: object = None) -> None:
 def main() -> None:
     """Serve requests from stdin until it closes."""
     _lower_priority()
+    yield_every = YIELD_EVERY if _install_yield() else 0.0
     signal.signal(signal.SIGCHLD, _reap)
     # The worker stops us by closing stdin; its SIGINT/SIGTERM are not ours to act on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -122,7 +167,7 @@ def main() -> None:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 try:
-                    _serve_one(request)
+                    _serve_one(request, yield_every=yield_every)
                 finally:
                     os._exit(0)
             _pending[pid] = request_id

@@ -4,8 +4,10 @@ Each API worker hashes in its own small fork server (`api.auth._hash_server`),
 started on the first login: one process of about 7 MiB that imports only
 Argon2 and forks a child per hash, so a hash costs its Argon2 memory and
 little more. Processes rather than threads: a hashing thread would share the
-interpreter lock with the event loop. The hashes run at the lowest CPU
-priority (SCHED_IDLE), so the requests of the worker are served first.
+interpreter lock with the event loop. The hashes run five nice steps below
+the worker and give their CPU away every half millisecond, so a request that
+wakes waits for a hash at most that long, and a hash still gets a share of a
+busy CPU (see `api.auth._hash_server`).
 
 How many hashes run at once, and how much memory they may hold, is a
 `HashingPlan` sized from the memory budget (`api.capacity`). A hash reserves
