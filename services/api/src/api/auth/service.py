@@ -83,7 +83,7 @@ async def login(
     the current ones is replaced, in the same transaction, by the one the
     check computed; `last_login_at` is set in that transaction too.
     """
-    user = await users_service.get_user_by_email(session, email)
+    user = await users_service.get_credentials(session, email)
     # The connection goes back to the pool while the hash waits and runs (up to
     # PASSWORD_HASH_WAIT_SECONDS and more): a burst of logins must not hold them all.
     await session.commit()
@@ -92,10 +92,8 @@ async def login(
     )
     if user is None or not is_valid or not user.is_active:
         raise InvalidCredentials("Incorrect email or password.")
-    if rehashed is not None:
-        user.password_hash = rehashed
-    await users_service.record_login(session, user_id=user.id)
-    return await _issue_pair(session, settings, user_id=user.id, family_id=uuid.uuid4())
+    await users_service.record_login(session, user_id=user.user_id, password_hash=rehashed)
+    return await _issue_pair(session, settings, user_id=user.user_id, family_id=uuid.uuid4())
 
 
 async def refresh(session: AsyncSession, settings: ApiSettings, *, refresh_token: str) -> TokenPair:

@@ -6,6 +6,7 @@ Hashing is `api.auth`'s: this module stores hashes it is given.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -16,6 +17,15 @@ from api.users.errors import EmailTaken, WeakPassword
 from api.users.models import User
 
 _MIN_DISTINCT_CHARACTERS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The columns a login checks."""
+
+    user_id: uuid.UUID
+    password_hash: str
+    is_active: bool
 
 
 def check_password_strength(password: str, *, email: str, min_length: int) -> None:
@@ -61,14 +71,30 @@ async def create_user(session: AsyncSession, *, email: str, password_hash: str) 
     return user
 
 
-async def record_login(session: AsyncSession, *, user_id: uuid.UUID) -> None:
-    """Set `last_login_at` to now."""
-    # No synchronize_session: the session's copy of the user, if any, is expired at commit,
-    # and evaluating the WHERE against it cost a login about 0.4 ms of CPU.
+async def get_credentials(session: AsyncSession, email: str) -> Credentials | None:
+    """What a login checks for `email` (compared case-insensitively): three columns, no object."""
+    row = (
+        await session.execute(
+            select(User.id, User.password_hash, User.is_active).where(
+                func.lower(User.email) == email.lower()
+            )
+        )
+    ).one_or_none()
+    return None if row is None else Credentials(*row)
+
+
+async def record_login(
+    session: AsyncSession, *, user_id: uuid.UUID, password_hash: str | None = None
+) -> None:
+    """Set `last_login_at` to now, and store `password_hash` when one is given (a rehash)."""
+    values: dict[str, object] = {"last_login_at": datetime.now(UTC)}
+    if password_hash is not None:
+        values["password_hash"] = password_hash
+    # No synchronize_session: no User object of this session is read after a login.
     await session.execute(
         update(User)
         .where(User.id == user_id)
-        .values(last_login_at=datetime.now(UTC))
+        .values(values)
         .execution_options(synchronize_session=False)
     )
 
