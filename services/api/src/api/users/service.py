@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,9 +44,14 @@ def check_password_strength(password: str, *, email: str, min_length: int) -> No
         raise WeakPassword("The password must not contain the email address.")
 
 
+def _has_email(email: str) -> ColumnElement[bool]:
+    """The users whose email is `email` in any letter case (the unique index's expression)."""
+    return func.lower(User.email) == email.lower()
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     """The user with `email`, compared case-insensitively."""
-    result = await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+    result = await session.execute(select(User).where(_has_email(email)))
     return result.scalar_one_or_none()
 
 
@@ -73,13 +78,8 @@ async def create_user(session: AsyncSession, *, email: str, password_hash: str) 
 
 async def get_credentials(session: AsyncSession, email: str) -> Credentials | None:
     """What a login checks for `email` (compared case-insensitively): three columns, no object."""
-    row = (
-        await session.execute(
-            select(User.id, User.password_hash, User.is_active).where(
-                func.lower(User.email) == email.lower()
-            )
-        )
-    ).one_or_none()
+    query = select(User.id, User.password_hash, User.is_active).where(_has_email(email))
+    row = (await session.execute(query)).one_or_none()
     return None if row is None else Credentials(*row)
 
 
