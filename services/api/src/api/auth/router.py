@@ -13,7 +13,14 @@ from starlette.requests import HTTPConnection
 
 from api.auth import login_attempts
 from api.auth import service as auth_service
-from api.auth.schemas import LoginForm, PasswordChange, RefreshRequest, TokenResponse, UserCreate
+from api.auth.schemas import (
+    LoginForm,
+    PasswordChange,
+    RefreshRequest,
+    TokenResponse,
+    UserCreate,
+    login_form,
+)
 from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
 from api.users.dependencies import CurrentUser
 from api.users.schemas import UserRead
@@ -89,7 +96,7 @@ def publish_password_rule(app: FastAPI, *, min_length: int) -> None:
     responses=problem_responses(401, 422),
 )
 async def token(
-    form: Annotated[LoginForm, Depends()],
+    form: Annotated[LoginForm, Depends(login_form)],
     response: Response,
     connection: HTTPConnection,
     session: DbSession,
