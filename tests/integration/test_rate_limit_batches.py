@@ -100,6 +100,62 @@ class TestOneCallForConcurrentHits:
         assert gone.cancelled()
 
 
+class TestChains:
+    """`hit_chain`: hits in order, each counted only while the ones before it were allowed."""
+
+    async def test_the_first_denied_hit_ends_the_chain_and_the_rest_are_not_counted(
+        self, redis: Redis, redis_key_prefix: str
+    ) -> None:
+        limiter = _limiter(
+            redis,
+            new_prefix(redis_key_prefix),
+            by_ip="5/minute",
+            account="1/minute",
+            tier="3/minute",
+        )
+        chain = [("by_ip", "ip:a"), ("account", "acct:a"), ("tier", "acct:a")]
+        first = await limiter.hit_chain(chain)
+        assert [(d.policy.name, d.allowed, d.remaining) for d in first if d] == [
+            ("by_ip", True, 4),
+            ("account", True, 0),
+            ("tier", True, 2),
+        ]
+        second = await limiter.hit_chain(chain)
+        assert [(d.policy.name, d.allowed) for d in second if d] == [
+            ("by_ip", True),
+            ("account", False),
+        ]
+        # The tier was not counted by the refused attempt: two of its three are left.
+        assert [(d.allowed, d.remaining) for d in [await limiter.hit("tier", "acct:a")] if d] == [
+            (True, 1)
+        ]
+
+    async def test_concurrent_chains_share_one_call_and_stay_exact(
+        self, redis: Redis, redis_key_prefix: str
+    ) -> None:
+        limiter = _limiter(redis, new_prefix(redis_key_prefix), by_ip="4/minute", tier="10/minute")
+        chains = await asyncio.gather(
+            *(limiter.hit_chain([("by_ip", "ip:a"), ("tier", "acct:a")]) for _ in range(6))
+        )
+        assert limiter.batches_sent == 1
+        # Four pass both counts; the two refused by address take no slot of the tier.
+        assert [len(chain) for chain in chains] == [2, 2, 2, 2, 1, 1]
+        tier = await limiter.hit("tier", "acct:a")
+        assert tier is not None
+        assert tier.remaining == 10 - 4 - 1
+
+    async def test_a_failed_call_answers_each_hit_by_its_policy_in_order(self) -> None:
+        broken = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+        try:
+            limiter = _limiter(broken, "broken:", reads="5/minute", closed_auth="5/minute")
+            open_only = await limiter.hit_chain([("reads", "ip:a"), ("reads", "user:a")])
+            with pytest.raises(RateLimitUnavailable):
+                await limiter.hit_chain([("reads", "ip:a"), ("closed_auth", "user:a")])
+        finally:
+            await broken.aclose()
+        assert open_only == [None, None]
+
+
 class TestFailures:
     async def test_each_hit_of_a_failed_call_follows_its_policy(self) -> None:
         # Nothing listens on a fresh free port: the call is refused at once.

@@ -33,7 +33,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -132,44 +132,55 @@ class Decision:
 
 # KEYS: one window's sorted set per hit (member: a unique hit id, score: its time
 # in µs); a key may come more than once. ARGV: for each hit in turn, its limit,
-# window in µs and id. Each hit, in order, drops its window's entries older than
-# the window, counts the rest and is recorded if it fits. Returns, flattened, per
-# hit: {allowed 0|1, remaining, µs until the oldest hit in the window leaves it
-# (the window, if none)}.
+# window in µs, id, and whether it is chained to the hit before it (1 or 0). Each
+# hit, in order, drops its window's entries older than the window, counts the rest
+# and is recorded if it fits; a chained hit whose predecessor was not allowed is
+# skipped (not counted). Returns, flattened, per hit: {allowed 1|0 (-1 skipped),
+# remaining, µs until the oldest hit in the window leaves it (the window, if none)}.
 _HITS_LUA = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local verdicts = {}
+local allowed = 1
 for index, key in ipairs(KEYS) do
-  local base = (index - 1) * 3
+  local base = (index - 1) * 4
   local limit, window = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local count = redis.call('ZCARD', key)
-  local allowed = 0
-  if count < limit then
-    redis.call('ZADD', key, now, ARGV[base + 3])
-    redis.call('PEXPIRE', key, math.ceil(window / 1000))
-    count, allowed = count + 1, 1
+  if ARGV[base + 4] == '1' and allowed ~= 1 then
+    allowed = -1
+    verdicts[#verdicts + 1] = -1
+    verdicts[#verdicts + 1] = 0
+    verdicts[#verdicts + 1] = 0
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    allowed = 0
+    if count < limit then
+      redis.call('ZADD', key, now, ARGV[base + 3])
+      redis.call('PEXPIRE', key, math.ceil(window / 1000))
+      count, allowed = count + 1, 1
+    end
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local reset = window
+    if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+    verdicts[#verdicts + 1] = allowed
+    verdicts[#verdicts + 1] = limit - count
+    verdicts[#verdicts + 1] = reset
   end
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  local reset = window
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-  verdicts[#verdicts + 1] = allowed
-  verdicts[#verdicts + 1] = limit - count
-  verdicts[#verdicts + 1] = reset
 end
 return verdicts
 """
-# The most hits one script call counts (about 10 µs of Redis's time each).
+# The most requests' hits one script call counts (about 10 µs of Redis's time per
+# hit; a request's chain, `RateLimiter.hit_chain`, may hold several).
 BATCH_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
-class _Hit:
-    """A hit waiting for its batch: its key and script arguments."""
+class _Hits:
+    """One request's hits waiting for their batch: keys and script arguments, in order
+    (each hit after the first chained to the one before it)."""
 
-    key: str
-    arguments: tuple[int, int, str]
+    keys: tuple[str, ...]
+    arguments: tuple[int | str, ...]
 
 
 class RateLimiter:
@@ -185,7 +196,7 @@ class RateLimiter:
         self._hit_prefix = os.urandom(6).hex()
         self._hits = itertools.count()
         # Hits of the same moment counted by one script call (`common.batching`).
-        self._batches: Batches[_Hit, list[int]] = Batches(self._evalsha, max_size=BATCH_MAX)
+        self._batches: Batches[_Hits, list[int]] = Batches(self._evalsha, max_size=BATCH_MAX)
 
     @property
     def batches_sent(self) -> int:
@@ -201,27 +212,37 @@ class RateLimiter:
             redis, key_prefix=settings.redis_key_prefix, policies=build_policies(settings, specs)
         )
 
-    def _count(self, key: str, *arguments: Any) -> asyncio.Future[list[int]]:
-        """Queue one hit; its verdict comes with the next batch (`common.batching`).
-        A failed call fails each of its hits, which `hit` answers by its policy."""
-        return self._batches.submit(_Hit(key, arguments))
+    def _count(self, policies: list[Policy], keys: tuple[str, ...]) -> asyncio.Future[list[int]]:
+        """Queue one request's hits; their verdicts, flattened, come with the next batch
+        (`common.batching`). A failed call fails each of its requests, which `hit_chain`
+        answers by each policy."""
+        arguments: list[int | str] = []
+        for index, policy in enumerate(policies):
+            chained = 1 if index else 0
+            arguments += [policy.item.amount, policy.window * 1_000_000, self._hit_id(), chained]
+        return self._batches.submit(_Hits(keys, tuple(arguments)))
 
-    async def _evalsha(self, batch: list[_Hit]) -> list[list[int]]:
-        """The hits script by its digest (EVALSHA as one command); each hit's verdict.
+    async def _evalsha(self, batch: list[_Hits]) -> list[list[int]]:
+        """The hits script by its digest (EVALSHA as one command); each request's verdicts.
 
         redis-py's script object costs about as much client CPU per call as the
         command itself; it is used only to load the script when Redis lost it
         (a restart, SCRIPT FLUSH).
         """
-        keys = [hit.key for hit in batch]
-        arguments = [argument for hit in batch for argument in hit.arguments]
+        keys = [key for hits in batch for key in hits.keys]
+        arguments = [argument for hits in batch for argument in hits.arguments]
         try:
             verdicts = await self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._script.sha, len(keys), *keys, *arguments
             )
         except NoScriptError:
             verdicts = await self._script(keys=keys, args=arguments)
-        return [verdicts[3 * index : 3 * index + 3] for index in range(len(batch))]
+        answers, start = [], 0
+        for hits in batch:
+            end = start + 3 * len(hits.keys)
+            answers.append(verdicts[start:end])
+            start = end
+        return answers
 
     def _hit_id(self) -> str:
         return f"{self._hit_prefix}{next(self._hits):x}"
@@ -239,25 +260,43 @@ class RateLimiter:
         None when Redis failed and the policy fails open; `RateLimitUnavailable`
         when it fails closed.
         """
-        policy = self.policies[name]
+        return (await self.hit_chain([(name, key)]))[0]
+
+    async def hit_chain(self, hits: Sequence[tuple[str, str]]) -> list[Decision | None]:
+        """Count `hits` (policy name, key) in order, each only if the one before was allowed.
+
+        One round trip for them all, atomic in Redis, as if each were a `hit`
+        made after the one before it was answered: the decisions end with the
+        first denied hit, and the hits after it are not counted. When Redis
+        fails, each hit is answered by its policy, in order: None if it fails
+        open, `RateLimitUnavailable` at the first that fails closed.
+        """
+        policies = [self.policies[name] for name, _ in hits]
+        keys = tuple(
+            self._key(policy, key) for policy, (_, key) in zip(policies, hits, strict=True)
+        )
         try:
-            allowed, remaining, reset_us = await self._count(
-                self._key(policy, key),
-                policy.item.amount,
-                policy.window * 1_000_000,
-                self._hit_id(),
-            )
+            verdicts = await self._count(policies, keys)
         except (RedisError, OSError) as exc:
-            self._note_unavailable(policy, exc)
-            if policy.fail_open:
-                return None
-            raise RateLimitUnavailable(
-                "Temporarily unable to serve this request; try again shortly.",
-            ) from exc
-        if not allowed:
-            RATE_LIMIT_REJECTIONS.labels(name).inc()
-        reset_after = max(1, math.ceil(int(reset_us) / 1_000_000))
-        return Decision(policy, bool(allowed), max(0, int(remaining)), reset_after)
+            answers: list[Decision | None] = []
+            for policy in policies:
+                self._note_unavailable(policy, exc)
+                if not policy.fail_open:
+                    raise RateLimitUnavailable(
+                        "Temporarily unable to serve this request; try again shortly.",
+                    ) from exc
+                answers.append(None)
+            return answers
+        decisions: list[Decision | None] = []
+        for index, policy in enumerate(policies):
+            allowed, remaining, reset_us = verdicts[3 * index : 3 * index + 3]
+            if not allowed:
+                RATE_LIMIT_REJECTIONS.labels(policy.name).inc()
+            reset_after = max(1, math.ceil(int(reset_us) / 1_000_000))
+            decisions.append(Decision(policy, bool(allowed), max(0, int(remaining)), reset_after))
+            if not allowed:
+                break
+        return decisions
 
     async def clear(self, name: str, key: str) -> None:
         """Forget every hit of `key` under policy `name` (best effort)."""

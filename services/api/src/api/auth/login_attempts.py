@@ -1,8 +1,9 @@
 """Brute-force protection of the login, without letting a stranger lock anyone out.
 
-Three counts, each one atomic Redis script taken before the password is
+Three counts, taken in order by one atomic Redis script before the password is
 checked, so N concurrent guesses cannot slip past a limit of N and a refused
-attempt costs no password work:
+attempt costs no password work. The first refusal ends the chain: the counts
+after it are not taken.
 
 - `login_ip`: every attempt from one client address, whatever the account.
 - `login_account`: failures on one account *from one address*. An attacker
@@ -65,23 +66,30 @@ def _known_key(prefix: str, attempt: LoginAttempt) -> str:
 async def admit_login(limiter: RateLimiter, *, email: str, ip: str) -> LoginAttempt:
     """Take a slot for this attempt in every count or raise 429.
 
-    A denied global count does not refuse the attempt yet: `LoginAttempt.
-    globally_locked` holds it, and `check_known_address` decides after the
-    password check.
+    The counts are taken in order, in one round trip (`RateLimiter.hit_chain`):
+    the first refusal ends the chain, and the counts after it are not taken. A
+    denied global count does not refuse the attempt yet: `LoginAttempt.
+    globally_locked` holds it, and `refuse_unless_known` decides.
     """
     attempt = LoginAttempt(account_key(email), ip, None)
-    by_ip = await limiter.hit(LOGIN_IP, f"ip:{ip}")
-    if by_ip is not None and not by_ip.allowed:
-        raise rate_limited(by_ip, "Too many login attempts from this address; try again later.")
-    by_account = await limiter.hit(LOGIN_ACCOUNT, attempt.account_at_ip)
-    if by_account is not None and not by_account.allowed:
-        raise rate_limited(by_account, "Too many failed logins for this account; try again later.")
-    for name in limiter.policies:
-        if name.partition(".")[0] != LOGIN_ACCOUNT_GLOBAL:
+    tiers = [name for name in limiter.policies if name.partition(".")[0] == LOGIN_ACCOUNT_GLOBAL]
+    decisions = await limiter.hit_chain(
+        [
+            (LOGIN_IP, f"ip:{ip}"),
+            (LOGIN_ACCOUNT, attempt.account_at_ip),
+            *((name, attempt.account) for name in tiers),
+        ]
+    )
+    for decision in decisions:
+        if decision is None or decision.allowed:
             continue
-        tier = await limiter.hit(name, attempt.account)
-        if tier is not None and not tier.allowed:
-            return LoginAttempt(attempt.account, ip, tier)
+        if decision.policy.name == LOGIN_IP:
+            detail = "Too many login attempts from this address; try again later."
+            raise rate_limited(decision, detail)
+        if decision.policy.name == LOGIN_ACCOUNT:
+            detail = "Too many failed logins for this account; try again later."
+            raise rate_limited(decision, detail)
+        return LoginAttempt(attempt.account, ip, decision)
     return attempt
 
 
