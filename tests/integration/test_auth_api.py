@@ -5,13 +5,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.auth import service as auth_service
+from api.auth.errors import InvalidCredentials
+from api.auth.models import RefreshToken
+from api.auth.passwords import PasswordHasher
 from api.main import create_app
 from api.settings import ApiSettings
 from api.users.models import User
@@ -201,6 +205,48 @@ class TestLogin:
 
         recorded = await eventually(last_login)
         assert recorded.utcoffset() is not None
+
+    async def test_an_account_disabled_while_its_password_is_checked_gets_no_tokens(
+        self, user: RegisteredUser, db_engine: AsyncEngine, settings: ApiSettings
+    ) -> None:
+        # The login's read and its write are separate statements with the hash between
+        # them; the write stores nothing for an account disabled in that gap.
+        user_id = uuid.UUID(user.id)
+
+        async def tokens_and_last_login() -> tuple[int, datetime | None]:
+            async with db_engine.connect() as connection:
+                tokens = await connection.scalar(
+                    select(func.count()).where(RefreshToken.user_id == user_id)
+                )
+                last = await connection.scalar(select(User.last_login_at).where(User.id == user_id))
+            return int(tokens or 0), last
+
+        class DisablingHasher:
+            """Accepts the password, having disabled the account meanwhile."""
+
+            async def verify_and_update(
+                self, password: str, password_hash: str | None
+            ) -> tuple[bool, str | None]:
+                async with db_engine.begin() as connection:
+                    await connection.execute(
+                        update(User).where(User.id == user_id).values(is_active=False)
+                    )
+                return True, "$argon2id$rehash-that-must-not-be-stored"
+
+        before = await tokens_and_last_login()
+        with pytest.raises(InvalidCredentials):
+            await auth_service.login(
+                db_engine,
+                settings,
+                email=user.email,
+                password=PASSWORD,
+                hasher=cast(PasswordHasher, DisablingHasher()),
+            )
+        assert await tokens_and_last_login() == before
+        async with db_engine.connect() as connection:
+            stored = await connection.scalar(select(User.password_hash).where(User.id == user_id))
+        assert stored is not None
+        assert "rehash" not in stored
 
 
 class TestNoStore:

@@ -24,7 +24,7 @@ from api.auth.schemas import (
 from api.dependencies import Hasher, Limiter, RedisClient, Revocations, Settings
 from api.users.dependencies import CurrentUser
 from api.users.schemas import UserRead
-from common.db import DbSession
+from common.db import DbEngine, DbSession
 from common.openapi import problem_responses
 from common.ratelimit import client_ip, rate_limit
 
@@ -99,7 +99,7 @@ async def token(
     form: Annotated[LoginForm, Depends(login_form)],
     response: Response,
     connection: HTTPConnection,
-    session: DbSession,
+    engine: DbEngine,
     settings: Settings,
     hasher: Hasher,
     limiter: Limiter,
@@ -111,7 +111,7 @@ async def token(
     )
     await login_attempts.refuse_unless_known(redis, attempt, prefix=prefix)
     pair = await auth_service.login(
-        session, settings, email=form.username, password=form.password, hasher=hasher
+        engine, settings, email=form.username, password=form.password, hasher=hasher
     )
     await login_attempts.record_success(
         limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days

@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import String, Uuid, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.auth.errors import InvalidCredentials, InvalidRefreshToken, WrongPassword
 from api.auth.models import RefreshToken
@@ -22,6 +22,7 @@ from api.users import service as users_service
 from api.users.errors import InactiveUser
 from api.users.models import User
 from common.auth import issue_access_token
+from common.db import driver_connection, driver_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,18 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _pair(settings: ApiSettings, *, user_id: uuid.UUID, refresh: str) -> TokenPair:
+    return TokenPair(
+        access_token=issue_access_token(settings, subject=user_id),
+        refresh_token=refresh,
+        expires_in=settings.access_token_ttl_seconds,
+    )
+
+
+def _refresh_expiry(settings: ApiSettings) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_seconds)
+
+
 async def _issue_pair(
     session: AsyncSession, settings: ApiSettings, *, user_id: uuid.UUID, family_id: uuid.UUID
 ) -> TokenPair:
@@ -48,14 +61,45 @@ async def _issue_pair(
             user_id=user_id,
             family_id=family_id,
             token_hash=_digest(refresh),
-            expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_seconds),
+            expires_at=_refresh_expiry(settings),
         )
     )
-    return TokenPair(
-        access_token=issue_access_token(settings, subject=user_id),
-        refresh_token=refresh,
-        expires_in=settings.access_token_ttl_seconds,
+    return _pair(settings, user_id=user_id, refresh=refresh)
+
+
+# A login's writes as one statement, built once for the driver and run outside a
+# transaction, where it is atomic by itself: the user's `last_login_at` (and a
+# rehash) set, and the new family's first refresh token inserted, only if the
+# account still exists and is active. One round trip, where a session's UPDATE and
+# INSERT also send BEGIN and COMMIT.
+_LOGGED_IN = (
+    update(User)
+    .where(User.id == bindparam("user_id", type_=Uuid), User.is_active)
+    .values(
+        last_login_at=func.now(),
+        password_hash=func.coalesce(bindparam("rehash", type_=String), User.password_hash),
     )
+    .returning(User.id)
+    .cte("logged_in")
+)
+_RECORD_LOGIN = driver_sql(
+    insert(RefreshToken).from_select(
+        ["id", "user_id", "family_id", "token_hash", "expires_at"],
+        select(
+            bindparam("token_id", type_=Uuid),
+            _LOGGED_IN.c.id,
+            bindparam("family_id", type_=Uuid),
+            bindparam("token_hash", type_=String),
+            bindparam("expires_at", type_=RefreshToken.expires_at.type),
+        ),
+    ),
+    "token_id",
+    "family_id",
+    "token_hash",
+    "expires_at",
+    "rehash",
+    "user_id",
+)
 
 
 async def register(
@@ -70,7 +114,7 @@ async def register(
 
 
 async def login(
-    session: AsyncSession,
+    engine: AsyncEngine,
     settings: ApiSettings,
     *,
     email: str,
@@ -80,20 +124,32 @@ async def login(
     """Check the credentials, record the login and start a new token family.
 
     One error for every failure. A hash made with other Argon2 parameters than
-    the current ones is replaced, in the same transaction, by the one the
-    check computed; `last_login_at` is set in that transaction too.
+    the current ones is replaced by the one the check computed, in the statement
+    that sets `last_login_at` and stores the refresh token. Two statements in
+    all, each its own transaction; no connection is held while the hash waits
+    and runs (up to PASSWORD_HASH_WAIT_SECONDS and more), so a burst of logins
+    cannot hold them all.
     """
-    user = await users_service.get_credentials(session, email)
-    # The connection goes back to the pool while the hash waits and runs (up to
-    # PASSWORD_HASH_WAIT_SECONDS and more): a burst of logins must not hold them all.
-    await session.commit()
+    user = await users_service.get_credentials(engine, email)
     is_valid, rehashed = await hasher.verify_and_update(
         password, user.password_hash if user else None
     )
     if user is None or not is_valid or not user.is_active:
         raise InvalidCredentials("Incorrect email or password.")
-    await users_service.record_login(session, user_id=user.user_id, password_hash=rehashed)
-    return await _issue_pair(session, settings, user_id=user.user_id, family_id=uuid.uuid4())
+    refresh = secrets.token_urlsafe(32)
+    async with driver_connection(engine) as connection:
+        status = await connection.execute(
+            _RECORD_LOGIN,
+            uuid.uuid4(),
+            uuid.uuid4(),
+            _digest(refresh),
+            _refresh_expiry(settings),
+            rehashed,
+            user.user_id,
+        )
+    if status != "INSERT 0 1":  # deleted or disabled while its password was checked
+        raise InvalidCredentials("Incorrect email or password.")
+    return _pair(settings, user_id=user.user_id, refresh=refresh)
 
 
 async def refresh(session: AsyncSession, settings: ApiSettings, *, refresh_token: str) -> TokenPair:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import BindParameter, ColumnElement, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.users.errors import EmailTaken, WeakPassword
 from api.users.models import User
+from common.db import driver_connection, driver_sql
 
 _MIN_DISTINCT_CHARACTERS = 5
 
@@ -44,14 +44,21 @@ def check_password_strength(password: str, *, email: str, min_length: int) -> No
         raise WeakPassword("The password must not contain the email address.")
 
 
-def _has_email(email: str) -> ColumnElement[bool]:
-    """The users whose email is `email` in any letter case (the unique index's expression)."""
-    return func.lower(User.email) == email.lower()
+def _has_email(lowered: str | BindParameter[str]) -> ColumnElement[bool]:
+    """The users whose email, lower-cased, is `lowered` (the unique index's expression)."""
+    return func.lower(User.email) == lowered
+
+
+# Built once, for the driver: a login's read is one prepared statement, with no transaction.
+_CREDENTIALS = driver_sql(
+    select(User.id, User.password_hash, User.is_active).where(_has_email(bindparam("email"))),
+    "email",
+)
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     """The user with `email`, compared case-insensitively."""
-    result = await session.execute(select(User).where(_has_email(email)))
+    result = await session.execute(select(User).where(_has_email(email.lower())))
     return result.scalar_one_or_none()
 
 
@@ -76,27 +83,15 @@ async def create_user(session: AsyncSession, *, email: str, password_hash: str) 
     return user
 
 
-async def get_credentials(session: AsyncSession, email: str) -> Credentials | None:
-    """What a login checks for `email` (compared case-insensitively): three columns, no object."""
-    query = select(User.id, User.password_hash, User.is_active).where(_has_email(email))
-    row = (await session.execute(query)).one_or_none()
+async def get_credentials(engine: AsyncEngine, email: str) -> Credentials | None:
+    """What a login checks for `email` (compared case-insensitively): three columns, no object.
+
+    One statement on the driver, outside a transaction (`common.db.driver_connection`):
+    a round trip, where a session's read also sends BEGIN and COMMIT.
+    """
+    async with driver_connection(engine) as connection:
+        row = await connection.fetchrow(_CREDENTIALS, email.lower())
     return None if row is None else Credentials(*row)
-
-
-async def record_login(
-    session: AsyncSession, *, user_id: uuid.UUID, password_hash: str | None = None
-) -> None:
-    """Set `last_login_at` to now, and store `password_hash` when one is given (a rehash)."""
-    values: dict[str, object] = {"last_login_at": datetime.now(UTC)}
-    if password_hash is not None:
-        values["password_hash"] = password_hash
-    # No synchronize_session: no User object of this session is read after a login.
-    await session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(values)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def set_password_hash(
