@@ -43,6 +43,7 @@ from fastapi.params import Depends as DependsParam
 from limits import RateLimitItem
 from pydantic import AfterValidator
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -298,11 +299,21 @@ class RateLimiter:
                 break
         return decisions
 
-    async def clear(self, name: str, key: str) -> None:
-        """Forget every hit of `key` under policy `name` (best effort)."""
+    async def clear(
+        self, name: str, key: str, *, also: Callable[[Pipeline], object] | None = None
+    ) -> None:
+        """Forget every hit of `key` under policy `name` (best effort).
+
+        `also` adds commands to the same round trip (a pipeline, not a transaction);
+        they fail with it.
+        """
         policy = self.policies[name]
+        pipeline = self._redis.pipeline(transaction=False)
+        pipeline.delete(self._key(policy, key))
+        if also is not None:
+            also(pipeline)
         try:
-            await self._redis.delete(self._key(policy, key))
+            await pipeline.execute()
         except (RedisError, OSError) as exc:
             self._note_unavailable(policy, exc)
 

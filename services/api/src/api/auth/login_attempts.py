@@ -23,10 +23,10 @@ Every identity is hashed into the limiter keys (`common.ratelimit.key_digest`).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common.ratelimit import Decision, RateLimiter, key_digest, rate_limited
@@ -108,13 +108,21 @@ async def refuse_unless_known(redis: Redis, attempt: LoginAttempt, *, prefix: st
 
 
 async def record_success(
-    limiter: RateLimiter, redis: Redis, attempt: LoginAttempt, *, prefix: str, remember_days: int
+    limiter: RateLimiter, attempt: LoginAttempt, *, prefix: str, remember_days: int
 ) -> None:
     """After a successful login: this address's failures on the account no longer count, and
-    the address is remembered as one the owner uses."""
-    await limiter.clear(LOGIN_ACCOUNT, attempt.account_at_ip)
-    if remember_days == 0:
-        return
-    # Best effort: without it the owner may wait out a global lock, nothing worse.
-    with contextlib.suppress(RedisError, OSError):
-        await redis.set(_known_key(prefix, attempt), b"1", ex=remember_days * 86_400)
+    the address is remembered as one the owner uses.
+
+    One round trip for both, best effort: if the count is not cleared, this
+    address's earlier failures still count; if the address is not remembered, the
+    owner may wait out a global lock; nothing worse.
+    """
+    known = _known_key(prefix, attempt)
+    seconds = remember_days * 86_400
+
+    def remember(pipeline: Pipeline) -> None:
+        pipeline.set(known, b"1", ex=seconds)
+
+    await limiter.clear(
+        LOGIN_ACCOUNT, attempt.account_at_ip, also=remember if remember_days else None
+    )

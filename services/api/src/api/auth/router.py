@@ -114,7 +114,7 @@ async def token(
         engine, settings, email=form.username, password=form.password, hasher=hasher
     )
     await login_attempts.record_success(
-        limiter, redis, attempt, prefix=prefix, remember_days=settings.login_known_address_days
+        limiter, attempt, prefix=prefix, remember_days=settings.login_known_address_days
     )
     return _token_response(response, pair)
 
