@@ -18,8 +18,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.jobs.intake import JobIntake, NewJob
+from api.jobs import intake as intake_module
+from api.jobs.intake import JobIntake, JobRow, NewJob
 from api.settings import ApiSettings
+from common import jobs_repository
 from common.contracts import events
 from common.contracts.job_kinds import DEMO_COUNTDOWN, REPORT_JOBS_SUMMARY
 from common.contracts.tasks import JOBS_QUEUE, RUN_JOB_TASK
@@ -40,6 +42,19 @@ from tests.fixtures.jobs import (
     stream_events,
 )
 from tests.fixtures.problems import assert_problem
+
+
+def _noop_job(user: RegisteredUser) -> NewJob:
+    """A one-step countdown of `user`'s, as the intake takes it from a request."""
+    return NewJob(
+        owner_id=uuid.UUID(user.id),
+        kind=DEMO_COUNTDOWN,
+        params={"steps": 1, "interval": 0},
+        idempotency_key=None,
+        request_hash="h",
+        request_id=None,
+        traceparent=None,
+    )
 
 
 class TestAccept:
@@ -100,20 +115,64 @@ class TestAccept:
         intake = JobIntake(
             db_engine, redis, redis, key_prefix=settings.redis_key_prefix, max_active=20
         )
-        job = NewJob(
-            owner_id=uuid.UUID(user.id),
-            kind=DEMO_COUNTDOWN,
-            params={"steps": 1, "interval": 0},
-            idempotency_key=None,
-            request_hash="h",
-            request_id=None,
-            traceparent=None,
-        )
+        job = _noop_job(user)
         answers = await asyncio.gather(*(intake.submit(job) for _ in range(8)))
         await intake.close()
         assert all(created for _, created in answers)
         rows = [await read_job(db_engine, str(row.id)) for row, _ in answers]
         assert all(row["sent_at"] is not None for row in rows), "left for the relay to resend"
+
+    async def test_a_round_s_marks_ride_with_the_next_insert_or_go_alone_after_the_delay(
+        self, user: RegisteredUser, settings: ApiSettings, db_engine: AsyncEngine, redis: Redis,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """A trickle of jobs costs one statement each, not two: a round's `sent_at`
+        marks wait for the next round's insert, up to `MARK_DELAY`; then they go in
+        a round of their own, and `close` sends what is still waiting."""
+        statements: list[tuple[str, list[uuid.UUID]]] = []
+        real_statement = intake_module._statement
+
+        async def observed(engine: AsyncEngine, sql: str, args: tuple[Any, ...]) -> Any:
+            if sql == jobs_repository.MARK_SENT:
+                statements.append(("mark", list(args[0])))
+            else:
+                statements.append(("insert", list(args[1])))
+            return await real_statement(engine, sql, args)
+
+        async def sent_at(row: JobRow) -> Any:
+            return (await read_job(db_engine, str(row.id)))["sent_at"]
+
+        monkeypatch.setattr(intake_module, "_statement", observed)
+        job = _noop_job(user)
+        waiting = JobIntake(
+            db_engine, redis, redis, key_prefix=settings.redis_key_prefix, max_active=20
+        )
+        monkeypatch.setattr(intake_module, "MARK_DELAY", 3600)
+        try:
+            first, _ = await waiting.submit(job)
+            # A read of the row is a round trip: long enough for a round of its own.
+            assert await sent_at(first) is None
+            assert statements == [("insert", [])]
+            second, _ = await waiting.submit(job)
+            assert await sent_at(first) is not None
+            assert statements == [("insert", []), ("insert", [first.id])]
+        finally:
+            await waiting.close()
+        assert statements[2:] == [("mark", [second.id])]
+        assert await sent_at(second) is not None
+
+        statements.clear()
+        monkeypatch.setattr(intake_module, "MARK_DELAY", 0.2)
+        alone = JobIntake(
+            db_engine, redis, redis, key_prefix=settings.redis_key_prefix, max_active=20
+        )
+        try:
+            third, _ = await alone.submit(job)
+            # No job follows: the mark goes by itself once the delay has passed.
+            assert await eventually(lambda: sent_at(third), within=10) is not None
+            assert statements == [("insert", []), ("mark", [third.id])]
+        finally:
+            await alone.close()
 
     async def test_job_queued_event_lands_in_the_owner_stream(
         self, user: RegisteredUser, queued_job: JobBody, user_events: UserEvents

@@ -13,8 +13,8 @@ requests have queued and handles it together:
 2. the `job.queued` events and then the messages go out in one Redis
    pipeline (events first: a worker may publish `job.started` as soon as it
    has the message), on the event loop, with no thread and no kombu producer;
-3. their `sent_at` is set by the next round's transaction (or a round of its
-   own when no job is waiting), and by `close` at shutdown.
+3. their `sent_at` is set by the next round's transaction, or by a round of
+   its own when no job arrived within `MARK_DELAY`, and by `close` at shutdown.
 
 A request gets its answer once its job is committed and its message sent:
 the 202 still means the job is committed. It does not wait for the `sent_at`
@@ -23,7 +23,12 @@ which a crash leaves a sent job unmarked (the relay then sends it a second
 time, and the worker's claim runs it once) is the same whether the answer
 waits or not, and waiting cost each request a whole round (the full
 profile's intake alone: 0.34x the bare send loop with it, 0.49x without; the
-thirteenth pass of docs/performance.md). Nothing waits for a batch to fill:
+thirteenth pass of docs/performance.md). The marks wait up to `MARK_DELAY`
+for a round that inserts, so a process taking a steady trickle of jobs does
+not pay a second statement per job (the twentieth pass); a crash in that
+window leaves them unmarked, and the relay sends them again after its grace
+(`RELAY_GRACE_SECONDS`, 5 s), which the worker's claim makes harmless.
+Nothing waits for a batch to fill:
 a round starts as soon as the previous one ends, so batches
 grow only when requests arrive faster than a round takes. The guarantees
 stay: a job is committed before its message leaves; an unsent one (broker
@@ -34,6 +39,7 @@ limit is exact under concurrency, across processes (the per-user lock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -54,6 +60,10 @@ from common.tracing import is_active as is_tracing
 
 _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
+# How long the `sent_at` marks of a round wait for the next round's insert to
+# carry them before they get a round of their own: well inside the relay's
+# grace, so a job is marked before the relay would take it for unsent.
+MARK_DELAY = 0.25
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class JobIntake:
         self._sent: list[uuid.UUID] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, job: NewJob) -> tuple[JobRow, bool]:
@@ -150,6 +161,9 @@ class JobIntake:
         their mark), then stop."""
         if self._task is None:
             return
+        # Marks waiting for a round that inserts go now, in one of their own.
+        self._closing = True
+        self._wakeup.set()
         # Not idle: a round is in progress or due (one may already have taken the
         # last marks out of `_sent`), and `_run` sets `_idle` once none is left.
         if not self._idle.is_set() and not self._task.done():
@@ -162,6 +176,8 @@ class JobIntake:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue or self._sent:
+                if not self._queue and not self._closing:
+                    await self._await_requests(MARK_DELAY)
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 sent, self._sent = self._sent, []
                 context = batch[0].context if batch else None
@@ -175,6 +191,14 @@ class JobIntake:
                         if not request.future.done():
                             request.future.set_exception(exc)
             self._idle.set()
+
+    async def _await_requests(self, seconds: float) -> None:
+        """Wait up to `seconds` for a request (or `close`) to wake the intake."""
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+        self._wakeup.clear()
 
     async def _round(self, batch: list[_Request], sent_ids: list[uuid.UUID]) -> None:
         firsts, repeats = _split_repeats(batch)
