@@ -16,6 +16,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +44,10 @@ class _Run:
         self.sent: dict[str, float] = {}
         self.received: dict[str, float] = {}
         self.expected = 0
-        self.failures = 0
+        # POSTs answered with another status than 202, by status (a 429 is the
+        # shipped active-job limit: the stack fell behind), and exchanges broken.
+        self.refused: Counter[int] = Counter()
+        self.broken = 0
         self.done = asyncio.Event()
 
     def arrived(self, job_id: str) -> None:
@@ -126,10 +130,10 @@ async def _post(poster: _Poster, run: _Run) -> None:
     try:
         status, body = await poster.post()
     except (OSError, ValueError, asyncio.IncompleteReadError):
-        run.failures += 1
+        run.broken += 1
         return
     if status != 202:
-        run.failures += 1
+        run.refused[status] += 1
         return
     run.sent[orjson.loads(body)["id"]] = started
     run.check()
@@ -249,16 +253,22 @@ def _rows(
         (run.received[job] - sent) * 1000 for job, sent in run.sent.items() if job in run.received
     ]
     lost = count - len(latencies)
+    # Of those: accepted (202) but no `job.succeeded` seen, refused, broken.
+    unseen = len(run.sent) - len(latencies)
+    why = [f"{unseen} accepted and not seen to succeed"] if unseen else []
+    why += [f"{n} answered {status}" for status, n in sorted(run.refused.items())]
+    why += [f"{run.broken} exchanges broken"] if run.broken else []
+    reasons = f" ({', '.join(why)})" if why else ""
     done = len(latencies) or 1
     cpu_per_job = {name: seconds * 1000 / done for name, seconds in sorted(used.items())}
     note = (
         f"{count} no-op jobs at {profile.e2e_rate:g}/s from {profile.e2e_users} users, "
         "open loop, running cap as shipped; "
         f"p90 {_percentile(latencies, 0.9):.1f} ms, max {max(latencies):.1f} ms, "
-        f"mean {statistics.fmean(latencies):.1f} ms; not completed {lost}"
+        f"mean {statistics.fmean(latencies):.1f} ms; not completed {lost}{reasons}"
         + "".join(f"; {name} CPU {ms:.2f} ms/job" for name, ms in cpu_per_job.items())
         if latencies
-        else f"no job completed of {count}"
+        else f"no job completed of {count}{reasons}"
     )
     valid = bool(latencies) and lost == 0
     rows = [

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import wrk
+from bench import e2e, wrk
+from bench.profiles import PROFILES
 from bench.report import make_row, markdown, missed, write_results
 
 needs_wrk = pytest.mark.skipif(
@@ -153,6 +154,25 @@ class TestReport:
 
         assert row["met"] is False
         assert row["note"].startswith("ERRORS")
+
+    def test_end_to_end_names_why_jobs_did_not_complete(self) -> None:
+        # Four of six jobs missing: one accepted and never seen to succeed, two
+        # refused by the active-job limit, one exchange broken. A refusal is not a loss.
+        run = e2e._Run()
+        run.sent = {"a": 0.0, "b": 0.0, "c": 0.0}
+        run.received = {"a": 0.010, "b": 0.020}
+        run.refused[429] += 2
+        run.broken = 1
+        profile = PROFILES["quick"]
+
+        rows, detail = e2e._rows(run, profile, 6, {"api": 0.02})
+
+        assert detail["latencies_ms"] == [10.0, 20.0]
+        assert all(row["met"] is False for row in rows)
+        assert (
+            "not completed 4 (1 accepted and not seen to succeed, 2 answered 429, "
+            "1 exchanges broken); api CPU 10.00 ms/job"
+        ) in rows[0]["note"]
 
     def test_informative_rows_are_neither_targets_nor_misses(self) -> None:
         # `--strict` exits 1 exactly when `missed` is not empty.
