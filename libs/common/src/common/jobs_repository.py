@@ -148,7 +148,17 @@ PURGE = _sql(
 
 # --- reads of the worker -------------------------------------------------------------
 
-OUTBOX_BACKLOG = _sql("SELECT count(*) FROM {jobs} WHERE state = '{queued}' AND sent_at IS NULL")
+# Queued jobs unsent for longer than `BACKLOG_AFTER_SECONDS`: the API marks a sent job
+# in its next round, up to 0.25 s later (`api.jobs.intake.MARK_DELAY`), so a job younger
+# than that may be sent already.
+BACKLOG_AFTER_SECONDS = 1.0
+OUTBOX_BACKLOG = _sql(
+    """
+    SELECT count(*) FROM {jobs}
+     WHERE state = '{queued}' AND sent_at IS NULL
+       AND created_at < now() - make_interval(secs => :after)
+    """
+)
 # Counts and duration percentiles of an owner's jobs but one, by kind and state.
 SUMMARY = _sql(
     """

@@ -125,7 +125,7 @@ class WorkerCollector(Collector):
         if backlog is not None:
             yield GaugeMetricFamily(
                 "jobs_outbox_backlog",
-                "Queued jobs whose message was never sent (the relay sends them).",
+                "Queued jobs whose message was not sent within a second (the relay sends them).",
                 value=backlog,
             )
 
@@ -140,7 +140,11 @@ class WorkerCollector(Collector):
     def _outbox_backlog(self) -> int | None:
         try:
             with self._engine.connect() as connection:
-                return int(connection.execute(jobs.OUTBOX_BACKLOG).scalar_one())
+                return int(
+                    connection.execute(
+                        jobs.OUTBOX_BACKLOG, {"after": jobs.BACKLOG_AFTER_SECONDS}
+                    ).scalar_one()
+                )
         except SQLAlchemyError as exc:
             _logger.warning("outbox backlog unavailable: %s", type(exc).__name__)
             return None
