@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,68 @@ class TestRetirementTurn:
 
     def test_without_a_scratch_directory_a_worker_retires_alone(self) -> None:
         assert RetirementTurn(None).take()
+
+    def test_the_worker_due_longest_goes_first(self, tmp_path: Path) -> None:
+        turn = RetirementTurn(tmp_path)
+        with _other_worker() as other:
+            _ask(tmp_path, other, asked=time.time() - 10, seen=time.time())
+
+            assert not turn.take(), "the other worker has been due for 10 s"
+            assert other in _waiting(tmp_path)
+            assert os.getpid() in _waiting(tmp_path), "this one waits in line"
+
+    def test_a_worker_due_after_this_one_waits_for_it(self, tmp_path: Path) -> None:
+        holder, turn = RetirementTurn(tmp_path), RetirementTurn(tmp_path)
+        assert holder.take()
+        assert not turn.take(), "one retires at a time"
+        holder.give_back()
+        assert holder.path is not None
+        ended_long_ago = time.time() - serving.RETIRE_SPACING - 1
+        os.utime(holder.path, (ended_long_ago, ended_long_ago))
+        with _other_worker() as other:
+            _ask(tmp_path, other, asked=time.time(), seen=time.time())
+
+            assert turn.take()
+            assert _waiting(tmp_path) == {other}
+
+    @pytest.mark.parametrize("gone", ["stopped asking", "exited"])
+    def test_a_worker_no_longer_asking_holds_nobody_up(self, tmp_path: Path, gone: str) -> None:
+        turn = RetirementTurn(tmp_path)
+        with _other_worker() as other:
+            if gone == "exited":
+                pid = other
+            else:
+                _ask(tmp_path, other, asked=time.time() - 10, seen=time.time() - 2)
+        if gone == "exited":
+            _ask(tmp_path, pid, asked=time.time() - 10, seen=time.time())
+
+        assert turn.take()
+        assert _waiting(tmp_path) == set()
+
+
+@contextlib.contextmanager
+def _other_worker() -> Iterator[int]:
+    """The pid of a live process standing in for another worker."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        yield process.pid
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait()
+
+
+def _ask(directory: Path, pid: int, *, asked: float, seen: float) -> None:
+    """Record `pid` in the retirement queue as a worker waiting for the turn."""
+    with (directory / serving._QUEUE_FILE).open("ab") as queue:
+        queue.write(serving._WAITER.pack(pid, asked, seen))
+
+
+def _waiting(directory: Path) -> set[int]:
+    data = (directory / serving._QUEUE_FILE).read_bytes()
+    return {pid for pid, _, _ in serving._WAITER.iter_unpack(data)}
 
 
 _PUBLISHER = """

@@ -11,8 +11,9 @@ SIGHUP, and by itself, to contain a slow leak:
 
 Retiring by itself, a worker waits its turn: one worker of a server at a time,
 and not within `RETIRE_SPACING` seconds of the last one's end, so that the
-others serve while its replacement starts (a lock file in the master's
-scratch directory, which the kernel releases if the worker dies).
+others serve while its replacement starts, the worker due longest first (a
+lock file in the master's scratch directory, which the kernel releases if the
+worker dies, and a queue file beside it).
 
 Retiring drops nothing. uvicorn's own shutdown closes every idle keep-alive
 connection at once, so a request its client sends at that moment is lost
@@ -76,6 +77,10 @@ _TICKS_PER_CHECK = 10  # uvicorn ticks every 0.1 s: check once a second
 _WORKER_BOOT_ERROR = 3  # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR
 _STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
 _LOCK_FILE = "api-retiring.lock"
+_QUEUE_FILE = "api-retiring.queue"
+_WAITER = struct.Struct("qdd")  # pid, when it first asked for the turn, when it last did
+# A due worker asks at every tick (0.1 s); one that has not for this long is no longer due.
+WAITER_STALE_AFTER = 1.0
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _STATM = Path("/proc/self/statm")
 _logger = logging.getLogger("api.serving")
@@ -206,15 +211,23 @@ class Recycling:
 
 
 class RetirementTurn:
-    """One retiring worker at a time per server, spaced: an flock on a file in `directory`.
+    """One retiring worker at a time per server, spaced, first due first served.
 
-    The file's mtime is when the last retiree finished; a worker whose lock
-    dies with it leaves the mtime as it was.
+    The turn is an flock on a file in `directory`, whose mtime is when the last
+    retiree finished (a worker whose lock dies with it leaves the mtime as it
+    was). The workers due to retire queue beside it: a worker asks for the turn
+    at every tick while it is due, and gets it only if no live worker has been
+    asking longer. Without the queue, whichever due worker ticked first after
+    the spacing took the turn each time (its tick's phase does not change), so
+    a fresh replacement could retire again and again before a worker due since
+    long before it.
     """
 
     def __init__(self, directory: Path | None) -> None:
         self.path = directory / _LOCK_FILE if directory is not None else None
+        self.queue = directory / _QUEUE_FILE if directory is not None else None
         self._fd: int | None = None
+        self._asked_at: float | None = None
 
     @classmethod
     def from_env(cls) -> RetirementTurn:
@@ -223,16 +236,46 @@ class RetirementTurn:
         return cls(Path(directory) if directory else None)
 
     def take(self) -> bool:
-        """True, holding the turn until `give_back`, if no other worker retires or just did."""
+        """True, holding the turn until `give_back`, if this worker is the longest due,
+        no other worker retires and none just did."""
         if self.path is None or self._fd is not None:
             return True
+        now = time.time()
+        if self._asked_at is None:
+            self._asked_at = now
+        try:
+            queue = os.open(self.queue, os.O_RDWR | os.O_CREAT, 0o600)  # type: ignore[arg-type]
+        except OSError:
+            return True  # no scratch directory to coordinate in: retire alone
+        try:
+            fcntl.flock(queue, fcntl.LOCK_EX)  # held for a read and a write
+            me = os.getpid()
+            waiters = {
+                pid: (asked, seen)
+                for pid, asked, seen in _WAITER.iter_unpack(_whole(queue))
+                if pid != me and now - seen < WAITER_STALE_AFTER and is_alive(pid)
+            }
+            first = min(waiters.items(), key=lambda item: (item[1][0], item[0]), default=None)
+            if (first is None or (self._asked_at, me) <= (first[1][0], first[0])) and (
+                self._take_lock()
+            ):
+                self._asked_at = None
+            else:
+                waiters[me] = (self._asked_at, now)
+            records = b"".join(_WAITER.pack(pid, *times) for pid, times in waiters.items())
+            os.ftruncate(queue, 0)
+            os.pwrite(queue, records, 0)
+        finally:
+            os.close(queue)  # unlocks
+        return self._fd is not None
+
+    def _take_lock(self) -> bool:
+        assert self.path is not None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.utime(fd, (0, 0))  # never retired yet
         except FileExistsError:
             fd = os.open(self.path, os.O_RDWR)
-        except OSError:
-            return True  # no scratch directory to coordinate in: retire alone
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -251,6 +294,12 @@ class RetirementTurn:
                 os.utime(self._fd)
             os.close(self._fd)
             self._fd = None
+
+
+def _whole(fd: int) -> bytes:
+    """The file's contents, whole records only."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    return data[: len(data) - len(data) % _WAITER.size]
 
 
 # accept() errors that a retry a moment later may get past (asyncio's own list):
