@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import select
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +30,9 @@ from tests.fixtures.api import AppClient
 from tests.fixtures.problems import assert_problem
 
 PASSWORD = "correct horse battery staple"
+# A hash takes 0.55-0.8 s beside a process spinning on its core (20-45 ms alone); one that
+# yields to the end took 10-15 s there.
+STARVED_AFTER = 5.0
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
 
 
@@ -171,6 +177,33 @@ class TestPriority:
         # against the worker's (here the test process) as an equal, whatever the nice value.
         assert os.getsid(server) == os.getsid(child.pid) == os.getsid(0)
         assert (await pending).status_code == 201
+
+    def test_a_hash_beside_a_process_that_never_sleeps_on_its_core_still_finishes(self) -> None:
+        # On Linux 6's EEVDF scheduler a task calling sched_yield every 0.5 ms got no CPU
+        # beside such a process: one hash took 10-15 s. Past `YIELD_FOR` it stops yielding.
+        cpu = min(os.sched_getaffinity(0))
+        with (
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) as hog,
+            subprocess.Popen(
+                [sys.executable, "-m", "api.auth._hash_server"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            ) as server,
+        ):
+            assert server.stdin is not None
+            assert server.stdout is not None
+            for process in (hog, server):  # a hash's child inherits its server's CPU
+                os.sched_setaffinity(process.pid, {cpu})
+            try:
+                request = {"id": 1, "op": "hash", "password": PASSWORD, "params": [19456, 2, 1]}
+                server.stdin.write(json.dumps(request).encode() + b"\n")
+                server.stdin.flush()
+                readable, _, _ = select.select([server.stdout], [], [], STARVED_AFTER)
+                assert readable, f"no answer in {STARVED_AFTER} s"
+                assert json.loads(server.stdout.readline())["hash"].startswith("$argon2id$")
+            finally:
+                hog.kill()
+                server.stdin.close()
 
 
 class TestFullBudget:

@@ -25,7 +25,13 @@ wake-ups do not preempt a task in user space until the next scheduler tick
 (up to 4 ms at 250 Hz) as well as on those that do. A nice value, not
 `SCHED_IDLE`, keeps a share of the CPU for hashes under a load that keeps
 every core busy, so logins slow down there but do not starve (see
-docs/performance.md, the seventeenth pass).
+docs/performance.md, the seventeenth pass). A hash yields for `YIELD_FOR`
+seconds at most, then runs on at its nice share: on the EEVDF scheduler
+(Linux 6.18 here) a hash that called `sched_yield` every half millisecond
+got no CPU at all beside a process that never sleeps on its core (one took
+14.6 s there, against 0.2 s not yielding), which held logins behind a
+starved hash for seconds in the login storm (docs/performance.md, the
+twenty-first pass).
 
 Every answer is written with one `write` shorter than PIPE_BUF, so answers of
 concurrent children never interleave. The server exits when stdin closes (its
@@ -40,6 +46,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +61,10 @@ NICE = 5
 # How often a hash gives its CPU away (seconds): a hash costs 3-4% more alone
 # (a timer interrupt in a VM is not free), and a waking request waits at most this.
 YIELD_EVERY = 0.0005
+# For how long at most (wall time): a hash alone takes 20-45 ms on the machines measured,
+# 75-125 ms during the bench's storm of logins; one still running after this is being
+# starved, and stops giving way (10-15 s against a spinning process -> 0.55-0.8 s).
+YIELD_FOR = 0.25
 _OUT = sys.stdout.fileno()
 # Children in flight: pid -> request id, to answer for one that dies without answering.
 _pending: dict[int, int] = {}
@@ -82,16 +93,36 @@ def _install_yield() -> bool:
 
 
 @contextlib.contextmanager
-def yielding(every: float) -> Iterator[None]:
-    """Within: SIGALRM every `every` seconds (0: none), so the handler gives the CPU away."""
+def yielding(every: float, *, for_at_most: float = YIELD_FOR) -> Iterator[None]:
+    """Within: SIGALRM every `every` seconds (0: none), so the handler gives the CPU away,
+    for `for_at_most` seconds; then none.
+
+    A thread disarms the timer on time: Argon2 runs in C without the interpreter
+    lock, so the thread runs meanwhile, with SIGALRM blocked so that the hash's
+    thread takes every one.
+    """
     if every <= 0:
         yield
         return
+    done = threading.Event()
+
+    def disarm_in_time() -> None:
+        if not done.wait(for_at_most):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        watchdog = threading.Thread(target=disarm_in_time, name="yield-for", daemon=True)
+        watchdog.start()  # inherits the blocked SIGALRM
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     signal.setitimer(signal.ITIMER_REAL, every, every)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        done.set()
+        watchdog.join()
 
 
 def _write(answer: dict[str, Any]) -> None:
