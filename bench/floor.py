@@ -6,9 +6,9 @@ probes `/health/live`: one connection, alone and then while C Argon2 runs flat o
 in separate processes (the argon2 command-line tool, Debian's `argon2` package)
 the way the API's hashing servers run it: as many at once and with the same
 parameters as the API's hashing plan on this machine, `NICE` steps below the
-server, giving the CPU away every `YIELD_EVERY` seconds for `YIELD_FOR` at most
-(bench/baselines/yield_shim.c, preloaded into the tool), in the server's session
-as the API's hashing servers are in their worker's. The ratio of the two p99s is
+server, giving the CPU away every `YIELD_EVERY` seconds by a sleep of a few
+microseconds (bench/baselines/yield_shim.c, preloaded into the tool), in the
+server's session as the API's hashing servers are in their worker's. The ratio of the two p99s is
 the floor row: what hashing the way the API does costs a server here, with no
 Python anywhere.
 
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from api.auth._hash_server import NICE, YIELD_EVERY, YIELD_FOR
+from api.auth._hash_server import NICE, TIMER_SLACK_NS, YIELD_EVERY
 from api.auth.passwords import Argon2Params
 from api.capacity import hashing_plan
 from api.settings import ApiSettings
@@ -63,11 +63,10 @@ def _tools() -> tuple[str, str]:
 def _hash_loop(argon2: str, params: Argon2Params, shim: Path | None) -> list[str]:
     """A shell loop hashing forever with the argon2 tool, `NICE` steps below this process.
 
-    With `shim`, each hash gives its CPU away every `YIELD_EVERY` seconds, for
-    `YIELD_FOR` seconds at most.
+    With `shim`, each hash gives its CPU away every `YIELD_EVERY` seconds.
     """
     preload = (
-        f"YIELD_EVERY_US={round(YIELD_EVERY * 1e6)} YIELD_FOR_US={round(YIELD_FOR * 1e6)} "
+        f"YIELD_EVERY_US={round(YIELD_EVERY * 1e6)} TIMER_SLACK_NS={TIMER_SLACK_NS} "
         f"LD_PRELOAD={shim} "
         if shim is not None
         else ""
@@ -145,7 +144,7 @@ async def login_floor(profile: Profile, run_dir: Path, *, workers: int = 2) -> l
     floor = row(
         "floor: C server p99 during C Argon2 hashing as ours does vs idle",
         yielding,
-        f"yielding every {YIELD_EVERY * 1000:g} ms for a hash's first {YIELD_FOR:g} s, "
+        f"giving way every {YIELD_EVERY * 1000:g} ms (a {int(signal.SIGALRM)} us sleep), "
         "in the server's session",
     )
     holding_on = row(

@@ -30,8 +30,8 @@ from tests.fixtures.api import AppClient
 from tests.fixtures.problems import assert_problem
 
 PASSWORD = "correct horse battery staple"
-# A hash takes 0.55-0.8 s beside a process spinning on its core (20-45 ms alone); one that
-# yields to the end took 10-15 s there.
+# A hash takes 0.3-0.9 s beside a process spinning on its core (25-30 ms alone); one that
+# called sched_yield instead of sleeping took 10-15 s there.
 STARVED_AFTER = 5.0
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
 
@@ -169,7 +169,7 @@ class TestPriority:
         assert os.sched_getscheduler(child.pid) == os.SCHED_OTHER
         expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
         assert os.getpriority(os.PRIO_PROCESS, child.pid) == expected
-        # The interval timer's SIGALRM has a (C) handler, sched_yield, in the server and
+        # The interval timer's SIGALRM has a (C) handler, usleep, in the server and
         # the child; without one the first SIGALRM would end the hash.
         assert _catches(server, signal.SIGALRM)
         assert _catches(child.pid, signal.SIGALRM)
@@ -179,8 +179,8 @@ class TestPriority:
         assert (await pending).status_code == 201
 
     def test_a_hash_beside_a_process_that_never_sleeps_on_its_core_still_finishes(self) -> None:
-        # On Linux 6's EEVDF scheduler a task calling sched_yield every 0.5 ms got no CPU
-        # beside such a process: one hash took 10-15 s. Past `YIELD_FOR` it stops yielding.
+        # On Linux 6.18 a hash calling sched_yield every 0.5 ms got almost no CPU beside such
+        # a process: one took 10-15 s. One that sleeps instead keeps its nice share.
         cpu = min(os.sched_getaffinity(0))
         with (
             subprocess.Popen([sys.executable, "-c", "while True: pass"]) as hog,

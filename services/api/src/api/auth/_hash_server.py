@@ -18,20 +18,25 @@ Protocol, one JSON object per line:
     <- {"id": 9, "error": "..."}                    (bad request, or the child died)
 
 A child gives its CPU away every `YIELD_EVERY` seconds while it hashes: an
-interval timer's SIGALRM runs `sched_yield(2)` itself, as a C handler (a
-Python handler would run only once Argon2 returns). A request that wakes on a
+interval timer's SIGALRM runs a C handler (a Python handler would run only
+once Argon2 returns) that sleeps a few microseconds. A request that wakes on a
 core where a hash runs then waits at most that long, on kernels whose
 wake-ups do not preempt a task in user space until the next scheduler tick
 (up to 4 ms at 250 Hz) as well as on those that do. A nice value, not
 `SCHED_IDLE`, keeps a share of the CPU for hashes under a load that keeps
 every core busy, so logins slow down there but do not starve (see
-docs/performance.md, the seventeenth pass). A hash yields for `YIELD_FOR`
-seconds at most, then runs on at its nice share: on the EEVDF scheduler
-(Linux 6.18 here) a hash that called `sched_yield` every half millisecond
-got no CPU at all beside a process that never sleeps on its core (one took
-14.6 s there, against 0.2 s not yielding), which held logins behind a
-starved hash for seconds in the login storm (docs/performance.md, the
-twenty-first pass).
+docs/performance.md, the seventeenth pass).
+
+The handler sleeps rather than calling `sched_yield(2)`, as it did until the
+twenty-first pass: on Linux 6.18 here a hash yielding every half millisecond
+got almost no CPU beside a process that never sleeps on its core (10-15 s
+for a hash of 0.2 s at its nice share), and little for seconds more after it
+stopped yielding, as if charged for every slice it gave up; logins queued
+behind such hashes for seconds in the login storm. A sleeper is charged
+nothing, on any scheduler. The handler is libc's `usleep(3)` itself: the
+kernel calls a handler with the signal's number, so each SIGALRM
+sleeps `SIGALRM` microseconds (14 on Linux), with the timer slack lowered to
+`TIMER_SLACK_NS` so that it sleeps about that long and not 50 us more.
 
 Every answer is written with one `write` shorter than PIPE_BUF, so answers of
 concurrent children never interleave. The server exits when stdin closes (its
@@ -46,7 +51,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,10 +65,9 @@ NICE = 5
 # How often a hash gives its CPU away (seconds): a hash costs 3-4% more alone
 # (a timer interrupt in a VM is not free), and a waking request waits at most this.
 YIELD_EVERY = 0.0005
-# For how long at most (wall time): a hash alone takes 20-45 ms on the machines measured,
-# 75-125 ms during the bench's storm of logins; one still running after this is being
-# starved, and stops giving way (10-15 s against a spinning process -> 0.55-0.8 s).
-YIELD_FOR = 0.25
+# The sleep's timer slack (the default is 50 us, longer than the sleep itself).
+TIMER_SLACK_NS = 1000
+_PR_SET_TIMERSLACK = 29  # <linux/prctl.h>
 _OUT = sys.stdout.fileno()
 # Children in flight: pid -> request id, to answer for one that dies without answering.
 _pending: dict[int, int] = {}
@@ -77,15 +80,19 @@ def _lower_priority() -> None:
 
 
 def _install_yield() -> bool:
-    """Make SIGALRM call `sched_yield` in C (children inherit it); whether that worked."""
+    """Make SIGALRM sleep `SIGALRM` microseconds in C (children inherit it); whether it did."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         install = libc.signal
         install.restype = ctypes.c_void_p
         install.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        handler = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+        # usleep(useconds_t), called as a handler with the signal's number.
+        handler = ctypes.cast(libc.usleep, ctypes.c_void_p).value
+        prctl = libc.prctl
     except (OSError, AttributeError):
         return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl(_PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)  # children inherit it; best effort
     # glibc's and musl's signal(3) install with SA_RESTART: no call fails with EINTR.
     failed = ctypes.c_void_p(-1).value  # SIG_ERR
     previous: int | None = install(signal.SIGALRM, handler)
@@ -93,36 +100,16 @@ def _install_yield() -> bool:
 
 
 @contextlib.contextmanager
-def yielding(every: float, *, for_at_most: float = YIELD_FOR) -> Iterator[None]:
-    """Within: SIGALRM every `every` seconds (0: none), so the handler gives the CPU away,
-    for `for_at_most` seconds; then none.
-
-    A thread disarms the timer on time: Argon2 runs in C without the interpreter
-    lock, so the thread runs meanwhile, with SIGALRM blocked so that the hash's
-    thread takes every one.
-    """
+def yielding(every: float) -> Iterator[None]:
+    """Within: SIGALRM every `every` seconds (0: none), so the handler gives the CPU away."""
     if every <= 0:
         yield
         return
-    done = threading.Event()
-
-    def disarm_in_time() -> None:
-        if not done.wait(for_at_most):
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    try:
-        watchdog = threading.Thread(target=disarm_in_time, name="yield-for", daemon=True)
-        watchdog.start()  # inherits the blocked SIGALRM
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     signal.setitimer(signal.ITIMER_REAL, every, every)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        done.set()
-        watchdog.join()
 
 
 def _write(answer: dict[str, Any]) -> None:
