@@ -8,9 +8,9 @@ the way the API's hashing servers run it: as many at once and with the same
 parameters as the API's hashing plan on this machine, `NICE` steps below the
 server, giving the CPU away every `YIELD_EVERY` seconds by a sleep of a few
 microseconds (bench/baselines/yield_shim.c, preloaded into the tool), in the
-server's session as the API's hashing servers are in their worker's. The ratio of the two p99s is
-the floor row: what hashing the way the API does costs a server here, with no
-Python anywhere.
+server's session as the API's hashing servers are in their worker's. The ratio
+of the two p99s is the floor row: what hashing the way the API does costs a
+server here, with no Python anywhere.
 
 An informative row beside it hashes the same way without the yield, as the API
 did before the seventeenth pass: on kernels where a waking task does not preempt

@@ -148,10 +148,11 @@ PURGE = _sql(
 
 # --- reads of the worker -------------------------------------------------------------
 
-# Queued jobs unsent for longer than `BACKLOG_AFTER_SECONDS`: the API marks a sent job
-# in its next round, up to 0.25 s later (`api.jobs.intake.MARK_DELAY`), so a job younger
-# than that may be sent already.
-BACKLOG_AFTER_SECONDS = 1.0
+# How long the API's intake holds a round's `sent_at` marks for the next round's insert
+# to carry them (`api.jobs.intake`): a job may be sent and not yet marked for this long.
+MARK_DELAY = 0.25
+# Queued jobs unsent for longer than this: a younger one may be sent, its mark on the way.
+BACKLOG_AFTER_SECONDS = 4 * MARK_DELAY
 OUTBOX_BACKLOG = _sql(
     """
     SELECT count(*) FROM {jobs}

@@ -256,9 +256,9 @@ class RetirementTurn:
                 if pid != me and now - seen < WAITER_STALE_AFTER and is_alive(pid)
             }
             first = min(waiters.items(), key=lambda item: (item[1][0], item[0]), default=None)
-            if (first is None or (self._asked_at, me) <= (first[1][0], first[0])) and (
-                self._take_lock()
-            ):
+            first_due = first is None or (self._asked_at, me) <= (first[1][0], first[0])
+            granted = first_due and self._take_lock()
+            if granted:
                 self._asked_at = None
             else:
                 waiters[me] = (self._asked_at, now)
@@ -267,7 +267,7 @@ class RetirementTurn:
             os.pwrite(queue, records, 0)
         finally:
             os.close(queue)  # unlocks
-        return self._fd is not None
+        return granted
 
     def _take_lock(self) -> bool:
         assert self.path is not None
@@ -276,6 +276,8 @@ class RetirementTurn:
             os.utime(fd, (0, 0))  # never retired yet
         except FileExistsError:
             fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return True  # the lock file cannot be made: retire alone, as without a directory
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

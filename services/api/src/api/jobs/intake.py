@@ -62,8 +62,9 @@ _logger = logging.getLogger("api.jobs")
 MAX_BATCH = 64
 # How long the `sent_at` marks of a round wait for the next round's insert to
 # carry them before they get a round of their own: well inside the relay's
-# grace, so a job is marked before the relay would take it for unsent.
-MARK_DELAY = 0.25
+# grace, so a job is marked before the relay would take it for unsent. Shared
+# with the worker's outbox gauge, which waits longer before it counts a job.
+MARK_DELAY = jobs_repository.MARK_DELAY
 
 
 @dataclass(frozen=True)
